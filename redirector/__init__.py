@@ -1,0 +1,1 @@
+"""Mirror redirector for the SME Server (Koozali) download network."""

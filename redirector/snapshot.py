@@ -1,0 +1,90 @@
+"""The state handlers serve from: an immutable snapshot, swapped whole, refreshed in background."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from .models import MasterState, Mirror, MirrorState
+from .selection import Candidate, name_seed
+from .store import Store, StoreData, StoreError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Configured mirrors joined with their last known state; never mutated once built."""
+
+    candidates: tuple[Candidate, ...]
+    master: MasterState | None
+    generation: int
+    loaded_at: float  # wall-clock time this state was read from the store
+    seeds: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, mirrors: Sequence[Mirror], data: StoreData | None, loaded_at: float) -> Snapshot:
+        states: dict[str, MirrorState] = dict(data.states) if data else {}
+        return cls(
+            candidates=tuple(Candidate(m, states.get(m.name)) for m in mirrors),
+            master=data.master if data else None,
+            generation=data.generation if data else -1,
+            loaded_at=loaded_at,
+            seeds={m.name: name_seed(m.name) for m in mirrors},
+        )
+
+
+class SnapshotHolder:
+    """Holds the current snapshot and how the store behaved the last time it was asked."""
+
+    def __init__(self, mirrors: Sequence[Mirror], clock: Callable[[], float] = time.time) -> None:
+        self.mirrors = tuple(mirrors)
+        self._clock = clock
+        self.current = Snapshot.build(self.mirrors, None, clock())
+        self.store_error: str | None = None
+        self.store_checked_at: float | None = None
+
+    def set_mirrors(self, mirrors: Sequence[Mirror]) -> None:
+        """A reloaded config: rebuild from the same state with the new mirror list."""
+        self.mirrors = tuple(mirrors)
+        cur = self.current
+        data = StoreData(
+            states={c.mirror.name: c.state for c in cur.candidates if c.state is not None},
+            master=cur.master,
+            generation=cur.generation,
+        )
+        self.current = Snapshot.build(self.mirrors, data, cur.loaded_at)
+
+    async def refresh(self, store: Store) -> bool:
+        """Reload from the store when its generation moved; True when the snapshot changed.
+
+        On a store failure the last snapshot stays in place: serving slightly old state beats
+        serving nothing.
+        """
+        try:
+            gen = await store.generation()
+            changed = gen != self.current.generation
+            if changed:
+                data = await store.load()
+                self.current = Snapshot.build(self.mirrors, data, self._clock())
+        except StoreError as e:
+            if self.store_error is None:
+                log.warning("store unreachable, serving the last snapshot: %s", e)
+            self.store_error = str(e)
+            self.store_checked_at = self._clock()
+            return False
+        if self.store_error is not None:
+            log.warning("store reachable again")
+        self.store_error = None
+        self.store_checked_at = self._clock()
+        return changed
+
+
+async def refresh_forever(holder: SnapshotHolder, store: Store, interval: float) -> None:
+    """Keep `holder` within `interval` seconds of the store until cancelled."""
+    while True:
+        await holder.refresh(store)
+        await asyncio.sleep(interval)
