@@ -211,3 +211,18 @@ async def test_bad_requests(
     assert b"Traceback" not in raw
     if status == 405:
         assert b"\r\nAllow: GET, HEAD\r\n" in raw
+
+
+async def test_two_apps_share_state_through_redis(
+    aiohttp_client: ClientFactory, farm: Farm, geo: GeoReader, redis_url: str
+) -> None:
+    now = time.time()
+    for name in ("master", "nl", "us"):
+        farm.set_trace(name, now - 60)
+    shared = f'redis_url = "{redis_url}"'
+    poller = await aiohttp_client(create_app(config(farm, extra=shared), geo=geo))
+    reader = await aiohttp_client(create_app(config(farm, extra=shared), geo=geo, poll=False))
+    await wait_fresh(poller, 2)
+    body = await wait_fresh(reader, 2)  # never polled itself: it reads the poller's state
+    assert body["store"] == {"kind": "redis", "ok": True, "error": None}
+    assert await location_of(reader, NL_CLIENT) == farm.url("nl") + REPOMD
