@@ -5,7 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive for real.
-packages=(redis-server)
+packages=(redis-server chromium dnf createrepo-c rpm openssl)
+# deploy/ is checked with the real tools: nginx -t and a live nginx, systemd-analyze verify.
+packages+=(nginx openssl curl systemd)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -18,6 +20,8 @@ if ((${#missing[@]})); then
 fi
 # The package starts redis-server as a service; the tests start their own on a free port.
 if command -v systemctl >/dev/null 2>&1; then systemctl disable --now redis-server >/dev/null 2>&1 || true; fi
+# The same for nginx: the tests run their own, on loopback ports, with deploy/'s site file.
+if command -v systemctl >/dev/null 2>&1; then systemctl disable --now nginx >/dev/null 2>&1 || true; fi
 
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip

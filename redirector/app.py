@@ -5,23 +5,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
-import aiohttp
 from aiohttp import web
 
-from . import keys
+from . import accesslog, keys, lists, pages, repodata, syncreader
 from . import web as handlers
 from .geo import GeoError, GeoReader, find_database
-from .poller import run_poller
+from .lease import Lease
+from .poller import PassHook, PassResult, probe_session, run_poller
+from .reload import hold_sighup, reload_ctx
 from .router import Router
 from .settings import Settings
 from .snapshot import SnapshotHolder, refresh_forever
 from .store import Store, open_store
+from .verify import Verifier, verify_session
 
 log = logging.getLogger(__name__)
-
-USER_AGENT = "redirector (SME Server mirror poller)"
 
 
 def open_geo(settings: Settings) -> tuple[GeoReader | None, str | None]:
@@ -43,6 +43,63 @@ async def _stop(task: asyncio.Task[None]) -> None:
         await task
 
 
+def _poller_ctx(settings: Settings) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The poller: its session, the lease (shared stores), pass hooks, a task until shutdown."""
+
+    async def poller_ctx(app: web.Application) -> AsyncIterator[None]:
+        async with probe_session(settings) as session:
+            app[keys.SESSION] = session
+            holder, st = app[keys.HOLDER], app[keys.STORE]
+            # With Redis only the lease holder polls; in-process state has one process anyway.
+            # A file store is shared by the workers of `serve --workers N`: one of them polls.
+            lease = Lease(st, ttl=settings.lease_ttl) if st.kind in ("redis", "file") else None
+            app[keys.LEASE] = lease
+            hooks = app[keys.PASS_HOOKS]
+
+            async def after_pass(result: PassResult) -> None:
+                await holder.refresh(st)  # this process sees its own pass at once
+                pages.observe_pass(app, result)
+
+            task = asyncio.create_task(
+                run_poller(
+                    session,
+                    settings,
+                    st,
+                    on_pass=after_pass,
+                    current=lambda: app[keys.ROUTER].settings,  # reloads reach the poller
+                    hooks=hooks,
+                    lease=lease,
+                )
+            )
+            yield
+            await _stop(task)
+
+    return poller_ctx
+
+
+def _verify_ctx(settings: Settings) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Never a 404 (verify.py): the checker, with its own session, so a poller pass never
+    delays a waiting client."""
+
+    async def verify_ctx(app: web.Application) -> AsyncIterator[None]:
+        session = verify_session(settings) if settings.verify_files else None
+        vouchers = app[keys.VOUCHERS]
+        verifier = Verifier(
+            settings,
+            session,
+            app[keys.HOLDER],
+            vouchers=vouchers,
+            current=lambda: app[keys.ROUTER].settings,
+        )
+        app[keys.VERIFIER] = verifier
+        yield
+        await verifier.close()
+        if session is not None:
+            await session.close()
+
+    return verify_ctx
+
+
 def create_app(
     settings: Settings,
     *,
@@ -50,6 +107,7 @@ def create_app(
     store: Store | None = None,
     geo: GeoReader | None = None,
     use_geo_settings: bool = True,
+    pass_hooks: Sequence[PassHook] = (),
 ) -> web.Application:
     """The redirector app. `store` and `geo` may be injected (tests); otherwise settings decide.
 
@@ -57,6 +115,9 @@ def create_app(
     """
     app = web.Application(middlewares=[handlers.errors])
     app[keys.SETTINGS] = settings
+    # Live lists: others append pass hooks and vouchers after create_app, before startup.
+    app[keys.PASS_HOOKS] = list(pass_hooks)
+    app[keys.VOUCHERS] = []
 
     async def geo_ctx(app: web.Application) -> AsyncIterator[None]:
         reader, warning = (
@@ -81,7 +142,7 @@ def create_app(
             if store is not None
             else open_store(settings.redis_url, prefix=settings.redis_prefix)
         )
-        app[keys.STORE] = st
+        app[keys.STORE] = app[keys.METRICS].instrument(st)  # counts store errors
         yield
         if store is None:
             await st.close()
@@ -97,39 +158,49 @@ def create_app(
         yield
         await _stop(task)
 
-    async def poller_ctx(app: web.Application) -> AsyncIterator[None]:
-        timeout = aiohttp.ClientTimeout(
-            total=settings.probe_timeout, sock_connect=min(5.0, settings.probe_timeout)
-        )
-        async with aiohttp.ClientSession(
-            timeout=timeout, headers={"User-Agent": USER_AGENT}, auto_decompress=False
-        ) as session:
-            app[keys.SESSION] = session
-            holder, st = app[keys.HOLDER], app[keys.STORE]
-
-            async def after_pass(_: object) -> None:
-                await holder.refresh(st)  # this process sees its own pass at once
-
-            task = asyncio.create_task(run_poller(session, settings, st, on_pass=after_pass))
-            yield
-            await _stop(task)
-
     app.cleanup_ctx.append(geo_ctx)
     app.cleanup_ctx.append(store_ctx)
     app.cleanup_ctx.append(snapshot_ctx)
+    app.cleanup_ctx.append(_verify_ctx(settings))
+    # Config and GeoIP reloads; an injected reader is the caller's, so it is not watched.
+    app.cleanup_ctx.append(reload_ctx(watch_geo=geo is None and use_geo_settings))
     if poll:
-        app.cleanup_ctx.append(poller_ctx)
+        app.cleanup_ctx.append(_poller_ctx(settings))
     handlers.add_routes(app)
+    lists.add_routes(app)
+    repodata.add_pass(app)  # mirrors' repomd.xml against the master's, after each poll
+    # Metrics, download stats (flushed by a context after the others) and the status views.
+    pages.setup(app, settings)
+    syncreader.add(app)  # the sync tree: _hierarchy after each pass, drawn on the status page
     return app
 
 
-def run(settings: Settings, *, poll: bool = True, print_fn: Callable[[str], None] = print) -> None:
-    """Serve until interrupted."""
-    app = create_app(settings, poll=poll)
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop when installed (the `speed` extra): a faster loop for the same code."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def run(
+    settings: Settings,
+    *,
+    poll: bool = True,
+    print_fn: Callable[[str], None] = print,
+    store: Store | None = None,
+    reuse_port: bool = False,
+) -> None:
+    """Serve until interrupted. `reuse_port`: share the port with other workers (SO_REUSEPORT)."""
+    hold_sighup()  # a reload before the app listens for it must not end the process
+    app = create_app(settings, poll=poll, store=store)
     web.run_app(
         app,
         host=settings.listen_host,
         port=settings.listen_port,
         print=lambda msg: print_fn(msg) if msg else None,
-        access_log=None,
+        reuse_port=reuse_port or None,
+        loop=new_event_loop(),
+        **accesslog.runner_kwargs(settings),
     )

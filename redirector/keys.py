@@ -6,10 +6,16 @@ import aiohttp
 from aiohttp import web
 
 from .geo import GeoReader
-from .router import Router
+from .lease import Lease
+from .metrics import Metrics
+from .poller import PassHook
+from .router import Routed, Router
 from .settings import Settings
 from .snapshot import SnapshotHolder
+from .stats import StatsReader, Tally
+from .status import SectionProvider
 from .store import Store
+from .verify import Verifier, Voucher
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
@@ -18,3 +24,23 @@ GEO = web.AppKey[GeoReader | None]("geo")
 ROUTER = web.AppKey("router", Router)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 GEO_WARNING = web.AppKey("geo_warning", str)
+
+# Issue 4. Pass hooks run after each poller pass in the process holding the poller lease; append
+# to this list (set by create_app, read afresh each pass). Vouchers tell the never-a-404 check
+# which (mirror, path) the poller's passes already know to exist. LEASE is None without Redis.
+PASS_HOOKS = web.AppKey[list[PassHook]]("pass_hooks")
+VOUCHERS = web.AppKey[list[Voucher]]("vouchers")
+VERIFIER = web.AppKey("verifier", Verifier)
+LEASE = web.AppKey[Lease | None]("lease")
+# Operator views (pages.py): metrics, the download tally and its reader, and the extra
+# sections other modules add to the status page (append a provider to the list).
+METRICS = web.AppKey("metrics", Metrics)
+TALLY = web.AppKey("tally", Tally)
+STATS_READER = web.AppKey("stats_reader", StatsReader)
+STATUS_SECTIONS = web.AppKey[list[SectionProvider]]("status_sections")
+
+# Per request: what the redirect handler decided and how long the decision took, for the
+# access log (accesslog.py).
+ROUTED = web.RequestKey("routed", Routed)
+DECISION_SECONDS = web.RequestKey("decision_seconds", float)
+TARGET = web.RequestKey("target", str)  # the Location sent, after the per-file check

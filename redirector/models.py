@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -31,6 +32,15 @@ class Mirror:
     ipv6: bool = False
     enabled: bool = True
     trace_name: str | None = None  # its own ftpsync trace under project/trace/; None: its host name
+    # What the wiki's "become a mirror" request asks for (issue 10). Facts, never observed.
+    contact_name: str | None = None
+    contact_email: str | None = None
+    bandwidth: int | None = None  # bits per second the operator offers
+    ssh_host: str | None = None  # push mirrors: where the upstream triggers ftpsync over ssh
+    ssh_port: int = 22
+    ssh_user: str | None = None
+    upstream: str | None = None  # the configured mirror it syncs from, or "master"; None: unstated
+    sync: str | None = None  # "push" or "pull"; None: unstated
 
     @property
     def base(self) -> str:
@@ -66,6 +76,12 @@ class MirrorState:
     error: str | None = None  # why it is down or broken
     failures: int = 0  # consecutive failed probes
     lacks: tuple[str, ...] = ()  # subtrees the poller found missing
+    # Coverage as probed (issue 4): subtrees found present, when last probed, and why any
+    # subtree is in `lacks` (e.g. "obsolete/: HTTP 404 at obsolete/"), for the status views.
+    covered: tuple[str, ...] = ()
+    coverage_at: float | None = None
+    coverage_note: str | None = None
+    retry_at: float | None = None  # a failing mirror is not probed again before this (backoff)
 
     def lag(self, now: float) -> float | None:
         """Seconds the mirror is behind the master at `now`: 0 when current, None when unknown."""
@@ -95,3 +111,80 @@ class MasterState:
     @property
     def current(self) -> MasterVersion | None:
         return self.history[-1] if self.history else None
+
+
+class RepoCheck(enum.Enum):
+    """How one mirror's repodata/repomd.xml for one repo compares with the master's."""
+
+    CURRENT = "current"  # the master's current repomd.xml
+    ALTERNATE = "alternate"  # an earlier master version still accepted (the alternates window)
+    MISMATCHED = "mismatched"  # anything else: metadata a client would reject or choke on
+    MISSING = "missing"  # 404: the mirror lacks this repo's metadata
+
+
+BAD_REPODATA = frozenset({RepoCheck.MISMATCHED, RepoCheck.MISSING})
+
+
+@dataclass(frozen=True, slots=True)
+class RepomdVersion:
+    """One repomd.xml the master served: what librepo checks, and when it was first seen."""
+
+    size: int
+    timestamp: int  # newest <data><timestamp> (what yum compares), see repodata.py
+    md5: str
+    sha1: str
+    sha256: str
+    sha512: str
+    first_seen: float
+
+
+@dataclass(frozen=True, slots=True)
+class RepomdHistory:
+    """The master's repomd.xml versions for one repo directory, oldest first; last is current."""
+
+    history: tuple[RepomdVersion, ...]
+    checked_at: float
+    error: str | None = None  # why the last fetch from the master failed
+
+    @property
+    def current(self) -> RepomdVersion | None:
+        return self.history[-1] if self.history else None
+
+
+@dataclass(frozen=True, slots=True)
+class RepodataState:
+    """What the repodata pass found: the master's histories and each mirror's verdicts.
+
+    Keys are repo directories below the tree root, arch included, e.g.
+    ``releases/10/smeos/x86_64`` (the directory holding ``repodata/``).
+    """
+
+    repos: Mapping[str, RepomdHistory]
+    mirrors: Mapping[str, Mapping[str, RepoCheck]]  # mirror name -> repo directory -> verdict
+    checked_at: float
+
+    def bad_for(self, mirror: str) -> frozenset[str]:
+        """The repo directories whose metadata on `mirror` must not be served."""
+        verdicts = self.mirrors.get(mirror, {})
+        return frozenset(d for d, v in verdicts.items() if v in BAD_REPODATA)
+
+
+@dataclass(frozen=True, slots=True)
+class HierarchyEntry:
+    """One line of an ftpsync `project/trace/_hierarchy`: who synced from where."""
+
+    tracefile: str  # the trace file name it writes under project/trace/
+    mirror: str  # its MIRRORNAME
+    host: str  # the host ftpsync ran on (TRACEHOST)
+    upstream: str  # the host it synced from (RSYNC_HOST), "unknown" when ftpsync had none
+
+
+@dataclass(frozen=True, slots=True)
+class SyncInfo:
+    """How one mirror says it syncs, read from its trace and `_hierarchy` by the poller."""
+
+    name: str  # the configured mirror name
+    checked_at: float
+    upstream: str | None = None  # `Upstream-mirror:` of its own trace
+    hierarchy: tuple[HierarchyEntry, ...] = ()  # its `_hierarchy`, master first, itself last
+    error: str | None = None  # why its own trace could not be read, if it could not

@@ -1,38 +1,79 @@
-"""The poller: probes the master and every mirror, judges freshness, writes state to the store."""
+"""The poller: probes the master and every mirror, judges each (verdict.py), writes the store.
+
+Per mirror and pass it makes a bounded number of requests: its copy of the master trace (a
+failure there ends the round: one request for a dead mirror), its own trace, a HEAD for the
+``Archive-Update-in-Progress-<name>`` flag, and, about once an hour, one HEAD per subtree for
+coverage. A failing mirror is backed off (verdict.backoff_delay) and skipped until its retry
+time. Extensions run after each pass as pass hooks, only in the process that polls.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
+import posixpath
+import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TextIO
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
-from .freshness import (
-    Trace,
-    TraceError,
-    behind_since,
-    is_future,
-    parse_http_date,
-    parse_trace,
-    record_master,
-)
-from .models import MasterState, MasterVersion, Mirror, MirrorState, Status
+from .freshness import Trace, TraceError, is_future, parse_http_date, parse_trace, record_master
+from .lease import Lease
+from .models import SERVABLE, MasterState, MasterVersion, Mirror, MirrorState, Status
 from .settings import Settings
-from .store import Store, StoreError
+from .store import MemoryStore, Store, StoreData, StoreError, open_store
+from .verdict import (
+    FUTURE_SLACK,
+    Fault,
+    Observation,
+    Presence,
+    Rules,
+    coverage_plan,
+    describe,
+    due,
+    judge,
+    rejudge,
+    status_table,
+    transition,
+)
+
+__all__ = [
+    "FUTURE_SLACK",
+    "Fetched",
+    "PassHook",
+    "PassResult",
+    "ProbeError",
+    "fetch",
+    "poll_once",
+    "probe_session",
+    "run_poller",
+]
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 65536
 MAX_REDIRECTS = 3
-FUTURE_SLACK = 300.0  # clocks differ; a trace a few minutes ahead is not a lie
+USER_AGENT = "redirector (SME Server mirror poller)"
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 class ProbeError(Exception):
-    """A fetch that did not give a usable answer; the message is the recorded reason."""
+    """A fetch that did not give a usable answer; `kind` is DOWN or BROKEN, str() the reason."""
+
+    def __init__(self, reason: str, kind: Status = Status.DOWN) -> None:
+        super().__init__(reason)
+        self.kind = kind
+
+    @property
+    def fault(self) -> Fault:
+        return Fault(self.kind, str(self))
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,33 +81,75 @@ class Fetched:
     status: int
     body: bytes
     last_modified: float | None
+    headers: Mapping[str, str] | None = None  # the final response's headers
+
+
+class Tally:
+    """Requests made during one pass, to show that a pass stays bounded."""
+
+    __slots__ = ("requests",)
+
+    def __init__(self) -> None:
+        self.requests = 0
+
+
+def probe_session(settings: Settings) -> aiohttp.ClientSession:
+    """The one ClientSession the poller uses: connect and read timeouts, no decompression.
+
+    Each request also runs under its own total deadline (`fetch`), which catches a server
+    dribbling one byte a second that a read timeout alone would not.
+    """
+    timeout = aiohttp.ClientTimeout(
+        total=settings.probe_timeout,
+        sock_connect=min(5.0, settings.probe_timeout),
+        sock_read=settings.probe_timeout,
+    )
+    return aiohttp.ClientSession(
+        timeout=timeout, headers={"User-Agent": USER_AGENT}, auto_decompress=False
+    )
 
 
 async def fetch(
-    session: aiohttp.ClientSession, url: str, *, timeout: float, max_bytes: int = MAX_BODY
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    timeout: float,
+    max_bytes: int = MAX_BODY,
+    method: str = "GET",
+    headers: Mapping[str, str] | None = None,
+    tally: Tally | None = None,
 ) -> Fetched:
-    """GET `url` with a total timeout and a body cap; redirects only within the same host.
+    """`method` `url` with a total timeout and a body cap; redirects only within the same host.
 
-    Raises ProbeError for anything that is not an answer we can read: refused, timed out,
-    TLS or DNS failure, a redirect elsewhere or in a loop, a body over the cap.
+    Raises ProbeError for anything that is not an answer we can read: refused, timed out, TLS
+    or DNS failure (DOWN); a redirect elsewhere or in a loop, a body over the cap (BROKEN).
+    A HEAD reads no body.
     """
     host = urlsplit(url).hostname
     try:
         async with asyncio.timeout(timeout):
             for _ in range(MAX_REDIRECTS + 1):
-                async with session.get(url, allow_redirects=False) as resp:
-                    if resp.status in (301, 302, 303, 307, 308):
+                if tally is not None:
+                    tally.requests += 1
+                async with session.request(
+                    method, url, allow_redirects=False, headers=headers
+                ) as resp:
+                    if resp.status in _REDIRECTS:
                         target = urljoin(url, resp.headers.get("Location", ""))
                         if urlsplit(target).hostname != host:
-                            raise ProbeError(f"redirected to another host: {target[:200]}")
+                            raise ProbeError(
+                                f"redirected to another host: {target[:200]}", Status.BROKEN
+                            )
                         url = target
                         continue
-                    body = await resp.content.read(max_bytes + 1)
+                    body = b"" if method == "HEAD" else await _read_capped(resp, max_bytes)
                     if len(body) > max_bytes:
-                        raise ProbeError(f"body exceeds {max_bytes} bytes")
+                        raise ProbeError(f"body exceeds {max_bytes} bytes", Status.BROKEN)
                     lm = resp.headers.get("Last-Modified")
-                    return Fetched(resp.status, body, parse_http_date(lm) if lm else None)
-            raise ProbeError(f"more than {MAX_REDIRECTS} redirects")
+                    return Fetched(
+                        resp.status, body, parse_http_date(lm) if lm else None, resp.headers
+                    )
+            raise ProbeError(f"more than {MAX_REDIRECTS} redirects", Status.BROKEN)
     except TimeoutError as e:
         raise ProbeError(f"timed out after {timeout:g} s") from e
     except aiohttp.ClientSSLError as e:
@@ -77,33 +160,143 @@ async def fetch(
         raise ProbeError(f"{type(e).__name__}: {e}"[:300]) from e
 
 
-async def fetch_trace(session: aiohttp.ClientSession, url: str, timeout: float) -> Trace:
-    """The trace at `url`; ProbeError when it cannot be had or is not a trace."""
-    got = await fetch(session, url, timeout=timeout)
-    if got.status != 200:
+async def _read_capped(resp: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+    """The body up to `max_bytes` + 1 bytes (one more tells it is too long).
+
+    read(n) returns what has arrived so far, not n bytes: loop until the end or the cap.
+    """
+    buf = bytearray()
+    while len(buf) <= max_bytes:
+        chunk = await resp.content.read(max_bytes + 1 - len(buf))
+        if not chunk:
+            break
+        buf += chunk
+    return bytes(buf)
+
+
+async def fetch_trace(
+    session: aiohttp.ClientSession,
+    url: str,
+    timeout: float,
+    *,
+    missing_ok: bool = False,
+    tally: Tally | None = None,
+) -> Trace | None:
+    """The trace at `url`; ProbeError when it cannot be had or is not a trace.
+
+    5xx is DOWN; any other status but 200 is BROKEN (it answers, without a trace), except that
+    with `missing_ok` a 404 or 410 returns None.
+    """
+    got = await fetch(session, url, timeout=timeout, tally=tally)
+    if got.status >= 500:
         raise ProbeError(f"HTTP {got.status} for {url}")
+    if missing_ok and got.status in (404, 410):
+        return None
+    if got.status != 200:
+        raise ProbeError(f"HTTP {got.status} for {url}", Status.BROKEN)
     try:
-        trace = parse_trace(got.body, last_modified=got.last_modified)
+        return parse_trace(got.body, last_modified=got.last_modified)
     except TraceError as e:
-        raise ProbeError(f"not a trace: {e}") from e
-    return trace
+        raise ProbeError(f"not a trace at {url}: {e}", Status.BROKEN) from e
 
 
 async def probe_master(
-    session: aiohttp.ClientSession, settings: Settings, prev: MasterState | None, now: float
+    session: aiohttp.ClientSession,
+    settings: Settings,
+    prev: MasterState | None,
+    now: float,
+    tally: Tally | None = None,
 ) -> MasterState:
     """Fetch the master's trace and extend its history; on failure keep what we knew."""
     history = prev.history if prev else ()
     try:
         trace = await fetch_trace(
-            session, settings.master + settings.master_trace, settings.probe_timeout
+            session, settings.master + settings.master_trace, settings.probe_timeout, tally=tally
         )
     except ProbeError as e:
         return MasterState(history, now, str(e))
+    assert trace is not None
     if is_future(trace, now, FUTURE_SLACK):
         # Taking it as current would make every real state after it look like going backwards.
         return MasterState(history, now, "master trace dated in the future; ignored")
     return MasterState(record_master(history, trace.date, now), now, None)
+
+
+def own_name(mirror: Mirror) -> str:
+    """The name of a mirror's own trace and sync flag: `trace_name`, else its base URL's host."""
+    return mirror.trace_name or urlsplit(mirror.base).hostname or mirror.name
+
+
+def rules_of(settings: Settings) -> Rules:
+    return Rules(
+        interval=settings.poll_interval,
+        failures_before_down=settings.failures_before_down,
+        backoff_max=settings.backoff_max,
+    )
+
+
+async def observe(
+    session: aiohttp.ClientSession,
+    mirror: Mirror,
+    settings: Settings,
+    prev: MirrorState | None,
+    now: float,
+    tally: Tally | None = None,
+) -> Observation:
+    """Make this round's probes of one mirror; never raises for anything the mirror does."""
+    base, timeout, name = mirror.base, settings.probe_timeout, own_name(mirror)
+    try:
+        held = await fetch_trace(session, base + settings.master_trace, timeout, tally=tally)
+    except ProbeError as e:
+        return Observation(master=e.fault)
+    assert held is not None
+    own: Trace | Fault | None
+    try:
+        own_path = posixpath.join(posixpath.dirname(settings.master_trace), name)
+        own = await fetch_trace(session, base + own_path, timeout, missing_ok=True, tally=tally)
+    except ProbeError as e:
+        own = e.fault
+    if isinstance(own, Fault):
+        return Observation(master=held, own=own)
+    syncing = False
+    with contextlib.suppress(ProbeError):  # the flag is a hint; no answer means no sync shown
+        got = await fetch(
+            session,
+            base + f"Archive-Update-in-Progress-{name}",
+            timeout=timeout,
+            method="HEAD",
+            tally=tally,
+        )
+        syncing = 200 <= got.status < 300
+    plan = coverage_plan(mirror, settings.coverage_probes, prev, now, settings.coverage_interval)
+    coverage: dict[str, Presence] | None = None
+    if plan:
+        coverage = {}
+        for sub, path in plan:
+            coverage[sub] = await probe_presence(session, base, path, timeout, tally)
+            if coverage[sub].found is None:
+                break  # it stopped answering: the rest would only cost more timeouts
+    return Observation(master=held, own=own, syncing=syncing, coverage=coverage)
+
+
+async def probe_presence(
+    session: aiohttp.ClientSession, base: str, path: str, timeout: float, tally: Tally | None
+) -> Presence:
+    """HEAD one coverage path (a directory index by default).
+
+    2xx: there. 401/403: there but not listable (servers refuse an index they will not show; a
+    missing directory is a 404). 404/410: missing. Anything else: cannot tell.
+    """
+    try:
+        got = await fetch(session, base + path, timeout=timeout, method="HEAD", tally=tally)
+    except ProbeError as e:
+        return Presence(None, str(e))
+    detail = f"HTTP {got.status} at {path}"
+    if 200 <= got.status < 300 or got.status in (401, 403):
+        return Presence(True, detail)
+    if got.status in (404, 410):
+        return Presence(False, detail)
+    return Presence(None, detail)
 
 
 async def probe_mirror(
@@ -113,28 +306,11 @@ async def probe_mirror(
     history: tuple[MasterVersion, ...],
     prev: MirrorState | None,
     now: float,
+    tally: Tally | None = None,
 ) -> MirrorState:
-    """Check one mirror: which master state it holds and how far behind that is."""
-    failures = prev.failures if prev else 0
-    try:
-        trace = await fetch_trace(
-            session, mirror.base + settings.master_trace, settings.probe_timeout
-        )
-    except ProbeError as e:
-        return MirrorState(
-            mirror.name, Status.DOWN, now, error=str(e), failures=failures + 1,
-            master_date=prev.master_date if prev else None,
-            behind_since=prev.behind_since if prev else None,
-        )  # fmt: skip
-    held = trace.date
-    if is_future(trace, now, FUTURE_SLACK):
-        return MirrorState(
-            mirror.name, Status.BROKEN, now, error="master trace dated in the future",
-            failures=failures + 1,
-        )  # fmt: skip
-    return MirrorState(
-        mirror.name, Status.UP, now, master_date=held, behind_since=behind_since(held, history)
-    )
+    """Probe one mirror and judge it: which master state it holds, how far behind, what else."""
+    obs = await observe(session, mirror, settings, prev, now, tally)
+    return judge(mirror.name, obs, prev, history, now, rules_of(settings))
 
 
 def provisional_history(
@@ -153,23 +329,28 @@ def provisional_history(
 
 
 def log_transitions(prev: Mapping[str, MirrorState], new: Sequence[MirrorState]) -> None:
-    """Log a mirror going down and coming back, once each; nothing for a steady state."""
+    """Log a mirror going out of service and coming back, once each; nothing for a steady state."""
     for s in new:
-        p = prev.get(s.name)
-        was_ok = p is None or p.status in (Status.UP, Status.SYNCING, Status.UNKNOWN)
-        ok = s.status in (Status.UP, Status.SYNCING)
-        if was_ok and not ok:
-            log.warning("mirror %s is %s: %s", s.name, s.status.value, s.error)
-        elif not was_ok and ok and p is not None:
-            log.info("mirror %s recovered after %d failed checks", s.name, p.failures)
+        said = transition(prev.get(s.name), s)
+        if said is not None:
+            log.log(said[0], "%s", said[1])
 
 
 @dataclass(frozen=True, slots=True)
 class PassResult:
+    """What one pass found. `states` covers every enabled mirror, probed or backed off."""
+
     master: MasterState
     states: tuple[MirrorState, ...]
     started: float
     duration: float
+    probed: int = 0  # mirrors probed this pass (the rest were backed off)
+    requests: int = 0  # HTTP requests made, master included
+    written: bool = True  # False: the lease was lost, nothing was written to the store
+
+
+PassHook = Callable[[aiohttp.ClientSession, PassResult], Awaitable[None]]
+"""Called after each written pass, in the polling process only; see `run_poller`."""
 
 
 async def poll_once(
@@ -177,32 +358,58 @@ async def poll_once(
     settings: Settings,
     store: Store,
     clock: Callable[[], float] = time.time,
+    *,
+    guard: Callable[[], Awaitable[bool]] | None = None,
+    progress: Callable[[MirrorState], None] | None = None,
 ) -> PassResult:
     """One pass over the master and every enabled mirror; results go to the store.
 
-    A store failure is logged and the pass result still returned, so the caller keeps going.
+    `guard`, when given, is asked right before writing (the lease); False discards the
+    results. `progress` is called with each mirror's state as it is judged. A store failure
+    is logged and the pass result still returned, so the caller keeps going.
     """
     started = clock()
+    tally = Tally()
     try:
         data = await store.load()
         prev_states, prev_master = dict(data.states), data.master
     except StoreError as e:
         log.warning("poller cannot read the store: %s", e)
         prev_states, prev_master = {}, None
-    master = await probe_master(session, settings, prev_master, clock())
+    master = await probe_master(session, settings, prev_master, clock(), tally)
     if master.error and (prev_master is None or prev_master.error is None):
         log.warning("master unreachable, keeping its last known state: %s", master.error)
+    elif master.error is None and prev_master is not None and prev_master.error is not None:
+        log.info("master reachable again")
     gate = asyncio.Semaphore(settings.probe_concurrency)
+    history = master.history
+    probed = 0
 
-    async def one(m: Mirror, hist: tuple[MasterVersion, ...]) -> MirrorState:
-        async with gate:
-            return await probe_mirror(session, m, settings, hist, prev_states.get(m.name), clock())
+    async def one(m: Mirror) -> MirrorState:
+        nonlocal probed
+        prev = prev_states.get(m.name)
+        if not due(prev, clock(), settings.poll_interval):
+            assert prev is not None
+            state = rejudge(prev, history)  # backed off: not probed, lag still moves
+        else:
+            probed += 1
+            async with gate:
+                state = await probe_mirror(session, m, settings, history, prev, clock(), tally)
+        if progress is not None:
+            progress(state)
+        return state
 
     mirrors = [m for m in settings.mirrors if m.enabled]
-    states = list(await asyncio.gather(*(one(m, master.history) for m in mirrors)))
-    if not master.history:
+    states = list(await asyncio.gather(*(one(m) for m in mirrors)))
+    if not history:
         hist = provisional_history(master, [s.master_date for s in states if s.master_date])
-        states = [s if s.master_date is None else _rejudge(s, hist) for s in states]
+        states = [rejudge(s, hist) for s in states]
+    result = PassResult(
+        master, tuple(states), started, clock() - started, probed, tally.requests, True
+    )
+    if guard is not None and not await guard():
+        log.warning("lost the poller lease during a pass; its results are discarded")
+        return dataclasses.replace(result, written=False)
     log_transitions(prev_states, states)
     try:
         await store.put_master(master)
@@ -212,15 +419,20 @@ async def poll_once(
             await store.forget(gone)
     except StoreError as e:
         log.warning("poller cannot write the store: %s", e)
-    return PassResult(master, tuple(states), started, clock() - started)
+    return result
 
 
-def _rejudge(s: MirrorState, history: tuple[MasterVersion, ...]) -> MirrorState:
-    assert s.master_date is not None
-    return MirrorState(
-        s.name, s.status, s.checked_at, s.master_date, behind_since(s.master_date, history),
-        s.own_date, s.error, s.failures, s.lacks,
-    )  # fmt: skip
+async def run_hooks(
+    hooks: Sequence[PassHook], session: aiohttp.ClientSession, result: PassResult
+) -> None:
+    """Each hook in turn; one hook's exception is logged and never stops the others."""
+    for hook in list(hooks):  # a copy: a hook may be appended while we run
+        try:
+            await hook(session, result)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("pass hook %s failed", getattr(hook, "__qualname__", repr(hook)))
 
 
 async def run_poller(
@@ -229,15 +441,176 @@ async def run_poller(
     store: Store,
     on_pass: Callable[[PassResult], Awaitable[None]] | None = None,
     clock: Callable[[], float] = time.time,
+    *,
+    hooks: Sequence[PassHook] = (),
+    lease: Lease | None = None,
+    current: Callable[[], Settings] | None = None,
 ) -> None:
-    """Poll every `poll_interval` until cancelled; one failing pass never stops the loop."""
-    while True:
-        try:
-            result = await poll_once(session, settings, store, clock)
-            if on_pass is not None:
-                await on_pass(result)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("poller pass failed; trying again next interval")
-        await asyncio.sleep(settings.poll_interval)
+    """Poll every `poll_interval` until cancelled; one failing pass never stops the loop.
+
+    `current`, when given, returns the live settings (a reloaded config, reload.py): each pass
+    takes them afresh, so mirrors a reload adds or removes are probed from the next pass on.
+
+    With a `lease` (Redis) the lease is kept in the background and a pass runs only while this
+    process holds it: the others wait, reading. Without one (in-process store) it always polls.
+    After each written pass `on_pass` runs, then every hook in `hooks`, which is read afresh
+    each pass, so hooks appended to a live list later are called too.
+    """
+    keeper = asyncio.create_task(lease.keep()) if lease is not None else None
+    try:
+        while True:
+            if lease is not None:
+                await lease.wait_held()
+            if current is not None:
+                settings = current()
+            try:
+                result = await poll_once(
+                    session, settings, store, clock, guard=lease.confirm if lease else None
+                )
+                if result.written:
+                    if on_pass is not None:
+                        await on_pass(result)
+                    await run_hooks(hooks, session, result)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("poller pass failed; trying again next interval")
+            await asyncio.sleep(settings.poll_interval)
+    finally:
+        if keeper is not None:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+        if lease is not None:
+            await lease.release()
+
+
+# --- `redirector poll` -------------------------------------------------------------------------
+
+
+async def poll_command(
+    settings: Settings, *, once: bool, out: TextIO = sys.stdout, err: TextIO = sys.stderr
+) -> int:
+    """`redirector poll`: the poller alone (with the lease when Redis is configured).
+
+    `once`: one pass with progress on `err`, then the table on `out`. Its results are written
+    to the store only when no other process holds the poller lease. Exit status 0 when at
+    least one mirror can be served, 1 when none can.
+    """
+    store = open_store(settings.redis_url, prefix=settings.redis_prefix)
+    try:
+        async with probe_session(settings) as session:
+            if not once:
+                # A shared store (Redis, or a file shared by workers): only the holder polls.
+                lease = Lease(store, ttl=settings.lease_ttl) if store.kind != "memory" else None
+                task = asyncio.current_task()
+                assert task is not None
+                # SIGTERM (systemd stop) ends it like ^C: the lease is released on the way out.
+                asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+                from .reload import watching  # config file changes and SIGHUP, as in `serve`
+                from .repodata import make_repodata_pass  # the hook create_app registers too
+
+                with contextlib.suppress(asyncio.CancelledError):
+                    async with watching(settings) as reloader:
+                        await run_poller(
+                            session,
+                            settings,
+                            store,
+                            lease=lease,
+                            current=lambda: reloader.settings,
+                            hooks=[
+                                make_repodata_pass(
+                                    settings, store, current=lambda: reloader.settings
+                                )
+                            ],
+                        )
+                return 0
+            return await _poll_once_command(session, settings, store, out, err)
+    finally:
+        with contextlib.suppress(StoreError):
+            await store.close()
+
+
+async def _poll_once_command(
+    session: aiohttp.ClientSession, settings: Settings, store: Store, out: TextIO, err: TextIO
+) -> int:
+    lease: Lease | None = None
+    keeper: asyncio.Task[None] | None = None
+    if store.kind != "memory":
+        lease = Lease(store, ttl=settings.lease_ttl)
+        if await lease.confirm():
+            keeper = asyncio.create_task(lease.keep())  # held through a pass of any length
+        else:
+            holder = await _holder(store)
+            print(f"another process polls ({holder}): this pass is shown, not written", file=err)
+            store = _ReadOnly(store)
+            lease = None
+    enabled = [m for m in settings.mirrors if m.enabled]
+    done = 0
+    tty = err.isatty()
+
+    def progress(state: MirrorState) -> None:
+        nonlocal done
+        done += 1
+        if tty:
+            print(f"\rprobed {done}/{len(enabled)}", end="", file=err, flush=True)
+        else:
+            print(f"[{done}/{len(enabled)}] {state.name}: {state.status.value}", file=err)
+
+    print(f"probing the master and {len(enabled)} mirrors ...", file=err, flush=True)
+    try:
+        guard = lease.confirm if lease is not None else None
+        result = await poll_once(session, settings, store, progress=progress, guard=guard)
+    finally:
+        if keeper is not None:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+        if lease is not None:
+            await lease.release()
+    if tty:
+        print(file=err)
+    now = time.time()
+    m = result.master
+    master_line = f"master {settings.master}: " + (
+        f"error: {m.error}" if m.error else "ok, current state " + describe_master(m)
+    )
+    print(master_line, file=out)
+    states = {s.name: s for s in result.states}
+    print(status_table(settings.mirrors, states, now, settings.max_lag), file=out)
+    servable = sum(
+        1
+        for s in result.states
+        if s.status in SERVABLE and describe(s, now, settings.max_lag)[0] in ("fresh", "syncing")
+    )
+    print(
+        f"\n{servable} of {len(enabled)} mirrors can be served; pass took "
+        f"{result.duration:.1f} s, {result.requests} requests",
+        file=out,
+    )
+    return 0 if servable else 1
+
+
+def describe_master(master: MasterState) -> str:
+    cur = master.current
+    if cur is None:
+        return "unknown"
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(cur.date))
+
+
+async def _holder(store: Store) -> str:
+    try:
+        return await store.lease_holder("poller") or "nobody now"
+    except StoreError as e:
+        return f"store error: {e}"
+
+
+class _ReadOnly(MemoryStore):
+    """Reads another store once, keeps writes to itself: a pass shown, not written."""
+
+    def __init__(self, inner: Store) -> None:
+        super().__init__()
+        self._inner = inner
+
+    async def load(self) -> StoreData:
+        return await self._inner.load()

@@ -1,33 +1,325 @@
-"""Routing a client to a mirror: client address, location and snapshot in, a decision out.
+"""Routing a client to a mirror: client address, location and snapshot in, a cached decision out.
 
 No aiohttp here: the handlers hand in the request's raw parts, so the same path serves the
 HTTP handlers, `redirector explain` and the benchmarks.
+
+Why caches, and why they never change an answer. `selection.select` is O(mirrors) per request:
+every mirror checked, every distance computed, the rendezvous hash of every tier member. Most of
+that depends on far less than the whole request, so each layer is computed once and kept:
+
+1. *Who* (per header tuple: peer, X-Forwarded-For, X-Forwarded-Proto, scheme): the resolved
+   client, its GeoIP location and its rendezvous seed. Pure functions of those strings, the
+   trusted proxies and the GeoIP reader; dropped when either changes.
+2. *Eligibility* (per path class, scheme, IPv6): which mirrors pass `selection.check` and the
+   rejections of the others. A request path matters to `check` only through which configured or
+   observed subtree prefixes it starts with (exclude, lacks, repodata directories), so paths
+   with the same matches share one entry. An entry holds for one snapshot (a swap starts
+   afresh) and for a window of time computed from the states: it ends before the first moment a
+   mirror's lag or last check crosses `max_lag`, or a stale mirror's rejection text ("stale by
+   9.2 h") would read differently. Inside the window `check` gives the same answers by
+   construction, so the cached decision equals `select`'s exactly.
+3. *Cell* (per eligibility entry and location): the nearest tier and the distances. It depends
+   on the eligible mirrors and the coordinates only, so it survives a new snapshot or window
+   whose eligible mirrors are the same ones.
+4. Per request what is left is the weighted rendezvous among the tier (usually a handful of
+   mirrors, often one) and the Location string.
+
+The full `Decision` (every ranked mirror, every rejection) is built only when asked for
+(`Routed.decision`); a redirect needs only the chosen mirror, Link headers only `Routed.top(n)`.
+Every cache is bounded and simply emptied when full: refilling is cheap, and no LRU
+bookkeeping is paid per hit.
 """
 
 from __future__ import annotations
 
+import heapq
+import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from .clientip import Client, ProxyTrust, network_key
 from .geo import GeoReader
-from .models import Location
-from .selection import Decision, Policy, Request, select
+from .models import Location, Mirror, MirrorState
+from .selection import (
+    Candidate,
+    Decision,
+    Policy,
+    Ranked,
+    Reason,
+    Rejection,
+    base_for,
+    check,
+    client_seed,
+    distance_km,
+    name_seed,
+    rendezvous_score,
+)
 from .settings import Settings
-from .snapshot import SnapshotHolder
+from .snapshot import Snapshot, SnapshotHolder
+
+# Cache bounds. A full cache is emptied, not trimmed: see the module docstring.
+WHO_CACHE = 32768  # distinct (peer, forwarded headers, scheme) tuples
+WHO_KEY_MAX = 160  # longer X-Forwarded-For values (long proxy chains, junk) are not cached
+PATH_CACHE = 16384  # request paths -> path class
+PATH_KEY_MAX = 256
+CELL_CACHE = 4096  # locations per eligibility entry
+ELIGIBILITY_CACHE = 1024  # (path class, scheme, IPv6) entries
+HEAD = 8  # ranked mirrors after the tier kept per cell, for Link headers; more are rebuilt
+
+# Validity windows end this much before the exact crossing: `now - t > max_lag` and
+# `now > t + max_lag` can differ by a rounding, and ending a window early only costs a refill.
+_EARLY = 1e-3
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, on purpose: one is made per redirect, and a frozen dataclass's __init__ (an
+# object.__setattr__ per field) costs a microsecond more. Treat it as immutable all the same.
+@dataclass(slots=True)
 class Routed:
-    """A decision with what it was made from, for the response, logs and explain views."""
+    """A decision with what it was made from, for the response, logs and explain views.
+
+    `chosen` and `target` are what a redirect needs, `top(n)` what Link headers and the
+    per-file check need. `decision` (every ranked mirror and every rejection, equal to
+    `selection.select`'s) is assembled on demand from the router's caches.
+    """
 
     client: Client
     location: Location | None
     path: str
-    decision: Decision
     target: str  # the URL the client is sent to
     fallback: bool  # no mirror was eligible: the master
+    chosen: Ranked | None = None
+    _cell: _Cell | None = field(default=None, repr=False, compare=False)
+    _order: tuple[Ranked, ...] = field(default=(), repr=False, compare=False)  # the tier
+    _rejected: tuple[Rejection, ...] = field(default=(), repr=False, compare=False)
+
+    @property
+    def decision(self) -> Decision:
+        """Every eligible mirror in rank order and every rejection, as `select` gives them."""
+        if self._cell is None:
+            return Decision((), self._rejected)
+        return Decision(self._cell.ranked(self._order), self._rejected)
+
+    def top(self, n: int) -> tuple[Ranked, ...]:
+        """The first `n` ranked mirrors (`decision.ranked[:n]`), cheaply for small `n`."""
+        if n <= len(self._order):
+            return self._order[: max(0, n)]
+        if self._cell is None:
+            return self._order
+        return self._cell.top(self._order, n)
+
+
+@dataclass(frozen=True, slots=True)
+class _Who:
+    """One client as resolved from a request's peer and headers, with what routing needs."""
+
+    client: Client
+    location: Location | None
+    cell: tuple[float, float] | None  # the cell key: the location's exact coordinates
+    seed: int  # rendezvous seed of the client's network
+    ipv6: bool
+
+
+class _Cell:
+    """The ranking of one eligibility entry at one location, minus the per-client spread.
+
+    `tier` holds the nearest mirrors in candidate order with their seeds and weights (the
+    order `select` sorts from, so ties break alike); `head` the first of the rest by distance.
+    """
+
+    __slots__ = ("_eligible", "_location", "_scheme", "head", "rest_count", "single", "tier")
+
+    def __init__(
+        self,
+        eligible: tuple[Mirror, ...],
+        location: Location | None,
+        scheme: str,
+        policy: Policy,
+        seeds: dict[str, int],
+    ) -> None:
+        self._eligible = eligible
+        self._location = location
+        self._scheme = scheme
+        tier: list[tuple[Ranked, int, float]] = []
+        if location is None:
+            for m in eligible:
+                tier.append((Ranked(m, base_for(m, scheme), None, True), _seed(seeds, m), m.weight))
+            self.head: tuple[Ranked, ...] = ()
+            self.rest_count = 0
+        else:
+            dist = _distances(eligible, location)
+            nearest = min(dist) if dist else 0.0
+            limit = nearest + max(policy.closeness_km, policy.closeness_ratio * nearest)
+            rest: list[tuple[Mirror, float]] = []
+            for m, d in zip(eligible, dist, strict=True):
+                if d <= limit:
+                    tier.append(
+                        (Ranked(m, base_for(m, scheme), d, True), _seed(seeds, m), m.weight)
+                    )
+                else:
+                    rest.append((m, d))
+            # nsmallest is documented equal to sorted(...)[:n]: stable, like select's sort.
+            self.head = tuple(
+                Ranked(m, base_for(m, scheme), d, False)
+                for m, d in heapq.nsmallest(HEAD, rest, key=_by_distance)
+            )
+            self.rest_count = len(rest)
+        self.tier = tuple(tier)
+        self.single = tuple(r for r, _, _ in tier) if len(tier) <= 1 else ()
+
+    def order(self, seed: int) -> tuple[Ranked, ...]:
+        """The tier as ranked for a client with rendezvous seed `seed`: highest score first,
+        ties in candidate order (select's sort is stable too)."""
+        tier = self.tier
+        if len(tier) <= 1:
+            return self.single
+        scored = [(rendezvous_score(seed, mseed, weight), r) for r, mseed, weight in tier]
+        scored.sort(key=_by_score, reverse=True)
+        return tuple([r for _, r in scored])
+
+    def top(self, order: tuple[Ranked, ...], n: int) -> tuple[Ranked, ...]:
+        """`ranked(order)[:n]`, from the kept head of the rest when it reaches that far."""
+        if n - len(order) <= len(self.head) or self.rest_count <= len(self.head):
+            return (order + self.head)[:n]
+        return self.ranked(order)[:n]
+
+    def ranked(self, order: tuple[Ranked, ...]) -> tuple[Ranked, ...]:
+        """Everything `select` ranks: the tier in this client's `order`, the rest by distance."""
+        if self.rest_count <= len(self.head):
+            return order + self.head
+        location = self._location
+        assert location is not None
+        in_tier = {r.mirror.name for r in order}
+        rest = [
+            (m, d)
+            for m, d in zip(self._eligible, _distances(self._eligible, location), strict=True)
+            if m.name not in in_tier
+        ]
+        rest.sort(key=_by_distance)
+        scheme = self._scheme
+        return order + tuple(Ranked(m, base_for(m, scheme), d, False) for m, d in rest)
+
+
+def _by_distance(item: tuple[Mirror, float]) -> float:
+    return item[1]
+
+
+def _by_score(item: tuple[float, Ranked]) -> float:
+    return item[0]
+
+
+def _seed(seeds: dict[str, int], m: Mirror) -> int:
+    # As selection.rank: the snapshot's precomputed seed, else the same hash computed here.
+    seed = seeds.get(m.name)
+    return name_seed(m.name) if seed is None else seed
+
+
+def _distances(mirrors: Sequence[Mirror], loc: Location) -> list[float]:
+    lat, lon = loc.latitude, loc.longitude
+    return [distance_km(lat, lon, m.latitude, m.longitude) for m in mirrors]
+
+
+_EntryKey = tuple[tuple[str, ...], str, bool]  # (path class, scheme, IPv6)
+
+
+class _Eligibility:
+    """Which mirrors may serve one (path class, scheme, IPv6) during [valid_from, valid_until)."""
+
+    __slots__ = ("cells", "eligible", "rejected", "valid_from", "valid_until")
+
+    def __init__(
+        self,
+        eligible: tuple[Mirror, ...],
+        rejected: tuple[Rejection, ...],
+        valid_from: float,
+        valid_until: float,
+    ) -> None:
+        self.eligible = eligible
+        self.rejected = rejected
+        self.valid_from = valid_from
+        self.valid_until = valid_until
+        self.cells: dict[tuple[float, float] | None, _Cell] = {}
+
+
+def _next_tenth(origin: float, now: float) -> float:
+    """When `f"{(t - origin) / 3600:.1f}"` first reads differently from its value at `now`."""
+    shown = float(f"{(now - origin) / 3600:.1f}")
+    return origin + (shown + 0.05) * 3600
+
+
+def valid_until(c: Candidate, why: Rejection | None, now: float, max_lag: float) -> float:
+    """Until when `check(c, ...)` keeps giving `why` (None: eligible) for the same request.
+
+    Mirrors `selection.check`: only the lag test, the last-check test and the texts of the
+    rejections they give depend on time; every earlier test depends on the request alone.
+    A new time-dependent test in `check` must be added here (tests/test_router.py compares the
+    router with `select` across time to catch exactly that).
+    """
+    s: MirrorState | None = c.state
+    if s is None:
+        return math.inf
+    if why is None:
+        until = s.checked_at + max_lag
+        if s.behind_since is not None:
+            until = min(until, s.behind_since + max_lag)
+        return until
+    if why.reason is Reason.STALE:
+        assert s.behind_since is not None  # lag is only above max_lag when behind
+        return _next_tenth(s.behind_since, now)
+    if why.reason is Reason.OUTDATED:
+        until = _next_tenth(s.checked_at, now)
+        if s.behind_since is not None:  # it turns STALE once the lag crosses too
+            until = min(until, s.behind_since + max_lag)
+        return until
+    return math.inf
+
+
+@dataclass(frozen=True, slots=True)
+class _PathTests:
+    """What of a request path `check` looks at: the subtree prefixes it starts with."""
+
+    slashed: frozenset[str]  # prefixes ending in "/"
+    loose: tuple[str, ...]  # any other prefix (none today; kept correct if one appears)
+    exact: frozenset[str]  # whole paths with a rule of their own (".../repodata")
+
+    @classmethod
+    def of(cls, candidates: Sequence[Candidate]) -> _PathTests:
+        prefixes: set[str] = set()
+        exact: set[str] = set()
+        for c in candidates:
+            prefixes.update(c.mirror.exclude)
+            if c.state is not None:
+                prefixes.update(c.state.lacks)
+            for d in c.bad_repodata:
+                prefixes.add(d + "/repodata/")
+                exact.add(d + "/repodata")
+        return cls(
+            frozenset(p for p in prefixes if p.endswith("/")),
+            tuple(sorted(p for p in prefixes if not p.endswith("/"))),
+            frozenset(exact),
+        )
+
+    def classify(self, path: str) -> tuple[str, ...]:
+        """The prefixes (and whole-path matches, marked "=") `path` is subject to, in order.
+
+        A prefix ending in "/" matches exactly when it is the path up to one of the path's
+        slashes: one set lookup per slash instead of one startswith per prefix.
+        """
+        matched: list[str] = []
+        slashed = self.slashed
+        if slashed:
+            i = path.find("/")
+            while i >= 0:
+                head = path[: i + 1]
+                if head in slashed:
+                    matched.append(head)
+                i = path.find("/", i + 1)
+        for p in self.loose:
+            if path.startswith(p):
+                matched.append(p)
+        if path in self.exact:
+            matched.append("=" + path)
+        return tuple(matched)
 
 
 class Router:
@@ -40,37 +332,160 @@ class Router:
         geo: GeoReader | None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.settings = settings
         self.holder = holder
+        self.clock = clock
         self.geo = geo
+        self.reconfigure(settings)
+
+    # --- configuration -----------------------------------------------------------------
+
+    def reconfigure(self, settings: Settings) -> None:
+        """Use new settings (a reloaded config) from the next request on; caches start afresh."""
+        self.settings = settings
         self.trust = ProxyTrust(settings.trusted_proxies)
         self.policy = Policy(settings.max_lag, settings.closeness_km, settings.closeness_ratio)
-        self.clock = clock
+        self._master = settings.master
+        self._who: dict[tuple[str | None, str | None, str | None, str], _Who] = {}
+        self._snap: Snapshot | None = None
+        self._tests = _PathTests(frozenset(), (), frozenset())
+        self._classes: dict[str, tuple[str, ...]] = {}
+        self._entries: dict[_EntryKey, _Eligibility] = {}
+        self._stale: dict[_EntryKey, _Eligibility] = {}
+
+    def swap_geo(self, geo: GeoReader | None) -> None:
+        """Use another GeoIP reader (None: location-blind) from the next request on."""
+        self.geo = geo
+        self._who = {}
+
+    def _swap(self, snap: Snapshot) -> None:
+        """A new snapshot: eligibility starts afresh; path classes stay if the rules did."""
+        self._snap = snap
+        tests = _PathTests.of(snap.candidates)
+        if tests != self._tests:
+            self._tests = tests
+            self._classes = {}
+        # The previous snapshot's entries, kept only so that their cells can be carried over.
+        self._stale = self._entries
+        self._entries = {}
+
+    # --- the request path --------------------------------------------------------------
 
     def client(
         self, peer: str | None, forwarded_for: str | None, forwarded_proto: str | None, scheme: str
     ) -> Client:
-        return self.trust.resolve(peer, forwarded_for, forwarded_proto, scheme)
+        """The client a request comes from (see `clientip.ProxyTrust.resolve`)."""
+        return self._who_of(peer, forwarded_for, forwarded_proto, scheme).client
 
     def locate(self, client: Client) -> Location | None:
         if self.geo is None or client.ip is None:
             return None
         return self.geo.locate(client.ip)
 
+    def resolve(
+        self,
+        peer: str | None,
+        forwarded_for: str | None,
+        forwarded_proto: str | None,
+        scheme: str,
+        path: str,
+        now: float | None = None,
+    ) -> Routed:
+        """The hot path: the request's raw parts in, a decision out (see `route`)."""
+        who = self._who_of(peer, forwarded_for, forwarded_proto, scheme)
+        return self._route(who, path, self.clock() if now is None else now)
+
     def route(self, client: Client, path: str, now: float | None = None) -> Routed:
-        """Decide where `client` goes for `path` (below the tree root, percent-encoded)."""
+        """Decide where `client` goes for `path` (below the tree root, percent-encoded).
+
+        Equal to `selection.select` for the current snapshot at `now` (default: the clock).
+        """
+        return self._route(self._make_who(client), path, self.clock() if now is None else now)
+
+    def _who_of(
+        self, peer: str | None, forwarded_for: str | None, forwarded_proto: str | None, scheme: str
+    ) -> _Who:
+        key = (peer, forwarded_for, forwarded_proto, scheme)
+        who = self._who.get(key)
+        if who is None:
+            who = self._make_who(self.trust.resolve(peer, forwarded_for, forwarded_proto, scheme))
+            if forwarded_for is None or len(forwarded_for) <= WHO_KEY_MAX:
+                if len(self._who) >= WHO_CACHE:
+                    self._who = {}
+                self._who[key] = who
+        return who
+
+    def _make_who(self, client: Client) -> _Who:
         loc = self.locate(client)
-        snap = self.holder.current
-        req = Request(
-            path=path,
-            scheme=client.scheme,
-            ipv6=client.ip is not None and client.ip.version == 6,
+        ip = client.ip
+        return _Who(
+            client=client,
             location=loc,
-            client_key=network_key(client.ip),
+            cell=None if loc is None else (loc.latitude, loc.longitude),
+            seed=client_seed(network_key(ip)),
+            ipv6=ip is not None and ip.version == 6,
         )
-        decision = select(
-            snap.candidates, req, self.clock() if now is None else now, self.policy, snap.seeds
-        )
-        chosen = decision.chosen
-        base = chosen.base if chosen is not None else self.settings.master
-        return Routed(client, loc, path, decision, base + path, chosen is None)
+
+    def _route(self, who: _Who, path: str, now: float) -> Routed:
+        snap = self.holder.current
+        if snap is not self._snap:
+            self._swap(snap)
+        cls = self._classes.get(path)
+        if cls is None:
+            cls = self._tests.classify(path)
+            if len(path) <= PATH_KEY_MAX:
+                if len(self._classes) >= PATH_CACHE:
+                    self._classes = {}
+                self._classes[path] = cls
+        scheme = who.client.scheme
+        key = (cls, scheme, who.ipv6)
+        entry = self._entries.get(key)
+        if entry is None or not entry.valid_from <= now < entry.valid_until:
+            entry = self._fill(snap, key, path, scheme, who.ipv6, now, entry)
+        cell = entry.cells.get(who.cell)
+        if cell is None:
+            if len(entry.cells) >= CELL_CACHE:
+                entry.cells = {}
+            cell = _Cell(entry.eligible, who.location, scheme, self.policy, snap.seeds)
+            entry.cells[who.cell] = cell
+        order = cell.order(who.seed)
+        if not order:
+            return Routed(
+                who.client, who.location, path, self._master + path, True, None, cell, order,
+                entry.rejected,
+            )  # fmt: skip
+        chosen = order[0]
+        return Routed(
+            who.client, who.location, path, chosen.base + path, False, chosen, cell, order,
+            entry.rejected,
+        )  # fmt: skip
+
+    def _fill(
+        self,
+        snap: Snapshot,
+        key: _EntryKey,
+        path: str,
+        scheme: str,
+        ipv6: bool,
+        now: float,
+        expired: _Eligibility | None,
+    ) -> _Eligibility:
+        max_lag = self.policy.max_lag
+        eligible: list[Mirror] = []
+        rejected: list[Rejection] = []
+        until = math.inf
+        for c in snap.candidates:
+            why = check(c, path, scheme, ipv6, now, max_lag)
+            if why is None:
+                eligible.append(c.mirror)
+            else:
+                rejected.append(why)
+            until = min(until, valid_until(c, why, now, max_lag))
+        entry = _Eligibility(tuple(eligible), tuple(rejected), now, until - _EARLY)
+        # Cells depend on the eligible mirrors alone: keep them when those did not change.
+        previous = expired if expired is not None else self._stale.get(key)
+        if previous is not None and previous.eligible == entry.eligible:
+            entry.cells = previous.cells
+        if len(self._entries) >= ELIGIBILITY_CACHE:
+            self._entries = {}
+        self._entries[key] = entry
+        return entry

@@ -30,6 +30,7 @@ class Reason(enum.Enum):
     DISABLED = "disabled"
     EXCLUDED = "excludes this subtree"
     LACKS = "lacks this subtree"
+    REPODATA = "repodata mismatch"
     NO_HTTPS = "no https"
     NO_IPV6 = "no IPv6"
     UNCHECKED = "not checked yet"
@@ -46,6 +47,9 @@ class Candidate:
 
     mirror: Mirror
     state: MirrorState | None
+    # Repo directories (e.g. "releases/10/smeos/x86_64") whose repodata/ on this mirror does not
+    # match the master's: its packages there are safe to serve, its metadata is not.
+    bad_repodata: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +150,9 @@ def check(
         for sub in s.lacks:
             if req_path.startswith(sub):
                 return Rejection(m, Reason.LACKS, f"lacks {sub} (found by the poller)")
+    for d in c.bad_repodata:
+        if req_path.startswith(d + "/repodata/") or req_path == d + "/repodata":
+            return Rejection(m, Reason.REPODATA, f"repodata mismatch for {d}")
     if scheme == "https" and m.https is None:
         return Rejection(m, Reason.NO_HTTPS, "has no https URL")
     if ipv6 and not m.ipv6:

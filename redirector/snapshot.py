@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from .models import MasterState, Mirror, MirrorState
+from .models import MasterState, Mirror, MirrorState, RepodataState
 from .selection import Candidate, name_seed
 from .store import Store, StoreData, StoreError
 
@@ -24,16 +24,26 @@ class Snapshot:
     generation: int
     loaded_at: float  # wall-clock time this state was read from the store
     seeds: dict[str, int] = field(default_factory=dict)
+    repodata: RepodataState | None = None  # the master's repomd histories, mirrors' verdicts
 
     @classmethod
     def build(cls, mirrors: Sequence[Mirror], data: StoreData | None, loaded_at: float) -> Snapshot:
         states: dict[str, MirrorState] = dict(data.states) if data else {}
+        repodata = data.repodata if data else None
         return cls(
-            candidates=tuple(Candidate(m, states.get(m.name)) for m in mirrors),
+            candidates=tuple(
+                Candidate(
+                    m,
+                    states.get(m.name),
+                    repodata.bad_for(m.name) if repodata is not None else frozenset(),
+                )
+                for m in mirrors
+            ),
             master=data.master if data else None,
             generation=data.generation if data else -1,
             loaded_at=loaded_at,
             seeds={m.name: name_seed(m.name) for m in mirrors},
+            repodata=repodata,
         )
 
 
@@ -46,15 +56,19 @@ class SnapshotHolder:
         self.current = Snapshot.build(self.mirrors, None, clock())
         self.store_error: str | None = None
         self.store_checked_at: float | None = None
+        # The whole of the last load, the states of mirrors not configured here included: a
+        # reload that adds a mirror finds its state at once (another process polled it).
+        self._data: StoreData | None = None
 
     def set_mirrors(self, mirrors: Sequence[Mirror]) -> None:
         """A reloaded config: rebuild from the same state with the new mirror list."""
         self.mirrors = tuple(mirrors)
         cur = self.current
-        data = StoreData(
+        data = self._data or StoreData(
             states={c.mirror.name: c.state for c in cur.candidates if c.state is not None},
             master=cur.master,
             generation=cur.generation,
+            repodata=cur.repodata,
         )
         self.current = Snapshot.build(self.mirrors, data, cur.loaded_at)
 
@@ -69,6 +83,7 @@ class SnapshotHolder:
             changed = gen != self.current.generation
             if changed:
                 data = await store.load()
+                self._data = data
                 self.current = Snapshot.build(self.mirrors, data, self._clock())
         except StoreError as e:
             if self.store_error is None:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from aiohttp import web
 
-from . import keys
+from . import keys, pages
+from .explain import link_header, wants_mirrorlist
 from .paths import BadPath, split_target, tree_path, tree_prefix
 from .selection import check
 
@@ -24,32 +26,45 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except BadPath as e:
+        pages.refused(request)
         return web.Response(status=400, text=f"400 Bad Request: {e}\n")
 
 
 async def redirect(request: web.Request) -> web.StreamResponse:
     """GET/HEAD under the tree -> 302 to the chosen mirror (or the master)."""
     if request.method not in ("GET", "HEAD"):
+        pages.refused(request)
         return web.Response(
             status=405, text="405 Method Not Allowed\n", headers={"Allow": "GET, HEAD"}
         )
-    raw_path, _ = split_target(request.raw_path)
+    raw_path, query = split_target(request.raw_path)
     prefix = tree_prefix(raw_path)
     if prefix is None:
         raise web.HTTPNotFound(text="404 Not Found\n")
     path = tree_path(raw_path, prefix)
     router = request.app[keys.ROUTER]
-    client = router.client(
+    headers = request.headers
+    started = time.perf_counter()
+    # One call: the client, its location and the decision all come from the router's caches.
+    routed = router.resolve(
         request.remote,
-        request.headers.get("X-Forwarded-For"),
-        request.headers.get("X-Forwarded-Proto"),
+        headers.get("X-Forwarded-For"),
+        headers.get("X-Forwarded-Proto"),
         request.scheme,
+        path,
     )
-    routed = router.route(client, path)
-    return web.Response(
-        status=302,
-        headers={"Location": routed.target, "Cache-Control": NO_SHARED_CACHE},
-    )
+    request[keys.DECISION_SECONDS] = time.perf_counter() - started
+    request[keys.ROUTED] = routed  # for the access log
+    if query and wants_mirrorlist(query):
+        return pages.mirrorlist(request, routed)  # why this client goes there, not a download
+    target = await request.app[keys.VERIFIER].target(routed)  # never a 404 (verify.py)
+    request[keys.TARGET] = target  # for the access log: the mirror finally sent to
+    pages.record(request, routed, request[keys.DECISION_SECONDS], target)
+    out = {"Location": target, "Cache-Control": NO_SHARED_CACHE}
+    link = link_header(routed, target)  # RFC 6249: the next best, for clients that retry
+    if link is not None:
+        out["Link"] = link
+    return web.Response(status=302, headers=out)
 
 
 def _iso(ts: float | None) -> str | None:
@@ -61,7 +76,7 @@ def _iso(ts: float | None) -> str | None:
 async def health(request: web.Request) -> web.Response:
     """Fresh-mirror count, poller age and store status; 503 when there is nowhere to send anyone."""
     app = request.app
-    settings = app[keys.SETTINGS]
+    settings = app[keys.ROUTER].settings  # the live config: a reload replaces it there
     holder = app[keys.HOLDER]
     snap = holder.current
     now = time.time()
@@ -70,7 +85,7 @@ async def health(request: web.Request) -> web.Response:
     )
     master = snap.master
     master_down = master is not None and master.error is not None
-    geo = app[keys.GEO]
+    geo = app[keys.ROUTER].geo  # the live reader: a replaced database is swapped there
     status = "ok"
     if holder.store_error is not None or fresh == 0:
         status = "degraded"
@@ -78,6 +93,7 @@ async def health(request: web.Request) -> web.Response:
         status = "failing"
     body = {
         "status": status,
+        "pid": os.getpid(),  # which worker of `serve --workers N` answered
         "mirrors": {
             "configured": len(snap.candidates),
             "enabled": sum(1 for c in snap.candidates if c.mirror.enabled),
@@ -101,7 +117,7 @@ async def health(request: web.Request) -> web.Response:
         },
         "geoip": {
             "database": geo.describe() if geo is not None else None,
-            "warning": app.get(keys.GEO_WARNING),
+            "warning": app.get(keys.GEO_WARNING) if geo is None else None,
         },
     }
     return web.Response(

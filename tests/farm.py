@@ -40,6 +40,10 @@ class Farm:
     files: dict[str, bytes] = field(default_factory=dict)
     behaviours: dict[str, Behaviour] = field(default_factory=dict)
     hits: list[str] = field(default_factory=list)
+    # (method, '<name>/<path>') of every request, to count HEADs apart from GETs.
+    requests: list[tuple[str, str]] = field(default_factory=list)
+    # '<name>/<prefix>': everything below answers 404, its directory index included.
+    missing: set[str] = field(default_factory=set)
     base: str = ""
     _runner: web.AppRunner | None = None
 
@@ -56,11 +60,17 @@ class Farm:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         tail = request.match_info["tail"]
         self.hits.append(tail)
+        self.requests.append((request.method, tail))
         name, _, rest = tail.partition("/")
         behaviour = self.behaviours.get(name)
         if behaviour is not None:
             return await behaviour(request, rest)
+        if any(tail.startswith(prefix) for prefix in self.missing):
+            return web.Response(status=404, text="not found")
         body = self.files.get(tail)
+        if body is None and tail.endswith("/"):
+            # Every directory has an index, as on a mirror with autoindex; see `missing`.
+            return web.Response(text=f"<html><title>Index of /{tail}</title></html>")
         if body is None:
             return web.Response(status=404, text="not found")
         return web.Response(body=body, content_type="text/plain")
@@ -91,6 +101,33 @@ async def hang(request: web.Request, rest: str) -> web.StreamResponse:
 
 async def error_500(request: web.Request, rest: str) -> web.StreamResponse:
     return web.Response(status=500, text="internal error")
+
+
+async def slow_drip(request: web.Request, rest: str) -> web.StreamResponse:
+    """Answer 200 at once, then one byte a second for a minute."""
+    resp = web.StreamResponse()
+    await resp.prepare(request)
+    try:
+        for _ in range(60):
+            await resp.write(b"x")
+            await asyncio.sleep(1)
+    except ConnectionError:  # the client gave up, as it should
+        pass
+    return resp
+
+
+async def huge_body(request: web.Request, rest: str) -> web.StreamResponse:
+    """200 with a 10 MB body of junk, streamed."""
+    resp = web.StreamResponse()
+    resp.content_length = 10 * 1024 * 1024
+    await resp.prepare(request)
+    chunk = b"Mon Jan  1 00:00:00 UTC 2024\n" + b"j" * 65507
+    try:
+        for _ in range(160):
+            await resp.write(chunk)
+    except ConnectionError:  # the client stopped reading at its cap, as it should
+        pass
+    return resp
 
 
 async def raw_get(port: int, target: str, headers: str = "", method: str = "GET") -> bytes:

@@ -1,0 +1,367 @@
+"""Reloading without a restart: the config on SIGHUP or a file change, the GeoIP file when replaced.
+
+A reload never drops a request. Everything here runs on the event loop between requests, and a
+swap is a few plain assignments in one synchronous call, so a handler sees the old config or the
+new one, never a mix. A config that does not validate is refused: the error is logged and the
+running config stays. A replaced GeoIP database is opened beside the old one, swapped in, and the
+old reader is closed after a grace period, in case something still holds it.
+
+Files are watched by polling their (device, inode, size, mtime, ctime) once a second: that sees
+an edit in place and a replacement by rename (how geoipupdate and config tools write), needs no
+inotify, and costs one stat per file per second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from aiohttp import web
+
+from . import keys
+from .geo import GeoError, GeoReader, find_database
+from .settings import ConfigError, Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+WATCH_INTERVAL = 1.0  # seconds between two looks at the watched files
+GEO_GRACE = 30.0  # seconds a replaced GeoIP reader stays open before it is closed
+
+# Settings that only a restart can change: the listening socket, the store connection and the
+# access log's destination are opened once at startup. (config key, Settings fields)
+RESTART_KEYS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("listen", ("listen_host", "listen_port")),
+    ("redis_url", ("redis_url",)),
+    ("redis_prefix", ("redis_prefix",)),
+    ("access_log_path", ("access_log_path",)),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FileSig:
+    """What identifies one version of a file: a rename or a write changes at least one field."""
+
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+
+def file_signature(path: Path) -> FileSig | None:
+    """The signature of the file at `path` now, or None when there is no readable file."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return FileSig(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def restart_changes(old: Settings, new: Settings) -> list[str]:
+    """The config keys whose change between `old` and `new` only a restart applies."""
+    return [
+        key
+        for key, fields in RESTART_KEYS
+        if any(getattr(old, f, None) != getattr(new, f, None) for f in fields)
+    ]
+
+
+def keep_running(running: Settings, new: Settings) -> Settings:
+    """`new` with the restart-only fields of `running`: what a reload can actually apply."""
+    fields = {f: getattr(running, f) for _, fs in RESTART_KEYS for f in fs if hasattr(running, f)}
+    return replace(new, **fields)
+
+
+class Reloader:
+    """Re-reads one process's config and GeoIP database and hands the new ones over.
+
+    `apply(settings)` is called with every accepted config, restart-only fields kept at their
+    running values. `swap_geo(reader)` (None: GeoIP is not watched here) is called with a newly
+    opened reader, or None when the config turns GeoIP off. Not thread-safe: one event loop.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        apply: Callable[[Settings], None],
+        *,
+        geo: GeoReader | None = None,
+        swap_geo: Callable[[GeoReader | None], None] | None = None,
+        grace: float = GEO_GRACE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.geo = geo
+        self.reloads = 0  # accepted config reloads
+        self.refused = 0  # config reloads refused as invalid
+        self.last_error: str | None = None
+        self._apply = apply
+        self._swap_geo = swap_geo
+        self._grace = grace
+        self._clock = clock
+        self._initial_geo = geo
+        self._retired: list[tuple[float, GeoReader]] = []
+        # Only a file that exists at startup is watched: settings parsed from text name a
+        # source that may not exist at all.
+        source = settings.source
+        self._config_sig = file_signature(source) if source is not None else None
+        self._watch_config = self._config_sig is not None
+        # The file as it said at startup, before any command-line override, so that --listen
+        # is not reported as a change of the file on the first reload.
+        self._file = settings
+        if self._watch_config:
+            assert source is not None
+            with contextlib.suppress(ConfigError):
+                self._file = load_settings(source)
+        # A database that could not be opened at startup is tried again only once it changes.
+        self._geo_path = geo.path if geo is not None else None
+        if geo is None and swap_geo is not None:
+            self._geo_path = self._geo_target()
+        self._geo_sig = file_signature(self._geo_path) if self._geo_path is not None else None
+
+    # -- the config
+
+    def reload_config(self, reason: str) -> bool:
+        """Read the config file again and apply it; False, with the error logged, if refused."""
+        source = self.settings.source
+        if source is None or not self._watch_config:
+            log.warning("config reload (%s) ignored: the config was not read from a file", reason)
+            return False
+        # The signature is taken before reading: a write racing the read shows up as one more
+        # change on the next look, and the file is read again.
+        self._config_sig = file_signature(source)
+        try:
+            new = load_settings(source)
+        except ConfigError as e:
+            self.refused += 1
+            self.last_error = str(e)
+            # The message names file, line and field; a traceback would only hide it.
+            log.error("config reload (%s) refused, keeping the running config: %s", reason, e)  # noqa: TRY400
+            return False
+        restart = restart_changes(self._file, new)
+        if restart:
+            log.warning(
+                "config reload (%s): %s changed; restart needed to apply (running values kept)",
+                reason,
+                ", ".join(restart),
+            )
+        self._file = new
+        applied = keep_running(self.settings, new)
+        try:
+            self._apply(applied)
+        except Exception as e:  # a bug, not a bad file: say so and keep serving
+            self.last_error = f"applying the new config failed: {e}"
+            log.exception("config reload (%s): applying the new config failed", reason)
+            return False
+        self.settings = applied
+        self.reloads += 1
+        self.last_error = None
+        enabled = sum(1 for m in applied.mirrors if m.enabled)
+        log.info(
+            "config reloaded (%s) from %s: %d mirrors (%d enabled)",
+            reason,
+            source,
+            len(applied.mirrors),
+            enabled,
+        )
+        self.check_geo()  # the new config may name another GeoIP database
+        return True
+
+    # -- the GeoIP database
+
+    def _geo_target(self) -> Path | None:
+        s = self.settings
+        if s.geoip_db is not None:
+            return s.geoip_db
+        if s.geoip_search:
+            return find_database()
+        return None
+
+    def check_geo(self) -> bool:
+        """Open the GeoIP database again if its file was replaced; True when a reader was swapped.
+
+        An unusable new file is logged once and the running reader kept; a missing file keeps
+        the running reader too (it stays mapped), until a usable file appears.
+        """
+        if self._swap_geo is None:
+            return False
+        path = self._geo_target()
+        if path is None:
+            if self.geo is None:
+                return False
+            log.warning("GeoIP turned off by the config: location-blind from now on")
+            self._swap(None)
+            self._geo_path = self._geo_sig = None
+            return True
+        sig = file_signature(path)
+        if path == self._geo_path and sig == self._geo_sig:
+            return False
+        self._geo_path, self._geo_sig = path, sig
+        if sig is None:
+            if self.geo is not None:
+                log.warning("GeoIP database %s is gone; keeping the one already open", path)
+            return False
+        try:
+            new = GeoReader.open(path)
+        except GeoError as e:
+            kept = self.geo.describe() if self.geo is not None else "location-blind"
+            log.error("GeoIP database changed but cannot be used (%s), keeping %s", e, kept)  # noqa: TRY400  # the message says all
+            return False
+        self._swap(new)
+        log.info("GeoIP database reloaded: %s", new.describe())
+        return True
+
+    def _swap(self, new: GeoReader | None) -> None:
+        assert self._swap_geo is not None
+        old, self.geo = self.geo, new
+        self._swap_geo(new)
+        if old is not None:
+            self._retired.append((self._clock() + self._grace, old))
+
+    def _close_retired(self, force: bool = False) -> None:
+        now = self._clock()
+        keep: list[tuple[float, GeoReader]] = []
+        for deadline, reader in self._retired:
+            if force or now >= deadline:
+                reader.close()
+            else:
+                keep.append((deadline, reader))
+        self._retired = keep
+
+    # -- the loop
+
+    def check(self) -> None:
+        """One look at the watched files: reload what changed, close what has served its time."""
+        if self._watch_config:
+            assert self.settings.source is not None
+            if file_signature(self.settings.source) != self._config_sig:
+                self.reload_config("file changed")
+        self.check_geo()
+        self._close_retired()
+
+    def on_signal(self) -> None:
+        """SIGHUP: re-read the config whether or not the file looks changed."""
+        self.reload_config("SIGHUP")
+        self._close_retired()
+
+    async def run(self, interval: float = WATCH_INTERVAL) -> None:
+        """Look at the files every `interval` seconds until cancelled; a failure never stops it."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.check()
+            except Exception:
+                log.exception("reload check failed; trying again")
+
+    def close(self) -> None:
+        """Close every reader this reloader opened or retired (the first one is its opener's)."""
+        self._close_retired(force=True)
+        if self.geo is not None and self.geo is not self._initial_geo:
+            self.geo.close()
+        self.geo = None
+
+
+# SIGHUP goes to every reloader of the process: tests may run several apps in one.
+_sighup_listeners: set[Reloader] = set()
+
+
+def _on_sighup() -> None:
+    for reloader in tuple(_sighup_listeners):
+        try:
+            reloader.on_signal()
+        except Exception:
+            log.exception("SIGHUP reload failed")
+
+
+def hold_sighup() -> None:
+    """Ignore SIGHUP until a reloader listens: its default action would end the process, and
+    `systemctl reload` may come while a worker is still starting. Main thread only."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def listen_sighup(reloader: Reloader) -> bool:
+    """Reload `reloader` on SIGHUP; False when signals cannot be handled here (not main thread)."""
+    if not _sighup_listeners:
+        try:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _on_sighup)
+        except (RuntimeError, ValueError, NotImplementedError) as e:
+            log.debug("no SIGHUP reload in this thread: %s", e)
+            return False
+    _sighup_listeners.add(reloader)
+    return True
+
+
+def unlisten_sighup(reloader: Reloader) -> None:
+    _sighup_listeners.discard(reloader)
+    if not _sighup_listeners:
+        with contextlib.suppress(RuntimeError, ValueError, NotImplementedError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+
+
+@contextlib.asynccontextmanager
+async def watching(
+    settings: Settings,
+    apply: Callable[[Settings], None] | None = None,
+    *,
+    geo: GeoReader | None = None,
+    swap_geo: Callable[[GeoReader | None], None] | None = None,
+    interval: float = WATCH_INTERVAL,
+    grace: float = GEO_GRACE,
+) -> AsyncIterator[Reloader]:
+    """A Reloader watching its files and listening for SIGHUP while the block runs.
+
+    Outside an app (the `redirector poll` process) read `reloader.settings` for the live config.
+    """
+    reloader = Reloader(
+        settings, apply or (lambda _: None), geo=geo, swap_geo=swap_geo, grace=grace
+    )
+    listen_sighup(reloader)
+    task = asyncio.create_task(reloader.run(interval))
+    try:
+        yield reloader
+    finally:
+        unlisten_sighup(reloader)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        reloader.close()
+
+
+def reload_ctx(
+    *, watch_geo: bool, interval: float = WATCH_INTERVAL, grace: float = GEO_GRACE
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A cleanup_ctx that reloads the app's config and GeoIP database while it runs.
+
+    Needs keys.ROUTER and keys.HOLDER, so it goes after the context that makes them. The live
+    settings are `app[keys.ROUTER].settings` from then on (app[keys.SETTINGS] is the startup
+    config: an application's keys cannot change once it runs), and the live GeoIP reader is
+    `app[keys.ROUTER].geo`. `watch_geo` is False when the reader was injected rather than
+    opened from the settings.
+    """
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        router, holder = app[keys.ROUTER], app[keys.HOLDER]
+
+        def apply(new: Settings) -> None:
+            # One synchronous step: no request runs between the two assignments.
+            holder.set_mirrors(new.mirrors)
+            router.reconfigure(new)
+
+        async with watching(
+            router.settings,
+            apply,
+            geo=router.geo,
+            swap_geo=router.swap_geo if watch_geo else None,
+            interval=interval,
+            grace=grace,
+        ):
+            yield
+
+    return ctx
