@@ -6,13 +6,19 @@ the port with SO_REUSEPORT, and uses uvloop when the redirector would (same even
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
 from aiohttp import web
 
-from common import ROOT  # noqa: F401  # puts the repository on sys.path
 
-from redirector.app import new_event_loop
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """As redirector.app.new_event_loop, without importing the redirector (its memory)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 async def redirect(request: web.Request) -> web.StreamResponse:

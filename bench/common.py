@@ -11,7 +11,6 @@ from __future__ import annotations
 import ipaddress
 import random
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,27 +20,50 @@ if str(ROOT) not in sys.path:  # run as `python bench/x.py`: the package and tes
     sys.path.insert(0, str(ROOT))
 
 from redirector.models import MasterState, MasterVersion, Mirror, MirrorState, Status  # noqa: E402
-from tests.mmdb_build import CityRecord, sample_networks, write_city_mmdb  # noqa: E402
+from tests.mmdb_build import sample_networks  # noqa: E402
 
 EXAMPLE = ROOT / "examples" / "mirrors.toml"
 OUT = ROOT / "bench" / "out"  # generated files and results; ignored by git
 SEED = 7
-PATHS = (  # what the load generator asks for, in turn; obsolete/ is excluded by some mirrors
-    "/smeserver/releases/10/smeos/x86_64/repodata/repomd.xml",
-    "/smeserver/releases/10/smeupdates/x86_64/repodata/repomd.xml",
-    "/smeserver/releases/10/smeos/x86_64/Packages/e2fsprogs-1.42.9-19.el7.x86_64.rpm",
-    "/smeserver/releases/11/smeos/x86_64/Packages/smeserver-base-11.0.0-1.el8.sme.noarch.rpm",
-    "/smeserver/releases/10/smeos/x86_64/repodata/primary.xml.gz",
-    "/smeserver/obsolete/7/smeos/i386/CentOS/RPMS/kernel-2.6.9-89.EL.i686.rpm",
-    "/smeserver/contribs/someone/10/noarch/smeserver-thing-1.0-1.noarch.rpm",
-    "/pub/smeserver/releases/10/smeos/x86_64/repodata/repomd.xml",
-)
+
+
+def _paths(count: int = 2000, seed: int = SEED) -> tuple[str, ...]:
+    """What the load generator asks for, in turn: yum metadata and packages of the live
+    releases, some of obsolete/ (excluded by some mirrors) and contribs/, and /pub/ links.
+    Many distinct files, as real traffic has, so no per-path cache holds just a handful."""
+    rng = random.Random(seed + 3)
+    repos = [
+        f"releases/{v}/{r}/{a}"
+        for v in (9, 10, 11)
+        for r in ("smeos", "smeupdates", "smeextras", "smeaddons")
+        for a in ("x86_64", "i386")
+    ]
+    meta = ("repomd.xml", "primary.xml.gz", "filelists.xml.gz", "other.xml.gz", "comps.xml")
+    out = [f"/smeserver/{repo}/repodata/{m}" for repo in repos for m in meta]
+    while len(out) < count:
+        roll = rng.random()
+        n = rng.randrange(100000)
+        if roll < 0.75:
+            out.append(f"/smeserver/{rng.choice(repos)}/Packages/pkg{n}-1.0-1.el7.x86_64.rpm")
+        elif roll < 0.85:
+            out.append(f"/smeserver/obsolete/7/smeos/i386/CentOS/RPMS/old{n}-1.0-1.i386.rpm")
+        elif roll < 0.95:
+            out.append(f"/smeserver/contribs/someone{n % 50}/10/noarch/contrib{n}-1.noarch.rpm")
+        else:
+            out.append(f"/pub/smeserver/{rng.choice(repos)}/repodata/repomd.xml")
+    rng.shuffle(out)
+    return tuple(out[:count])
+
+
+PATHS = _paths()
 
 
 def places(count: int = 1000, seed: int = SEED) -> list[tuple[float, float]]:
     """Random (latitude, longitude) pairs where people live, roughly: 45 S to 65 N."""
     rng = random.Random(seed)
-    return [(round(rng.uniform(-45, 65), 4), round(rng.uniform(-180, 180), 4)) for _ in range(count)]
+    return [
+        (round(rng.uniform(-45, 65), 4), round(rng.uniform(-180, 180), 4)) for _ in range(count)
+    ]
 
 
 def synthetic_mirrors(count: int = 200, seed: int = SEED) -> list[Mirror]:
@@ -114,36 +136,78 @@ def fresh_master(now: float) -> MasterState:
 
 @dataclass(frozen=True, slots=True)
 class World:
-    """The clients' side: the GeoIP database and one address per network in it."""
+    """The clients' side: the GeoIP database and one address per client network in it."""
 
     db: Path
     clients: tuple[str, ...]
 
 
-def build_world(directory: Path, clients: int = 10_000, seed: int = SEED) -> World:
-    """A GeoIP database of `clients` networks (4 in 5 IPv4 /24, 1 in 5 IPv6 /32) at random
-    places, and one public address in each: what the load generator sends as X-Forwarded-For.
-    Reused when already built with the same parameters."""
-    db = directory / f"bench-city-{clients}-{seed}.mmdb"
+def _record(place: int, lat: float, lon: float) -> dict[str, object]:
+    """A GeoLite2-City-shaped record (names in a few languages, as the real ones carry)."""
+    names = {"en": f"City {place}", "de": f"Stadt {place}", "fr": f"Ville {place}"}
+    country = {"iso_code": "XX", "names": {"en": "Somewhere", "de": "Irgendwo"}}
+    return {
+        "city": {"geoname_id": 100000 + place, "names": names},
+        "continent": {"code": "EU", "names": {"en": "Europe"}},
+        "country": country,
+        "registered_country": country,
+        "location": {"accuracy_radius": 100, "latitude": lat, "longitude": lon},
+    }
+
+
+def build_world(directory: Path, clients: int = 10_000, filler: int = 0, seed: int = SEED) -> World:
+    """A GeoIP database and one public address in each of its `clients` networks (4 in 5 IPv4
+    /24s, 1 in 5 IPv6 /32s, from tests/mmdb_build.sample_networks), each network at one of
+    1,000 places: what the load generator sends as X-Forwarded-For.
+
+    `filler` more random IPv4 /24s make the file as large as a real GeoLite2-City (about
+    4,800,000 give 63 MB; building that takes about 4 minutes and 3 GB of memory), for the
+    memory figures. Both files are kept in `directory` and reused.
+    """
+    db = directory / f"bench-city-{clients}-{filler}-{seed}.mmdb"
     listing = directory / f"bench-clients-{clients}-{seed}.txt"
     if db.exists() and listing.exists():
         return World(db, tuple(listing.read_text().split()))
+    from mmdb_writer import MMDBWriter
+    from netaddr import IPSet
+
     rng = random.Random(seed + 2)
     spots = places(seed=seed)
     v4_wanted, v6_wanted = clients * 4 // 5, clients - clients * 4 // 5
     pool = sample_networks(2 * max(v4_wanted, v6_wanted) + 2, seed=seed)
     v4 = [n for n in pool if ":" not in n][:v4_wanted]
     v6 = [n for n in pool if ":" in n][:v6_wanted]
-    records: dict[str, CityRecord] = {}
+    by_place: dict[int, list[str]] = {}
     addresses: list[str] = []
     for cidr in v4 + v6:
-        lat, lon = rng.choice(spots)
-        records[cidr] = CityRecord("XX", "EU", lat, lon)
-        net = ipaddress.ip_network(cidr)
-        addresses.append(str(net.network_address + 7))
+        by_place.setdefault(rng.randrange(len(spots)), []).append(cidr)
+        addresses.append(str(ipaddress.ip_network(cidr).network_address + 7))
+    taken = {int(ipaddress.ip_network(c).network_address) >> 8 for c in v4}
+    while filler > 0:
+        block = rng.getrandbits(24)
+        net = ipaddress.IPv4Network((block << 8, 24))
+        if block in taken or not net.is_global or net.is_multicast:
+            continue
+        taken.add(block)
+        by_place.setdefault(rng.randrange(len(spots)), []).append(str(net))
+        filler -= 1
+    writer = MMDBWriter(
+        ip_version=6,
+        database_type="GeoLite2-City",
+        languages=["en"],
+        description={"en": "redirector bench database"},
+        ipv4_compatible=True,
+    )
+    # One insert per place with all its networks: far faster than one per network. Every
+    # network here is a /24 or a /32, so the order of insertion does not matter.
+    for place, nets in sorted(by_place.items()):
+        lat, lon = spots[place]
+        writer.insert_network(IPSet(nets), _record(place, lat, lon))
     rng.shuffle(addresses)
     directory.mkdir(parents=True, exist_ok=True)
-    write_city_mmdb(db, records, build_epoch=int(time.time()))
+    tmp = db.with_suffix(".tmp")
+    writer.to_db_file(str(tmp))
+    tmp.replace(db)
     listing.write_text("\n".join(addresses) + "\n")
     return World(db, tuple(addresses))
 

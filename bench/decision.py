@@ -32,7 +32,9 @@ from redirector.snapshot import Snapshot, SnapshotHolder
 from redirector.store import StoreData
 
 
-def bench(mirror_count: int, geo: GeoReader, clients: tuple[str, ...], repeat: int) -> dict[str, float]:
+def bench(
+    mirror_count: int, geo: GeoReader, clients: tuple[str, ...], repeat: int
+) -> dict[str, float]:
     mirrors = tuple(common.synthetic_mirrors(max(mirror_count, 1))[:mirror_count])
     now = time.time()
     data = StoreData(
@@ -53,9 +55,8 @@ def bench(mirror_count: int, geo: GeoReader, clients: tuple[str, ...], repeat: i
     requests = []
     for c, path in jobs:
         ip = parse_ip(c)
-        requests.append(
-            Request(path, "http", ip is not None and ip.version == 6, geo.locate(c), network_key(ip))
-        )
+        v6 = ip is not None and ip.version == 6
+        requests.append(Request(path, "http", v6, geo.locate(c), network_key(ip)))
     uncached = []
     for _ in range(repeat):
         t = time.perf_counter()

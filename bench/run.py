@@ -39,6 +39,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import common
 from common import OUT, ROOT
@@ -47,6 +48,7 @@ from redirector.filestore import FileStore
 from redirector.settings import load_settings
 
 PY = sys.executable
+BIG_FILLER = 4_800_000  # random /24s: a 63 MB GeoIP file, near GeoLite2-City's 70 MB
 
 
 @dataclass
@@ -60,8 +62,8 @@ class Result:
     errors: dict[str, int]
     rss_mb: list[float] = field(default_factory=list)
     pss_mb: list[float] = field(default_factory=list)
+    anon_mb: list[float] = field(default_factory=list)
     cpu_us: float = 0.0  # server CPU time (all workers) per request: steadier than req/s
-
 
     @property
     def rps(self) -> float:
@@ -115,7 +117,9 @@ def get(port: int, path: str, xff: str | None = None) -> tuple[int, dict[str, st
         conn.close()
 
 
-def wait_answering(port: int, path: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+def wait_answering(
+    port: int, path: str, proc: subprocess.Popen[bytes], timeout: float = 60
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -142,18 +146,21 @@ def cmdline(pid: int) -> bytes:
         return b""
 
 
-def memory_mb(pid: int) -> tuple[float, float]:
-    """(RSS, PSS) of a process in MB; PSS shares the mapped GeoIP file among its users."""
-    rss = pss = 0.0
+def memory_mb(pid: int) -> tuple[float, float, float]:
+    """(RSS, PSS, anonymous RSS) of a process in MB. The mapped GeoIP file counts in RSS only
+    as far as lookups touched it, and is shared: PSS divides it among the workers."""
+    rss = pss = anon = 0.0
     with contextlib.suppress(OSError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 rss = int(line.split()[1]) / 1024
+            elif line.startswith("RssAnon:"):
+                anon = int(line.split()[1]) / 1024
     with contextlib.suppress(OSError):
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
             if line.startswith("Pss:"):
                 pss = int(line.split()[1]) / 1024
-    return round(rss, 1), round(pss, 1)
+    return round(rss, 1), round(pss, 1), round(anon, 1)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -209,7 +216,7 @@ class Server:
         finally:
             self.stop()
 
-    def _log(self, what: str) -> object:
+    def _log(self, what: str) -> BinaryIO:
         return (self.workdir / f"{self.name}-{what}.log").open("ab")
 
 
@@ -221,7 +228,7 @@ class Nginx(Server):
         conf.write_text(common.nginx_conf(self.workdir, self.port, self.workers))
         proc = subprocess.Popen(
             [tool("nginx"), "-c", str(conf), "-p", str(self.workdir)],
-            stdout=self._log("out"), stderr=subprocess.STDOUT,  # type: ignore[arg-type]
+            stdout=self._log("out"), stderr=subprocess.STDOUT,
         )  # fmt: skip
         self.procs = [proc]
         wait_answering(self.port, "/", proc)
@@ -241,9 +248,8 @@ class BareAiohttp(Server):
         script = ROOT / "bench" / "bare_aiohttp.py"
         self.procs = [
             subprocess.Popen(
-                [PY, str(script), str(self.port)],
-                stdout=self._log("out"), stderr=subprocess.STDOUT,  # type: ignore[arg-type]
-            )  # fmt: skip
+                [PY, str(script), str(self.port)], stdout=self._log("out"), stderr=subprocess.STDOUT
+            )
             for _ in range(self.workers)
         ]
         for p in self.procs:
@@ -278,7 +284,7 @@ class Redirector(Server):
         proc = subprocess.Popen(
             [PY, "-m", "redirector.cli", "serve", "--config", str(config), "--no-poll",
              "--workers", str(self.workers), "--state-dir", str(state)],
-            cwd=ROOT, stdout=self._log("out"), stderr=subprocess.STDOUT,  # type: ignore[arg-type]
+            cwd=ROOT, stdout=self._log("out"), stderr=subprocess.STDOUT,
         )  # fmt: skip
         self.procs = [proc]
         wait_answering(self.port, "/health", proc)
@@ -313,13 +319,12 @@ def run_wrk(
     ).stdout  # fmt: skip
     line = next(ln for ln in out.splitlines() if ln.startswith("BENCH "))
     f = line.split()
-    errors = dict(zip(("connect", "read", "write", "timeout", "status"), map(int, f[5:10]), strict=True))
+    kinds = ("connect", "read", "write", "timeout", "status")
+    errors = dict(zip(kinds, map(int, f[5:10]), strict=True))
     return int(f[1]), float(f[2]), int(f[3]), int(f[4]), errors
 
 
-def measure(
-    server: Server, lua: Path, client: str, args: argparse.Namespace
-) -> Result:
+def measure(server: Server, lua: Path, client: str, args: argparse.Namespace) -> Result:
     with server.running():
         server.check(client)
         run_wrk(server.port, lua, "1s", args.connections, args.threads)  # warm-up: caches fill
@@ -332,7 +337,8 @@ def measure(
         mem = [memory_mb(pid) for pid in pids]
     return Result(
         server.name, server.workers, requests, seconds, p50, p99, errors,
-        [m[0] for m in mem], [m[1] for m in mem], cpu / max(1, requests) * 1e6,
+        [m[0] for m in mem], [m[1] for m in mem], [m[2] for m in mem],
+        cpu / max(1, requests) * 1e6,
     )  # fmt: skip
 
 
@@ -343,6 +349,7 @@ def median_result(results: list[Result]) -> dict[str, float]:
         "p99_ms": statistics.median(r.p99_us for r in results) / 1000,
         "rss_mb": statistics.median(max(r.rss_mb, default=0.0) for r in results),
         "pss_mb": statistics.median(max(r.pss_mb, default=0.0) for r in results),
+        "anon_mb": statistics.median(max(r.anon_mb, default=0.0) for r in results),
         "errors": sum(sum(r.errors.values()) for r in results),
         "cpu_us": statistics.median(r.cpu_us for r in results),
     }
@@ -359,7 +366,10 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, {cpu}, load {load[0]:.2f} at start"
 
 
-def main(argv: list[str] | None = None) -> int:
+CONTENDERS = ("nginx", "aiohttp-bare", "redirector")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python bench/run.py",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
@@ -371,45 +381,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="default: cores")
     p.add_argument("-c", "--connections", type=int, default=64)
     p.add_argument("-t", "--threads", type=int, default=1)
-    p.add_argument(
-        "--only", default="nginx,aiohttp-bare,redirector", help="comma-separated contenders"
-    )
+    p.add_argument("--only", default=",".join(CONTENDERS), help="comma-separated contenders")
     p.add_argument("--no-decision", action="store_true", help="skip bench/decision.py")
+    p.add_argument(
+        "--big-geoip",
+        action="store_true",
+        help="a 63 MB GeoIP file, near GeoLite2-City (built once, about 4 min, 3 GB RAM)",
+    )
     args = p.parse_args(argv)
+    for name in args.only.split(","):
+        if name not in CONTENDERS:
+            p.error(f"unknown contender {name!r}; known: {', '.join(CONTENDERS)}")
+    return args
 
-    ensure_tools()
-    OUT.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    workdir = OUT / f"run-{stamp}"
-    workdir.mkdir()
-    print(f"machine: {machine()}")
-    print("building the GeoIP database and the client list ...", flush=True)
-    world = common.build_world(OUT)
-    lua = workdir / "xff.lua"
-    lua.write_text(common.lua_script(world.clients))
-    wanted = args.only.split(",")
-    results: dict[str, list[Result]] = {name: [] for name in wanted}
-    for round_ in range(args.runs):
-        for name in wanted:
-            server: Server
-            if name == "nginx":
-                server = Nginx(workdir, args.workers)
-            elif name == "aiohttp-bare":
-                server = BareAiohttp(workdir, args.workers)
-            elif name == "redirector":
-                server = Redirector(workdir, args.workers, world.db)
-            else:
-                p.error(f"unknown contender {name!r}")
-            r = measure(server, lua, world.clients[0], args)
-            results[name].append(r)
-            print(
-                f"round {round_ + 1}/{args.runs} {name:13} {r.rps:10.0f} req/s  "
-                f"p50 {r.p50_us / 1000:6.2f} ms  p99 {r.p99_us / 1000:6.2f} ms  "
-                f"CPU {r.cpu_us:5.1f} us/req  "
-                f"RSS {'/'.join(f'{m:.0f}' for m in r.rss_mb)} MB  "
-                f"errors {sum(r.errors.values())}",
-                flush=True,
-            )
+
+def contender(name: str, workdir: Path, workers: int, db: Path) -> Server:
+    if name == "nginx":
+        return Nginx(workdir, workers)
+    if name == "aiohttp-bare":
+        return BareAiohttp(workdir, workers)
+    return Redirector(workdir, workers, db)
+
+
+def report(args: argparse.Namespace, results: dict[str, list[Result]], stamp: str) -> None:
     med = {name: median_result(rs) for name, rs in results.items()}
     print()
     print(f"medians of {args.runs} round(s), {args.duration} each, wrk -t{args.threads} "
@@ -428,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
                 ratios[f"redirector/{base}"] = rps
                 ratios[f"redirector/{base} by CPU per request"] = cpu
                 print(f"redirector/{base}: {rps:.2f} by req/s, {cpu:.2f} by CPU per request")
-    report = {
+    doc = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": machine(),
         "args": vars(args),
@@ -437,8 +431,40 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": {name: [asdict(r) | {"rps": r.rps} for r in rs] for name, rs in results.items()},
     }
     out = OUT / f"results-{stamp}.json"
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"\nwritten: {out.relative_to(ROOT)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    ensure_tools()
+    OUT.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    workdir = OUT / f"run-{stamp}"
+    workdir.mkdir()
+    print(f"machine: {machine()}")
+    print("building the GeoIP database and the client list ...", flush=True)
+    world = common.build_world(OUT, filler=BIG_FILLER if args.big_geoip else 0)
+    print(f"GeoIP database: {world.db.name}, {world.db.stat().st_size / 1e6:.1f} MB")
+    lua = workdir / "xff.lua"
+    lua.write_text(common.lua_script(world.clients))
+    wanted = args.only.split(",")
+    results: dict[str, list[Result]] = {name: [] for name in wanted}
+    for round_ in range(args.runs):
+        for name in wanted:
+            r = measure(
+                contender(name, workdir, args.workers, world.db), lua, world.clients[0], args
+            )
+            results[name].append(r)
+            print(
+                f"round {round_ + 1}/{args.runs} {name:13} {r.rps:10.0f} req/s  "
+                f"p50 {r.p50_us / 1000:6.2f} ms  p99 {r.p99_us / 1000:6.2f} ms  "
+                f"CPU {r.cpu_us:5.1f} us/req  "
+                f"RSS {'/'.join(f'{m:.0f}' for m in r.rss_mb)} MB  "
+                f"errors {sum(r.errors.values())}",
+                flush=True,
+            )
+    report(args, results, stamp)
     if not args.no_decision:
         print("\ndecision alone (bench/decision.py):", flush=True)
         subprocess.run([PY, str(ROOT / "bench" / "decision.py")], check=True)

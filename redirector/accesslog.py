@@ -24,7 +24,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from . import keys
-from .router import Routed
+from .router import Routed, Router
 from .settings import Settings
 
 LOGGER_NAME = "redirector.access"
@@ -109,7 +109,10 @@ def format_json(e: AccessEntry) -> str:
         "duration_ms": round(e.seconds * 1000, 3),
         "user_agent": e.user_agent[:MAX_FIELD],
     }
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+    line = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+    # Undecodable bytes in a header arrive as lone surrogates (surrogateescape), which a UTF-8
+    # file refuses: written as JSON's own \udcXX escapes instead, the line stays valid JSON.
+    return line.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def entry_for(
@@ -118,7 +121,7 @@ def entry_for(
     """What the handlers left on the request, or what the router says of the peer."""
     routed: Routed | None = request.get(keys.ROUTED)
     target: str | None = request.get(keys.TARGET)
-    router = request.app.get(keys.ROUTER) if isinstance(request, web.Request) else None
+    router = router_of(request)
     client_ip: str | None = None
     scheme = request.scheme
     country: str | None = None
@@ -168,12 +171,30 @@ def mirror_of(routed: Routed, target: str | None) -> str:
     return "master"
 
 
+def router_of(request: web.BaseRequest) -> Router | None:
+    """The app's router; None for a request aiohttp refused before routing (a malformed one),
+    which has no app to give: its `app` asserts, or fails under -O."""
+    if not isinstance(request, web.Request):
+        return None
+    try:
+        app = request.app
+    except (AssertionError, AttributeError):
+        return None
+    return app.get(keys.ROUTER)
+
+
 class AccessLogger(AbstractAccessLogger):
     """aiohttp's access-log hook: builds the entry and writes it in the configured format."""
 
+    # The live config's access_log as of the last routed request, for the requests aiohttp
+    # refuses before routing (no app to ask). Shared: aiohttp makes one logger per connection.
+    seen_format = "text"
+
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        router = request.app.get(keys.ROUTER) if isinstance(request, web.Request) else None
-        fmt = router.settings.access_log if router is not None else "text"
+        router = router_of(request)
+        if router is not None:
+            AccessLogger.seen_format = router.settings.access_log
+        fmt = AccessLogger.seen_format
         if fmt == "off":
             return
         try:
@@ -193,6 +214,7 @@ def close() -> None:
 
 def setup(settings: Settings) -> logging.Logger:
     """The access logger, writing bare lines to stderr or to `access_log_path`; idempotent."""
+    AccessLogger.seen_format = settings.access_log
     close()
     logger = logging.getLogger(LOGGER_NAME)
     handler: logging.Handler

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 
@@ -13,6 +12,7 @@ from . import accesslog, keys, lists, pages, repodata, syncreader
 from . import web as handlers
 from .geo import GeoError, GeoReader, find_database
 from .lease import Lease
+from .limits import HTTP_LIMITS, quiet_bad_requests
 from .poller import PassHook, PassResult, probe_session, run_poller
 from .reload import hold_sighup, reload_ctx
 from .router import Router
@@ -38,9 +38,14 @@ def open_geo(settings: Settings) -> tuple[GeoReader | None, str | None]:
 
 
 async def _stop(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    """Cancel `task` and wait until it has ended. The cancel is repeated every second: one
+    swallowed on its way (by an extension or a library under it) must not hang the shutdown,
+    and a cancel of the shutdown itself still goes through."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=1.0)
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("background task %s failed", task.get_name(), exc_info=exc)
 
 
 def _poller_ctx(settings: Settings) -> Callable[[web.Application], AsyncIterator[None]]:
@@ -113,7 +118,8 @@ def create_app(
 
     `poll=False` serves from the store alone, for processes where another one polls.
     """
-    app = web.Application(middlewares=[handlers.errors])
+    # Request-line and header limits (limits.py): a longer request is a 400 before any handler.
+    app = web.Application(middlewares=[handlers.errors], handler_args=HTTP_LIMITS)
     app[keys.SETTINGS] = settings
     # Live lists: others append pass hooks and vouchers after create_app, before startup.
     app[keys.PASS_HOOKS] = list(pass_hooks)
@@ -194,6 +200,7 @@ def run(
 ) -> None:
     """Serve until interrupted. `reuse_port`: share the port with other workers (SO_REUSEPORT)."""
     hold_sighup()  # a reload before the app listens for it must not end the process
+    quiet_bad_requests()  # a malformed request logs one line, not a traceback
     app = create_app(settings, poll=poll, store=store)
     web.run_app(
         app,

@@ -371,14 +371,27 @@ def build_parser() -> argparse.ArgumentParser:
     cm.add_argument("--trace-name", type=_trace_arg, help="its own trace (default: URL host)")
     cm.add_argument("--exclude", action="append", default=[], type=_subtree_arg,
                     metavar="SUBTREE", help="a subtree it leaves out (repeatable)")  # fmt: skip
-    cm.add_argument("--symlink-path", type=_path_arg,
-                    help="a symlink of the master tree to probe (default releases/testing/11/)")
-    cm.add_argument("--repomd", action="append", default=[], type=_path_arg, metavar="PATH",
-                    help="a repodata/repomd.xml to compare (repeatable, at most 3)")
+    cm.add_argument(
+        "--symlink-path",
+        type=_path_arg,
+        help="a symlink of the master tree to probe (default releases/testing/11/)",
+    )
+    cm.add_argument(
+        "--repomd",
+        action="append",
+        default=[],
+        type=_path_arg,
+        metavar="PATH",
+        help="a repodata/repomd.xml to compare (repeatable, at most 3)",
+    )
     cm.add_argument("--ca-file", help="also trust the CA certificates in this PEM file")
     cm.add_argument("--timeout", type=_duration_arg, help="per request (default 10s)")
-    cm.add_argument("--slow", type=_duration_arg, default=1.0,
-                    help="WARN above this median response time, FAIL above 5 times it")
+    cm.add_argument(
+        "--slow",
+        type=_duration_arg,
+        default=1.0,
+        help="WARN above this median response time, FAIL above 5 times it",
+    )
     cm.set_defaults(func=cmd_check_mirror)
     po = sub.add_parser("poll", help="run the poller alone (with the lease when using Redis)")
     po.add_argument("--config", help="TOML config (default: the example shipped in the package)")

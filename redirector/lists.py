@@ -15,6 +15,7 @@ match the master's are dropped: for ``$basearch``, a mismatch on any checked arc
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 from aiohttp import web
 
@@ -64,6 +65,10 @@ def _arch(request: web.Request, required: bool) -> str:
 
 
 def _route(request: web.Request, ref: RepoRef, arch: str) -> tuple[Router, Routed]:
+    """Rank mirrors for a list. Unlike a redirect, a list asked for over https still names
+    http-only mirrors: SME 10-12 fetch every list over https, yum checks the packages' GPG
+    signatures, and an https-only list would shrink to a couple of mirrors. Where a mirror has
+    an https URL, an https client gets it (see _base)."""
     router = request.app[keys.ROUTER]
     client = router.client(
         request.remote,
@@ -71,7 +76,17 @@ def _route(request: web.Request, ref: RepoRef, arch: str) -> tuple[Router, Route
         request.headers.get("X-Forwarded-Proto"),
         request.scheme,
     )
-    return router, router.route(client, f"{ref.arch_dir(arch)}/{REPOMD}")
+    request[_HTTPS] = client.scheme == "https"
+    return router, router.route(replace(client, scheme="http"), f"{ref.arch_dir(arch)}/{REPOMD}")
+
+
+_HTTPS = web.RequestKey("list_over_https", bool)
+
+
+def _base(request: web.Request, r: Ranked) -> str:
+    if request.get(_HTTPS) and r.mirror.https:
+        return r.mirror.https
+    return r.base
 
 
 def _usable(router: Router, routed: Routed, ref: RepoRef, arch: str) -> list[Ranked]:
@@ -96,7 +111,7 @@ async def _mirrorlist(request: web.Request, name: str, arch: str) -> web.Respons
     body = mirrorlist_text(
         ref,
         arch,
-        [r.base for r in ranked],
+        [_base(request, r) for r in ranked],
         s.master,
         routed.location.country if routed.location else None,
         s.mirrorlist_length,
@@ -139,7 +154,7 @@ async def metalink(request: web.Request) -> web.Response:
     history = repodata.repos.get(ref.arch_dir(arch)) if repodata is not None else None
     current, alternates = accepted(history.history if history else (), now, s.alternates_window)
     urls = [
-        MetalinkUrl(f"{r.base}{ref.arch_dir(arch)}/{REPOMD}", r.mirror.country)
+        MetalinkUrl(f"{_base(request, r)}{ref.arch_dir(arch)}/{REPOMD}", r.mirror.country)
         for r in _usable(router, routed, ref, arch)
     ]
     if not urls:  # never an empty list: the master

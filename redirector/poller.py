@@ -23,6 +23,7 @@ from typing import TextIO
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
+from yarl import URL
 
 from .freshness import Trace, TraceError, is_future, parse_http_date, parse_trace, record_master
 from .lease import Lease
@@ -135,12 +136,7 @@ async def fetch(
                     method, url, allow_redirects=False, headers=headers
                 ) as resp:
                     if resp.status in _REDIRECTS:
-                        target = urljoin(url, resp.headers.get("Location", ""))
-                        if urlsplit(target).hostname != host:
-                            raise ProbeError(
-                                f"redirected to another host: {target[:200]}", Status.BROKEN
-                            )
-                        url = target
+                        url = redirect_target(url, resp.headers.get("Location", ""), host)
                         continue
                     body = b"" if method == "HEAD" else await _read_capped(resp, max_bytes)
                     if len(body) > max_bytes:
@@ -158,6 +154,24 @@ async def fetch(
         raise ProbeError(f"cannot connect: {e.os_error.strerror or e}") from e
     except (aiohttp.ClientError, OSError, ValueError) as e:
         raise ProbeError(f"{type(e).__name__}: {e}"[:300]) from e
+
+
+def redirect_target(url: str, location: str, host: str | None) -> str:
+    """Where a redirect from `url` to `location` leads, if that is still `host`.
+
+    Raises ProbeError (BROKEN) for another host or a URL that cannot be read. The host is read
+    by urllib and by yarl (what aiohttp connects with): a Location the two read differently
+    (a backslash, odd user info) cannot lead the poller elsewhere.
+    """
+    try:
+        target = urljoin(url, location)
+        hosts = {urlsplit(target).hostname, URL(target).host}
+    except Exception as e:  # yarl raises IndexError, not ValueError, on some authorities
+        reason = f"redirected to an invalid URL: {location[:200]!r}"
+        raise ProbeError(reason, Status.BROKEN) from e
+    if hosts != {host}:
+        raise ProbeError(f"redirected to another host: {target[:200]}", Status.BROKEN)
+    return target
 
 
 async def _read_capped(resp: aiohttp.ClientResponse, max_bytes: int) -> bytes:
@@ -307,10 +321,14 @@ async def probe_mirror(
     prev: MirrorState | None,
     now: float,
     tally: Tally | None = None,
+    master_seen: float | None = None,
 ) -> MirrorState:
-    """Probe one mirror and judge it: which master state it holds, how far behind, what else."""
+    """Probe one mirror and judge it: which master state it holds, how far behind, what else.
+
+    `master_seen`: when the master last answered (see `verdict.ahead_of_master`).
+    """
     obs = await observe(session, mirror, settings, prev, now, tally)
-    return judge(mirror.name, obs, prev, history, now, rules_of(settings))
+    return judge(mirror.name, obs, prev, history, now, rules_of(settings), master_seen)
 
 
 def provisional_history(
@@ -383,6 +401,9 @@ async def poll_once(
         log.info("master reachable again")
     gate = asyncio.Semaphore(settings.probe_concurrency)
     history = master.history
+    # A mirror claiming a master state past the newest is caught only against a master that
+    # answered this pass (verdict.ahead_of_master).
+    seen = master.checked_at if master.error is None else None
     probed = 0
 
     async def one(m: Mirror) -> MirrorState:
@@ -394,7 +415,9 @@ async def poll_once(
         else:
             probed += 1
             async with gate:
-                state = await probe_mirror(session, m, settings, history, prev, clock(), tally)
+                state = await probe_mirror(
+                    session, m, settings, history, prev, clock(), tally, master_seen=seen
+                )
         if progress is not None:
             progress(state)
         return state

@@ -28,13 +28,11 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 from aiohttp import web
 
 from . import keys
-from .freshness import parse_http_date
 from .mirrorlist import repo_path
 from .models import (
     BAD_REPODATA,
@@ -45,7 +43,7 @@ from .models import (
     RepomdHistory,
     RepomdVersion,
 )
-from .poller import PassHook, PassResult
+from .poller import PassHook, PassResult, ProbeError, fetch
 from .selection import Candidate, check
 from .settings import Settings
 from .store import Store, StoreError
@@ -179,29 +177,19 @@ class FetchError(Exception):
 async def get_repomd(session: aiohttp.ClientSession, url: str, timeout: float) -> Got:
     """GET `url` as librepo would (no content coding, so the bytes hash as a client sees them),
     with a total timeout, a body cap and redirects only within the same host."""
-    host = urlsplit(url).hostname
+    # The poller's fetch: the whole body (one read() returns only what has arrived, and a
+    # hash of half a file is a false mismatch), capped, and its same-host redirect rule.
     try:
-        async with asyncio.timeout(timeout):
-            for _ in range(MAX_REDIRECTS + 1):
-                async with session.get(
-                    url, allow_redirects=False, headers={"Accept-Encoding": "identity"}
-                ) as resp:
-                    if resp.status in (301, 302, 303, 307, 308):
-                        target = urljoin(url, resp.headers.get("Location", ""))
-                        if urlsplit(target).hostname != host:
-                            raise FetchError(f"redirected to another host: {target[:200]}")
-                        url = target
-                        continue
-                    body = await resp.content.read(MAX_REPOMD + 1)
-                    if len(body) > MAX_REPOMD:
-                        raise FetchError(f"body exceeds {MAX_REPOMD} bytes")
-                    lm = resp.headers.get("Last-Modified")
-                    return Got(resp.status, body, parse_http_date(lm) if lm else None)
-            raise FetchError(f"more than {MAX_REDIRECTS} redirects")
-    except TimeoutError as e:
-        raise FetchError(f"timed out after {timeout:g} s") from e
-    except (aiohttp.ClientError, OSError, ValueError) as e:
-        raise FetchError(f"{type(e).__name__}: {e}"[:300]) from e
+        got = await fetch(
+            session,
+            url,
+            timeout=timeout,
+            max_bytes=MAX_REPOMD,
+            headers={"Accept-Encoding": "identity"},
+        )
+    except ProbeError as e:
+        raise FetchError(str(e)) from e
+    return Got(got.status, got.body, got.last_modified)
 
 
 class _Pass:

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from .clientip import Client, ProxyTrust, network_key
 from .geo import GeoReader
 from .models import Location, Mirror, MirrorState
+from .paths import tree_path, tree_prefix
 from .selection import (
     Candidate,
     Decision,
@@ -61,9 +62,10 @@ from .snapshot import Snapshot, SnapshotHolder
 # Cache bounds. A full cache is emptied, not trimmed: see the module docstring.
 WHO_CACHE = 32768  # distinct (peer, forwarded headers, scheme) tuples
 WHO_KEY_MAX = 160  # longer X-Forwarded-For values (long proxy chains, junk) are not cached
-PATH_CACHE = 16384  # request paths -> path class
+PATH_CACHE = 16384  # request paths -> path class, and raw paths -> checked tree paths
 PATH_KEY_MAX = 256
 CELL_CACHE = 4096  # locations per eligibility entry
+ORDER_CACHE = 65536  # tier orders kept per client network, over all cells
 ELIGIBILITY_CACHE = 1024  # (path class, scheme, IPv6) entries
 HEAD = 8  # ranked mirrors after the tier kept per cell, for Link headers; more are rebuilt
 
@@ -127,7 +129,9 @@ class _Cell:
     order `select` sorts from, so ties break alike); `head` the first of the rest by distance.
     """
 
-    __slots__ = ("_eligible", "_location", "_scheme", "head", "rest_count", "single", "tier")
+    __slots__ = (
+        "_eligible", "_location", "_scheme", "head", "orders", "rest_count", "single", "tier",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -166,6 +170,9 @@ class _Cell:
             self.rest_count = len(rest)
         self.tier = tuple(tier)
         self.single = tuple(r for r, _, _ in tier) if len(tier) <= 1 else ()
+        # The tier's order per client seed: the rendezvous hashes are the costly part of a
+        # decision, and clients come back. Bounded by the router (ORDER_CACHE).
+        self.orders: dict[int, tuple[Ranked, ...]] = {}
 
     def order(self, seed: int) -> tuple[Ranked, ...]:
         """The tier as ranked for a client with rendezvous seed `seed`: highest score first,
@@ -346,11 +353,13 @@ class Router:
         self.policy = Policy(settings.max_lag, settings.closeness_km, settings.closeness_ratio)
         self._master = settings.master
         self._who: dict[tuple[str | None, str | None, str | None, str], _Who] = {}
+        self._raw_paths: dict[str, str] = {}
         self._snap: Snapshot | None = None
         self._tests = _PathTests(frozenset(), (), frozenset())
         self._classes: dict[str, tuple[str, ...]] = {}
         self._entries: dict[_EntryKey, _Eligibility] = {}
         self._stale: dict[_EntryKey, _Eligibility] = {}
+        self._orders = 0  # tier orders kept in the cells, for the ORDER_CACHE bound
 
     def swap_geo(self, geo: GeoReader | None) -> None:
         """Use another GeoIP reader (None: location-blind) from the next request on."""
@@ -369,6 +378,25 @@ class Router:
         self._entries = {}
 
     # --- the request path --------------------------------------------------------------
+
+    def tree_path(self, raw_path: str) -> str | None:
+        """`paths.tree_path` of a raw request path, None when it is not under the tree.
+
+        Raises `paths.BadPath` for a path to refuse. Checked paths are remembered: the checks
+        are pure, popular files are asked for over and over, and a dict lookup is cheaper than
+        the regular expressions. Refusals are not remembered.
+        """
+        path = self._raw_paths.get(raw_path)
+        if path is None:
+            prefix = tree_prefix(raw_path)
+            if prefix is None:
+                return None
+            path = tree_path(raw_path, prefix)
+            if len(raw_path) <= PATH_KEY_MAX:
+                if len(self._raw_paths) >= PATH_CACHE:
+                    self._raw_paths = {}
+                self._raw_paths[raw_path] = path
+        return path
 
     def client(
         self, peer: str | None, forwarded_for: str | None, forwarded_proto: str | None, scheme: str
@@ -447,7 +475,17 @@ class Router:
                 entry.cells = {}
             cell = _Cell(entry.eligible, who.location, scheme, self.policy, snap.seeds)
             entry.cells[who.cell] = cell
-        order = cell.order(who.seed)
+        if len(cell.tier) <= 1:
+            order = cell.single
+        else:
+            memo = cell.orders.get(who.seed)
+            if memo is None:
+                memo = cell.order(who.seed)
+                if self._orders >= ORDER_CACHE:
+                    self._forget_orders()
+                cell.orders[who.seed] = memo
+                self._orders += 1
+            order = memo
         if not order:
             return Routed(
                 who.client, who.location, path, self._master + path, True, None, cell, order,
@@ -458,6 +496,14 @@ class Router:
             who.client, who.location, path, chosen.base + path, False, chosen, cell, order,
             entry.rejected,
         )  # fmt: skip
+
+    def _forget_orders(self) -> None:
+        """Empty every cell's order memo: the bound of ORDER_CACHE orders in all is reached."""
+        for entries in (self._entries, self._stale):
+            for entry in entries.values():
+                for cell in entry.cells.values():
+                    cell.orders.clear()
+        self._orders = 0
 
     def _fill(
         self,

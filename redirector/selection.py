@@ -139,7 +139,13 @@ def rendezvous_score(client: int, mirror_seed: int, weight: float) -> float:
 def check(
     c: Candidate, req_path: str, scheme: str, ipv6: bool, now: float, max_lag: float
 ) -> Rejection | None:
-    """Why `c` cannot serve this request, or None when it can."""
+    """Why `c` cannot serve this request, or None when it can.
+
+    The router caches these answers (router.py): for a path it keys them by the exclude, lacks
+    and repodata prefixes the path starts with, and in time it ends each cached answer where
+    `router.valid_until` says the lag and last-check tests below change. A new test that reads
+    the path or `now` differently must be taught to those two as well.
+    """
     m, s = c.mirror, c.state
     if not m.enabled:
         return Rejection(m, Reason.DISABLED, "disabled in the config")

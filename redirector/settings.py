@@ -154,7 +154,8 @@ def normalize_base_url(value: object, schemes: tuple[str, ...]) -> str:
         raise ValueError(f"{value!r} is not a {' or '.join(schemes)} URL")
     if not parts.hostname:
         raise ValueError(f"{value!r} has no host")
-    if parts.query or parts.fragment or "@" in parts.netloc:
+    # "?" and "#" even when empty: "http://h/sme/?" would put every path into the query.
+    if "?" in value or "#" in value or "@" in parts.netloc:
         raise ValueError(f"{value!r} must not carry a query, fragment or user info")
     try:
         _ = parts.port
@@ -453,7 +454,7 @@ def _float(v: object, lo: float, hi: float) -> float:
 def _access_log(v: object) -> str:
     s = _str(v)
     if s not in ("text", "json", "off"):
-        raise ValueError(f"{s!r}: use \"text\", \"json\" or \"off\"")
+        raise ValueError(f'{s!r}: use "text", "json" or "off"')
     return s
 
 
@@ -676,7 +677,7 @@ def _check_upstreams(
             raise fail(
                 lines.mirror(i, "upstream"),
                 where,
-                f"{m.upstream!r} is no configured mirror (use a mirror name or \"master\")",
+                f'{m.upstream!r} is no configured mirror (use a mirror name or "master")',
             )
         seen = [m.name]
         up: str | None = m.upstream
@@ -691,7 +692,7 @@ def _check_upstreams(
 def _sync_mode(v: object) -> str:
     s = _str(v)
     if s not in SYNC_MODES:
-        raise ValueError(f"{s!r}: use \"push\" or \"pull\"")
+        raise ValueError(f'{s!r}: use "push" or "pull"')
     return s
 
 

@@ -47,6 +47,13 @@ class Snapshot:
         )
 
 
+def lost_data(data: StoreData, current: Snapshot) -> bool:
+    """Whether `data` is a store that lost its contents (no mirror state at all) while
+    `current` holds some: a flush or a restart without persistence, not news from the poller,
+    which writes every enabled mirror's state each pass."""
+    return not data.states and any(c.state is not None for c in current.candidates)
+
+
 class SnapshotHolder:
     """Holds the current snapshot and how the store behaved the last time it was asked."""
 
@@ -59,6 +66,7 @@ class SnapshotHolder:
         # The whole of the last load, the states of mirrors not configured here included: a
         # reload that adds a mirror finds its state at once (another process polled it).
         self._data: StoreData | None = None
+        self._empty = False  # the store answered with no state while we had some
 
     def set_mirrors(self, mirrors: Sequence[Mirror]) -> None:
         """A reloaded config: rebuild from the same state with the new mirror list."""
@@ -83,8 +91,18 @@ class SnapshotHolder:
             changed = gen != self.current.generation
             if changed:
                 data = await store.load()
-                self._data = data
-                self.current = Snapshot.build(self.mirrors, data, self._clock())
+                if lost_data(data, self.current):
+                    # Redis flushed or restarted empty: until the poller writes again, the
+                    # last snapshot beats sending every client to the master. Not marked as
+                    # loaded, so the next refresh looks again.
+                    if not self._empty:
+                        log.warning("store came back empty: serving the last snapshot")
+                    self._empty = True
+                    changed = False
+                else:
+                    self._empty = False
+                    self._data = data
+                    self.current = Snapshot.build(self.mirrors, data, self._clock())
         except StoreError as e:
             if self.store_error is None:
                 log.warning("store unreachable, serving the last snapshot: %s", e)

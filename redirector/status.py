@@ -244,7 +244,8 @@ def readiness(
 
     Not ready when the poller's last pass (the master's last check, written every pass) is
     older than 3 poll intervals or missing, or when no mirror is fresh and the master's last
-    check failed. An unreachable store only degrades: the last snapshot keeps serving.
+    check failed. An unreachable store only degrades: the last snapshot keeps serving, and
+    an old pass then counts against no one (without the store nobody can poll).
     """
     checks: dict[str, dict[str, Any]] = {}
     checks["store"] = {
@@ -258,12 +259,16 @@ def readiness(
     else:
         age = now - master.checked_at
         ok = age <= limit
-        checks["poller"] = {
-            "ok": ok,
-            "reason": f"last pass {duration(age)} ago"
-            + ("" if ok else f", older than 3 intervals ({duration(limit)})"),
-            "age_seconds": round(age, 1),
-        }
+        reason = f"last pass {duration(age)} ago"
+        if not ok and store_error is not None:
+            # Nobody can poll without the store (the lease lives there): an old pass is the
+            # outage's doing, not this process's, and the last snapshot still serves. Taking
+            # every process out of the load balancer would stop the front door for nothing.
+            ok = True
+            reason += ", none since the store became unreachable"
+        elif not ok:
+            reason += f", older than 3 intervals ({duration(limit)})"
+        checks["poller"] = {"ok": ok, "reason": reason, "age_seconds": round(age, 1)}
     fresh = [c.mirror.name for c in snap.candidates if classify(c, now, max_lag)[0] is State.FRESH]
     master_up = master is not None and master.error is None
     if fresh:

@@ -827,9 +827,7 @@ def _repodata(raw_repomd: Mapping[bytes, bytes], raw_checks: bytes | None) -> Re
     if raw_checks is None:
         return None
     mirrors, checked_at = decode_repo_checks(raw_checks)
-    repos = {
-        _text(d, "repomd field"): decode_repomd_history(raw) for d, raw in raw_repomd.items()
-    }
+    repos = {_text(d, "repomd field"): decode_repomd_history(raw) for d, raw in raw_repomd.items()}
     return RepodataState(
         repos=types.MappingProxyType(repos),
         mirrors=types.MappingProxyType(mirrors),

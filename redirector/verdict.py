@@ -9,7 +9,8 @@ States:
   ``Archive-Update-in-Progress-<name>`` file is at the tree root (still served). Fresh or stale
   is not a state but its lag (`MirrorState.lag`) against ``max_lag``.
 - **broken**: it answers, but not with what a mirror must hold: junk or HTML where a trace should
-  be, no trace (4xx), a redirect elsewhere or in a loop, a master trace copy dated in the future,
+  be, no trace (4xx), a redirect elsewhere or in a loop, a master trace copy dated in the future
+  or claiming a state the master never published (`ahead_of_master`),
   or its own trace older than its master trace copy while no sync is in progress.
 - **down**: connect, TLS or DNS error, timeout, 5xx.
 
@@ -31,7 +32,11 @@ from datetime import UTC, datetime
 from .freshness import Trace, behind_since
 from .models import SERVABLE, MasterVersion, Mirror, MirrorState, Status
 
-FUTURE_SLACK = 300.0  # clocks differ; a trace a few minutes ahead is not a lie
+# Clocks differ, and ours may jump (an NTP step, a wrong time zone fixed): a trace up to two
+# hours ahead of our clock is a clock fault, not a lie. A mirror gains nothing from a date in
+# that window: a copy dated after the master's newest state is caught by `judge` once the
+# master has been seen since (see `ahead_of_master`).
+FUTURE_SLACK = 2 * 3600.0
 # The mirror writes its own trace after the master trace copy arrives, with its own clock: a
 # few minutes earlier is a clock difference, more is a mirror that stopped half-way.
 OWN_TRACE_SLACK = 300.0
@@ -91,7 +96,11 @@ def due(prev: MirrorState | None, now: float, interval: float) -> bool:
 
     Passes come every `interval`, so a retry time within half an interval counts as now.
     """
-    return prev is None or prev.retry_at is None or now >= prev.retry_at - interval / 2
+    if prev is None or prev.retry_at is None:
+        return True
+    # A clock stepped back before the last check makes the retry time meaningless (it could
+    # hold a failing mirror out for as long as the step): probe it now.
+    return now >= prev.retry_at - interval / 2 or now < prev.checked_at - interval / 2
 
 
 def excluded(sub: str, exclude: Iterable[str]) -> bool:
@@ -198,6 +207,29 @@ def _date(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
+def ahead_of_master(
+    held: float,
+    prev: MirrorState | None,
+    history: tuple[MasterVersion, ...],
+    master_seen: float | None,
+) -> bool:
+    """Whether a mirror holding a master trace copy dated `held` claims a state the master
+    never published.
+
+    A copy dated after the master's newest state is honest right after the master changed
+    (the mirror synced between our look at the master and our look at it), so the first such
+    round is believed, as holding the newest state (lag 0, never "fresher"). It is a lie (or
+    a mirror writing the trace itself) when the mirror already claimed a date past the
+    master's newest at its previous round and the master has answered since (`master_seen`,
+    the time of its last successful check) without having it: an honest master state would
+    have shown up there.
+    """
+    if not history or master_seen is None or prev is None or prev.master_date is None:
+        return False
+    newest = history[-1].date
+    return held > newest and prev.master_date > newest and prev.checked_at < master_seen
+
+
 def judge(
     name: str,
     obs: Observation,
@@ -205,13 +237,25 @@ def judge(
     history: tuple[MasterVersion, ...],
     now: float,
     rules: Rules,
+    master_seen: float | None = None,
 ) -> MirrorState:
-    """The mirror's next state from this round's observation. See the module docstring."""
+    """The mirror's next state from this round's observation. See the module docstring.
+
+    `master_seen`: when the master last answered with its trace (None: not this pass), for
+    `ahead_of_master`.
+    """
     held = obs.master
     if isinstance(held, Fault):
         return _failed(name, held, prev, history, now, rules)
     if held.date > now + rules.future_slack:
         fault = Fault(Status.BROKEN, f"master trace copy dated in the future ({_date(held.date)})")
+        return _failed(name, fault, prev, history, now, rules)
+    if ahead_of_master(held.date, prev, history, master_seen):
+        fault = Fault(
+            Status.BROKEN,
+            f"master trace copy dated {_date(held.date)}, after the master's newest state "
+            f"({_date(history[-1].date)}): not a state the master published",
+        )
         return _failed(name, fault, prev, history, now, rules)
     own = obs.own
     if isinstance(own, Fault):

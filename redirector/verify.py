@@ -185,7 +185,9 @@ class Verifier:
                     ) as resp:
                         if resp.status in (301, 302, 303, 307, 308):
                             nxt = urljoin(url, resp.headers.get("Location", ""))
-                            if urlsplit(nxt).hostname != host:
+                            # Both parsers must agree it is this host (yarl is what connects).
+                            same = urlsplit(nxt).hostname == host
+                            if not same or URL(nxt, encoded=True).host != host:
                                 return None
                             url = nxt
                             continue

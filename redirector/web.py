@@ -12,7 +12,7 @@ from aiohttp import web
 
 from . import keys, pages
 from .explain import link_header, wants_mirrorlist
-from .paths import BadPath, split_target, tree_path, tree_prefix
+from .paths import BadPath, split_target
 from .selection import check
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -38,11 +38,11 @@ async def redirect(request: web.Request) -> web.StreamResponse:
             status=405, text="405 Method Not Allowed\n", headers={"Allow": "GET, HEAD"}
         )
     raw_path, query = split_target(request.raw_path)
-    prefix = tree_prefix(raw_path)
-    if prefix is None:
+    app = request.app  # a property chain in aiohttp: looked up once per redirect
+    router = app[keys.ROUTER]
+    path = router.tree_path(raw_path)  # paths.tree_path, remembered for popular files
+    if path is None:
         raise web.HTTPNotFound(text="404 Not Found\n")
-    path = tree_path(raw_path, prefix)
-    router = request.app[keys.ROUTER]
     headers = request.headers
     started = time.perf_counter()
     # One call: the client, its location and the decision all come from the router's caches.
@@ -53,13 +53,14 @@ async def redirect(request: web.Request) -> web.StreamResponse:
         request.scheme,
         path,
     )
-    request[keys.DECISION_SECONDS] = time.perf_counter() - started
+    decision_seconds = time.perf_counter() - started
+    request[keys.DECISION_SECONDS] = decision_seconds
     request[keys.ROUTED] = routed  # for the access log
     if query and wants_mirrorlist(query):
         return pages.mirrorlist(request, routed)  # why this client goes there, not a download
-    target = await request.app[keys.VERIFIER].target(routed)  # never a 404 (verify.py)
+    target = await app[keys.VERIFIER].target(routed)  # never a 404 (verify.py)
     request[keys.TARGET] = target  # for the access log: the mirror finally sent to
-    pages.record(request, routed, request[keys.DECISION_SECONDS], target)
+    pages.record(request, routed, decision_seconds, target)
     out = {"Location": target, "Cache-Control": NO_SHARED_CACHE}
     link = link_header(routed, target)  # RFC 6249: the next best, for clients that retry
     if link is not None:

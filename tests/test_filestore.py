@@ -1,4 +1,4 @@
-"""FileStore: the Store protocol over one file, shared by processes, with MemoryStore's semantics."""
+"""FileStore: the Store protocol over one file shared by processes, as MemoryStore behaves."""
 
 from __future__ import annotations
 

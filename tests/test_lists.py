@@ -303,14 +303,21 @@ async def test_nothing_eligible_lists_the_master(aiohttp_client: ClientFactory) 
     assert root.find("ml:files/ml:file/ml:verification", NS) is None  # nothing known yet
 
 
-async def test_https_list_has_only_https_mirrors(aiohttp_client: ClientFactory) -> None:
+async def test_https_list_prefers_https_urls_and_keeps_http_mirrors(
+    aiohttp_client: ClientFactory,
+) -> None:
     client = await start(aiohttp_client, config())
-    urls = urls_of(
+    tls = urls_of(
         await get_list(
             client, "/mirrorlist/smeos-10", "127.0.0.1", **{"X-Forwarded-Proto": "https"}
         )
     )
-    assert urls == ["https://127.0.0.1:9/nl-tls/releases/10/smeos/$basearch"]
+    plain = urls_of(await get_list(client, "/mirrorlist/smeos-10", "127.0.0.1"))
+    # The same mirrors either way; over https a mirror's https URL where it has one.
+    assert len(tls) == len(plain) > 1
+    assert "https://127.0.0.1:9/nl-tls/releases/10/smeos/$basearch" in tls
+    assert not any("nl-tls" in u and u.startswith("http:") for u in tls)
+    assert any(u.startswith("http://") for u in tls)
 
 
 VERDICTS = {

@@ -12,6 +12,7 @@ from redirector import router as router_module
 from redirector.clientip import Client, network_key, parse_ip
 from redirector.geo import GeoReader
 from redirector.models import Mirror, MirrorState, Status
+from redirector.paths import BadPath
 from redirector.router import Router, valid_until
 from redirector.selection import Candidate, Policy, Reason, Request, check, name_seed, select
 from redirector.settings import Settings
@@ -316,17 +317,44 @@ def test_full_caches_are_emptied_not_grown(geo: GeoReader, monkeypatch: pytest.M
     monkeypatch.setattr(router_module, "WHO_CACHE", 3)
     monkeypatch.setattr(router_module, "PATH_CACHE", 3)
     monkeypatch.setattr(router_module, "CELL_CACHE", 2)
+    monkeypatch.setattr(router_module, "ORDER_CACHE", 2)
     router, holder = two_mirror_router(geo, nl=fresh("nl"), us=fresh("us"))
+    holder.current = random_snapshot(random.Random(5), 30)  # tiers of several mirrors
     snap = holder.current
-    for i, ip in enumerate(CLIENTS):
-        path = f"releases/{i}/x.rpm"
+    most = 0
+    for i, ip in enumerate(CLIENTS * 3):
+        path = f"releases/{i % 7}/x.rpm"
         got = router.resolve("127.0.0.1", ip, None, "http", path, NOW)
         assert got.decision == expected(snap, geo, ip, "http", path, NOW)
         assert len(router._who) <= 3
         assert len(router._classes) <= 3
-        assert all(len(e.cells) <= 2 for e in router._entries.values())
+        cells = [c for e in router._entries.values() for c in e.cells.values()]
+        assert len(cells) <= 2 * len(router._entries)
+        kept = sum(len(c.orders) for c in cells)
+        assert kept <= 2
+        most = max(most, kept)
+    assert most == 2  # tiers of several mirrors were met, and their orders kept
     # A long X-Forwarded-For is answered but not kept.
     chain = ", ".join(["81.0.1.2"] * 40)
     router._who.clear()
     assert router.resolve("127.0.0.1", chain, None, "http", "a", NOW).client.ip is not None
     assert not router._who
+
+
+def test_tree_path_is_remembered_only_when_accepted(
+    geo: GeoReader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(router_module, "PATH_CACHE", 2)
+    router, _ = two_mirror_router(geo, nl=fresh("nl"), us=fresh("us"))
+    assert router.tree_path("/smeserver//releases/10/a.rpm") == "releases/10/a.rpm"
+    assert router.tree_path("/smeserver//releases/10/a.rpm") == "releases/10/a.rpm"
+    assert router.tree_path("/pub/smeserver/x%20y") == "x%20y"
+    assert router.tree_path("/smeserver") == ""
+    assert router.tree_path("/elsewhere/a") is None
+    for bad in ("/smeserver/../etc/passwd", "/smeserver/a/%2e%2e/b", "/smeserver/a%2fb"):
+        with pytest.raises(BadPath):
+            router.tree_path(bad)
+        with pytest.raises(BadPath):  # refused again, not remembered as something else
+            router.tree_path(bad)
+    assert len(router._raw_paths) <= 2
+    assert "/smeserver/../etc/passwd" not in router._raw_paths

@@ -188,12 +188,11 @@ def test_a_taken_port_is_refused_before_any_worker_starts(tmp_path: Path) -> Non
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with pytest.raises(OSError):
+        with pytest.raises(OSError, match="in use"):
             check_address("127.0.0.1", port)
         cfg = tmp_path / "c.toml"
         cfg.write_text(
-            f'[redirector]\nlisten = "127.0.0.1:{port}"\nmaster = "http://m.test/"\n'
-            'geoip_db = ""\n'
+            f'[redirector]\nlisten = "127.0.0.1:{port}"\nmaster = "http://m.test/"\ngeoip_db = ""\n'
         )
         r = subprocess.run(
             [sys.executable, "-m", "redirector.cli", "serve", "--config", str(cfg),
