@@ -77,6 +77,10 @@ class ProbeError(Exception):
         return Fault(self.kind, str(self))
 
 
+class OffHost(ProbeError):
+    """A redirect to another host: the poller refuses it, the per-file check accepts it."""
+
+
 @dataclass(frozen=True, slots=True)
 class Fetched:
     status: int
@@ -170,7 +174,7 @@ def redirect_target(url: str, location: str, host: str | None) -> str:
         reason = f"redirected to an invalid URL: {location[:200]!r}"
         raise ProbeError(reason, Status.BROKEN) from e
     if hosts != {host}:
-        raise ProbeError(f"redirected to another host: {target[:200]}", Status.BROKEN)
+        raise OffHost(f"redirected to another host: {target[:200]}", Status.BROKEN)
     return target
 
 

@@ -51,7 +51,6 @@ from .store import Store, StoreError
 log = logging.getLogger(__name__)
 
 MAX_REPOMD = 1 << 20  # a repomd.xml is a few kB; anything near this is not one
-MAX_REDIRECTS = 3
 MAX_VERSIONS = 16  # history kept per repo, whatever the window says
 REPOMD = "repodata/repomd.xml"
 

@@ -16,13 +16,14 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 import aiohttp
 from cachetools import TTLCache
 from yarl import URL
 
 from .models import Mirror, MirrorState
+from .poller import OffHost, ProbeError, redirect_target
 from .router import Routed
 from .settings import Settings
 from .snapshot import Snapshot, SnapshotHolder
@@ -184,12 +185,12 @@ class Verifier:
                         URL(url, encoded=True), allow_redirects=False
                     ) as resp:
                         if resp.status in (301, 302, 303, 307, 308):
-                            nxt = urljoin(url, resp.headers.get("Location", ""))
-                            # Both parsers must agree it is this host (yarl is what connects).
-                            same = urlsplit(nxt).hostname == host
-                            if not same or URL(nxt, encoded=True).host != host:
+                            try:
+                                url = redirect_target(url, resp.headers.get("Location", ""), host)
+                            except OffHost:
                                 return None
-                            url = nxt
+                            except ProbeError as e:  # a Location nobody can read
+                                return str(e)
                             continue
                         if 200 <= resp.status < 300:
                             return None
