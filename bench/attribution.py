@@ -11,7 +11,7 @@ server, caches cold from everything around it, which is several times what a tig
 the same function shows. Variants (the `--variants` names):
 
   full        the redirector as shipped
-  no-link     without the RFC 6249 Link header (explain.link_header)
+  no-link     without the RFC 6249 Link header (web.link.link_header)
   no-record   without the per-redirect metrics and download statistics (pages.record)
   core        without both: path checks, decision, per-file check, 302
   route-only  the handler reduced to the path checks, the decision and the 302
@@ -38,8 +38,8 @@ import common
 import run
 from common import OUT
 
-from redirector.filestore import FileStore
-from redirector.settings import load_settings
+from redirector.config.settings import load_settings
+from redirector.store.file import FileStore
 
 VARIANTS = (
     "full",
@@ -57,10 +57,10 @@ def worker(config: str, state: str, variant: str) -> None:
     """The body of the variant's process: patch, then serve like one redirector worker."""
     from aiohttp import web
 
-    from redirector import app as app_module
-    from redirector import keys, pages
-    from redirector import web as handlers
-    from redirector.paths import split_target
+    from redirector.core.paths import split_target
+    from redirector.web import app as app_module
+    from redirector.web import keys, pages
+    from redirector.web import redirect as handlers
 
     def patch(module: object, name: str, value: object) -> None:
         if not hasattr(module, name):

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as `python bench/x.py`: the package and tests/ from here
     sys.path.insert(0, str(ROOT))
 
-from redirector.models import MasterState, MasterVersion, Mirror, MirrorState, Status  # noqa: E402
+from redirector.core.models import MasterState, MasterVersion, Mirror, MirrorState, Status  # noqa: E402
 from tests.mmdb_build import sample_networks  # noqa: E402
 
 EXAMPLE = ROOT / "examples" / "mirrors.toml"

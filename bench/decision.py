@@ -23,13 +23,13 @@ import types
 import common
 from common import OUT
 
-from redirector.clientip import network_key, parse_ip
+from redirector.config.settings import Settings
+from redirector.core.clientip import network_key, parse_ip
+from redirector.core.selection import Policy, Request, select
 from redirector.geo import GeoReader
 from redirector.router import Router
-from redirector.selection import Policy, Request, select
-from redirector.settings import Settings
 from redirector.snapshot import Snapshot, SnapshotHolder
-from redirector.store import StoreData
+from redirector.store.base import StoreData
 
 
 def bench(

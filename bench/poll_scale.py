@@ -29,9 +29,10 @@ if str(ROOT) not in sys.path:  # run as `python bench/poll_scale.py`: the packag
 
 from aiohttp import web  # noqa: E402
 
-from redirector.poller import poll_once, probe_session  # noqa: E402
-from redirector.settings import parse_settings  # noqa: E402
-from redirector.store import MemoryStore  # noqa: E402
+from redirector.config.settings import parse_settings  # noqa: E402
+from redirector.poll.poller import poll_once  # noqa: E402
+from redirector.poll.probe import open_session  # noqa: E402
+from redirector.store.base import MemoryStore  # noqa: E402
 
 MASTER_TRACE = "project/trace/mirror.contribs.org"
 HANGING = 5  # mirrors that accept and never answer (--hanging)
@@ -116,7 +117,7 @@ async def bench(port: int, mirrors: int, passes: int, concurrency: int, hanging:
     worst, first_rss, last_rss = 0.0, 0.0, 0.0
     print(f"{mirrors} mirrors, probe_concurrency {concurrency}, probe_timeout {PROBE_TIMEOUT}, "
           f"{hanging} of them hanging")  # fmt: skip
-    async with probe_session(settings) as session:
+    async with open_session(settings.probe_timeout) as session:
         for n in range(1, passes + 1):
             started = time.perf_counter()
             result = await poll_once(session, settings, store)

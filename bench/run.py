@@ -44,8 +44,8 @@ from typing import BinaryIO
 import common
 from common import OUT, ROOT
 
-from redirector.filestore import FileStore
-from redirector.settings import load_settings
+from redirector.config.settings import load_settings
+from redirector.store.file import FileStore
 
 PY = sys.executable
 BIG_FILLER = 4_800_000  # random /24s: a 63 MB GeoIP file, near GeoLite2-City's 70 MB

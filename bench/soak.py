@@ -58,7 +58,7 @@ import aiohttp  # noqa: E402
 from aiohttp import web  # noqa: E402
 from yarl import URL  # noqa: E402
 
-from redirector.settings import parse_duration  # noqa: E402
+from redirector.config.settings import parse_duration  # noqa: E402
 from tests.farm import MASTER_TRACE, Farm, error_500, trace_c  # noqa: E402
 from tests.mmdb_build import CityRecord, write_city_mmdb  # noqa: E402
 

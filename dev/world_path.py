@@ -1,4 +1,4 @@
-"""Build redirector/data/land-110m.path, the status page's world outline, from Natural Earth.
+"""Build redirector/views/data/land-110m.path, the status page's world outline, from Natural Earth.
 
 Input: `land-110m.json` from the npm package world-atlas 2.0.2 (Natural Earth 4.1.0 land
 polygons, public domain; TopoJSON packaging ISC, Copyright 2013-2019 Michael Bostock).
@@ -7,9 +7,9 @@ Output: one SVG path in equirectangular degrees (x = longitude, y = -latitude), 
 at 60 degrees south), rings that shrink below 4 points dropped.
 
     npm pack world-atlas@2.0.2 && tar xzf world-atlas-2.0.2.tgz
-    python3 dev/world_path.py package/land-110m.json > redirector/data/land-110m.path
+    python3 dev/world_path.py package/land-110m.json > redirector/views/data/land-110m.path
     python3 dev/world_path.py --tolerance 0.12 --box=-7,42,17,57 package/land-50m.json \
-        > redirector/data/europe-50m.path
+        > redirector/views/data/europe-50m.path
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ import geoip2.errors
 import maxminddb
 from cachetools import LRUCache
 
-from redirector.models import Location
+from redirector.config.settings import Settings
+from redirector.core.models import Location
 
 __all__ = [
     "DEFAULT_PATHS",
@@ -386,3 +387,16 @@ _CONTINENT_OF: Final[Mapping[str, str]] = {
     }.items()
     for country in countries.split()
 }
+
+
+def open_geo(settings: Settings) -> tuple[GeoReader | None, str | None]:
+    """The GeoIP reader the settings ask for, or None with the warning to show for it."""
+    path = settings.geoip_db
+    if path is None and settings.geoip_search:
+        path = find_database()
+    if path is None:
+        return None, "no GeoIP database found: location-blind, mirrors spread by weight only"
+    try:
+        return GeoReader.open(path), None
+    except GeoError as e:
+        return None, f"GeoIP database unusable, location-blind: {e}"

@@ -23,11 +23,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from aiohttp import web
-
-from . import keys
-from .geo import GeoError, GeoReader, find_database
-from .settings import ConfigError, Settings, load_settings
+from redirector.config.settings import ConfigError, Settings, load_settings
+from redirector.geo import GeoError, GeoReader, find_database
 
 log = logging.getLogger(__name__)
 
@@ -332,36 +329,3 @@ async def watching(
         with contextlib.suppress(asyncio.CancelledError):
             await task
         reloader.close()
-
-
-def reload_ctx(
-    *, watch_geo: bool, interval: float = WATCH_INTERVAL, grace: float = GEO_GRACE
-) -> Callable[[web.Application], AsyncIterator[None]]:
-    """A cleanup_ctx that reloads the app's config and GeoIP database while it runs.
-
-    Needs keys.ROUTER and keys.HOLDER, so it goes after the context that makes them. The live
-    settings are `app[keys.ROUTER].settings` from then on (app[keys.SETTINGS] is the startup
-    config: an application's keys cannot change once it runs), and the live GeoIP reader is
-    `app[keys.ROUTER].geo`. `watch_geo` is False when the reader was injected rather than
-    opened from the settings.
-    """
-
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        router, holder = app[keys.ROUTER], app[keys.HOLDER]
-
-        def apply(new: Settings) -> None:
-            # One synchronous step: no request runs between the two assignments.
-            holder.set_mirrors(new.mirrors)
-            router.reconfigure(new)
-
-        async with watching(
-            router.settings,
-            apply,
-            geo=router.geo,
-            swap_geo=router.swap_geo if watch_geo else None,
-            interval=interval,
-            grace=grace,
-        ):
-            yield
-
-    return ctx

@@ -38,11 +38,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from .clientip import Client, ProxyTrust, network_key
-from .geo import GeoReader
-from .models import Location, Mirror, MirrorState
-from .paths import tree_path, tree_prefix
-from .selection import (
+from redirector.config.settings import Settings
+from redirector.core.clientip import Client, ProxyTrust, network_key
+from redirector.core.models import Location, Mirror, MirrorState
+from redirector.core.paths import tree_path, tree_prefix
+from redirector.core.selection import (
     Candidate,
     Decision,
     Policy,
@@ -56,8 +56,8 @@ from .selection import (
     name_seed,
     rendezvous_score,
 )
-from .settings import Settings
-from .snapshot import Snapshot, SnapshotHolder
+from redirector.geo import GeoReader
+from redirector.snapshot import Snapshot, SnapshotHolder
 
 # Cache bounds. A full cache is emptied, not trimmed: see the module docstring.
 WHO_CACHE = 32768  # distinct (peer, forwarded headers, scheme) tuples

@@ -8,9 +8,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from .models import MasterState, Mirror, MirrorState, RepodataState
-from .selection import Candidate, name_seed
-from .store import Store, StoreData, StoreError
+from redirector.core.models import MasterState, Mirror, MirrorState, RepodataState
+from redirector.core.selection import Candidate, name_seed
+from redirector.store.base import Store, StoreData, StoreError
 
 log = logging.getLogger(__name__)
 

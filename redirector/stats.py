@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from .store import Counts, Store, StoreError
+from redirector.store.base import Counts, Store, StoreError
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import aiohttp
 
-from redirector.models import MasterState, MasterVersion, MirrorState, Status
-from redirector.store import MemoryStore, Store
+from redirector.core.models import MasterState, MasterVersion, MirrorState, Status
+from redirector.store.base import MemoryStore, Store
 
 # name -> (country, latitude, longitude)
 PLACES: Mapping[str, tuple[str, float, float]] = {

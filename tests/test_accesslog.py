@@ -16,10 +16,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from redirector import accesslog, keys
-from redirector.accesslog import AccessEntry, format_json, format_text
-from redirector.app import create_app
-from redirector.settings import ConfigError, load_settings, parse_settings
+from redirector.config.settings import ConfigError, load_settings, parse_settings
+from redirector.web import accesslog, keys
+from redirector.web.accesslog import AccessEntry, format_json, format_text
+from redirector.web.app import create_app
 from tests.farm import Farm, error_500
 from tests.frontdoor import NL_CLIENT, config_text, fresh_store, mirror_url, replace_file
 from tests.mmdb_build import CityRecord, write_city_mmdb

@@ -12,9 +12,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from redirector.app import create_app
+from redirector.config.settings import Settings, parse_settings
 from redirector.geo import GeoReader
-from redirector.settings import Settings, parse_settings
+from redirector.web.app import create_app
 from tests.farm import Farm, error_500, raw_get, status_of
 from tests.mmdb_build import CityRecord, write_city_mmdb
 

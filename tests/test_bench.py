@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from redirector.config.settings import parse_settings
 from redirector.geo import GeoReader
-from redirector.settings import parse_settings
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 

@@ -17,10 +17,10 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from redirector import keys
-from redirector.app import create_app
 from redirector.stats import flush
-from redirector.store import MemoryStore
+from redirector.store.base import MemoryStore
+from redirector.web import keys
+from redirector.web.app import create_app
 from tests.views import EXPECTED, NL6_CLIENT, NL_CLIENT, REPOMD, US_CLIENT, config, fill, geo
 
 ROOT = Path(__file__).resolve().parent.parent

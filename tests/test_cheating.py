@@ -19,15 +19,16 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from redirector.models import MasterVersion, MirrorState, Status
-from redirector.poller import MAX_BODY, PassResult, ProbeError, fetch, poll_once, probe_session
-from redirector.repodata import MAX_REPOMD, FetchError, get_repomd
+from redirector.config.settings import Settings, parse_settings
+from redirector.core.judge import ahead_of_master, describe
+from redirector.core.models import MasterVersion, MirrorState, Status
+from redirector.poll.filecheck import Verifier, open_check_session
+from redirector.poll.poller import PassResult, poll_once
+from redirector.poll.probe import MAX_BODY, ProbeError, fetch, open_session
+from redirector.poll.repodata import MAX_REPOMD, get_repomd
 from redirector.router import Router
-from redirector.settings import Settings, parse_settings
 from redirector.snapshot import SnapshotHolder
-from redirector.store import MemoryStore
-from redirector.verdict import ahead_of_master, describe
-from redirector.verify import Verifier, verify_session
+from redirector.store.base import MemoryStore
 from tests.farm import MASTER_TRACE, Farm, trace_c
 
 HOUR = 3600.0
@@ -329,7 +330,7 @@ async def test_file_check_redirects_are_not_followed_to_another_host(
     holder = SnapshotHolder(s.mirrors)
     await holder.refresh(store)
     router = Router(s, holder, None)
-    async with verify_session(s) as vs:
+    async with open_check_session(s) as vs:
         verifier = Verifier(s, vs, holder)
         routed = router.resolve("127.0.0.1", None, None, "http", "releases/10/x.iso")
         assert await verifier.target(routed) == farm.url("m") + "releases/10/x.iso"
@@ -474,7 +475,7 @@ async def test_an_endless_answer_costs_at_most_the_timeout_and_the_body_cap(
 ) -> None:
     s = settings_for("http://127.0.0.1:9/master/", {}, timeout=f"{TIMEOUT:g}s")
     started = time.monotonic()
-    async with probe_session(s) as session:
+    async with open_session(s.probe_timeout) as session:
         with pytest.raises(ProbeError) as caught:
             await fetch(session, endless.url(kind) + MASTER_TRACE, timeout=TIMEOUT)
     took = time.monotonic() - started
@@ -507,7 +508,7 @@ async def test_a_pass_with_endless_mirrors_is_bounded(
     farm.set_trace("honest", now - HOUR)
     mirrors = {"honest": farm.url("honest")} | {kind: endless.url(kind) for kind in ENDLESS}
     s = settings_for(farm.url("master"), mirrors, timeout=f"{TIMEOUT:g}s")
-    async with probe_session(s) as probe:
+    async with open_session(s.probe_timeout) as probe:
         started = time.monotonic()
         r = await poll_once(probe, s, MemoryStore())
         took = time.monotonic() - started
@@ -542,9 +543,9 @@ async def test_the_repodata_pass_reads_a_trickled_repomd_whole_and_caps_a_huge_o
     got = await get_repomd(session, farm.url("slow") + "repodata/repomd.xml", TIMEOUT * 5)
     assert got.body == body
     started = time.monotonic()
-    with pytest.raises(FetchError, match=f"exceeds {MAX_REPOMD} bytes"):
+    with pytest.raises(ProbeError, match=f"exceeds {MAX_REPOMD} bytes"):
         await get_repomd(session, endless.url("gigabytes") + "repodata/repomd.xml", TIMEOUT * 5)
     assert time.monotonic() - started < TIMEOUT * 5 + 2.0
     farm.behaviours["away"] = redirector_to("http://127.0.0.2:9/repomd.xml")
-    with pytest.raises(FetchError, match="another host"):
+    with pytest.raises(ProbeError, match="another host"):
         await get_repomd(session, farm.url("away") + "repodata/repomd.xml", TIMEOUT)

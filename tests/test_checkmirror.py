@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from redirector.checkmirror import (
+from redirector.cli.checkmirror import (
     DEFAULT_REPOMD,
     DEFAULT_SYMLINK,
     Answer,

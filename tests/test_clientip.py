@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from redirector.clientip import ProxyTrust, network_key, parse_ip
+from redirector.core.clientip import ProxyTrust, network_key, parse_ip
 
 TRUST = ProxyTrust([ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("10.0.0.0/8"),
                     ipaddress.ip_network("::1/128")])  # fmt: skip

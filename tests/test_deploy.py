@@ -25,12 +25,12 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from redirector import accesslog
-from redirector.app import create_app
-from redirector.cli import build_parser
-from redirector.models import MirrorState, Status
-from redirector.settings import load_settings
-from redirector.store import RedisStore
+from redirector.cli.main import build_parser
+from redirector.config.settings import load_settings
+from redirector.core.models import MirrorState, Status
+from redirector.store.base import RedisStore
+from redirector.web import accesslog
+from redirector.web.app import create_app
 from tests.conftest import RedisServer, free_port
 from tests.frontdoor import NL_CLIENT, config_text, fresh_store, mirror_url
 from tests.mmdb_build import CityRecord, write_city_mmdb

@@ -21,10 +21,10 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from redirector.app import create_app
-from redirector.models import RepoCheck
-from redirector.settings import Settings, parse_settings
-from redirector.store import MemoryStore
+from redirector.config.settings import Settings, parse_settings
+from redirector.core.models import RepoCheck
+from redirector.store.base import MemoryStore
+from redirector.web.app import create_app
 from tests.farm import Farm
 from tests.rpmrepo import build_repo, require
 

@@ -15,10 +15,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from redirector import cli
-from redirector.app import create_app
-from redirector.explain import LINK_MAX_BYTES, cli_path, prefers_json, wants_json, wants_mirrorlist
-from redirector.models import (
+from redirector.cli import main as cli
+from redirector.cli.explain import cli_path
+from redirector.config.settings import Settings, parse_settings
+from redirector.core.models import (
     MasterState,
     MasterVersion,
     MirrorState,
@@ -26,10 +26,12 @@ from redirector.models import (
     RepodataState,
     Status,
 )
-from redirector.paths import BadPath
-from redirector.selection import Reason
-from redirector.settings import Settings, parse_settings
-from redirector.store import MemoryStore, RedisStore, Store
+from redirector.core.paths import BadPath
+from redirector.core.selection import Reason
+from redirector.store.base import MemoryStore, RedisStore, Store
+from redirector.views.explain import prefers_json, wants_json, wants_mirrorlist
+from redirector.web.app import create_app
+from redirector.web.link import LINK_MAX_BYTES
 from tests.farm import Farm, raw_get, status_of
 from tests.views import NL6_CLIENT, NL_CLIENT, REPOMD, geo
 

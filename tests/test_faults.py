@@ -18,14 +18,14 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from redirector.app import create_app
-from redirector.models import MirrorState, Status
-from redirector.poller import PassResult, poll_once
+from redirector.config.settings import Settings, parse_settings
+from redirector.core.judge import FUTURE_SLACK, describe
+from redirector.core.models import MirrorState, Status
+from redirector.poll.poller import PassResult, poll_once
 from redirector.router import Router
-from redirector.settings import Settings, parse_settings
 from redirector.snapshot import SnapshotHolder
-from redirector.store import MemoryStore
-from redirector.verdict import FUTURE_SLACK, describe
+from redirector.store.base import MemoryStore
+from redirector.web.app import create_app
 from tests.farm import Behaviour, Farm, error_500, hang
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]

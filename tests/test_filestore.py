@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from redirector.filestore import STATE_FILE, FileStore
-from redirector.models import (
+from redirector.core.models import (
     MasterState,
     MasterVersion,
     MirrorState,
@@ -20,7 +19,8 @@ from redirector.models import (
     RepomdVersion,
     Status,
 )
-from redirector.store import Counts, MemoryStore, StoreError
+from redirector.store.base import Counts, MemoryStore, StoreError
+from redirector.store.file import STATE_FILE, FileStore
 
 NOW = 1_764_000_000.0
 

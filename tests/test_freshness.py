@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from redirector.freshness import (
+from redirector.core.models import MasterVersion
+from redirector.core.trace import (
     MAX_TRACE_BYTES,
     Trace,
     TraceError,
@@ -22,7 +23,6 @@ from redirector.freshness import (
     parse_trace,
     record_master,
 )
-from redirector.models import MasterVersion
 
 TRACES = Path(__file__).parent / "fixtures" / "traces"
 

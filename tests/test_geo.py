@@ -10,6 +10,7 @@ from typing import Protocol
 
 import pytest
 
+from redirector.core.models import Location
 from redirector.geo import (
     DEFAULT_PATHS,
     FLAT_CITY,
@@ -18,7 +19,6 @@ from redirector.geo import (
     GeoReader,
     find_database,
 )
-from redirector.models import Location
 from tests.mmdb_build import (
     CityRecord,
     sample_networks,

@@ -32,13 +32,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
-from redirector.app import create_app
-from redirector.clientip import ProxyTrust, parse_ip
-from redirector.limits import HTTP_LIMITS, SERVER_LOGGER, QuietBadRequests, quiet_bad_requests
-from redirector.models import MasterState, MasterVersion, MirrorState, Status
-from redirector.paths import BadPath, tree_path
-from redirector.settings import ConfigError, parse_settings
-from redirector.store import MemoryStore, RedisStore
+from redirector.config.settings import ConfigError, parse_settings
+from redirector.core.clientip import ProxyTrust, parse_ip
+from redirector.core.models import MasterState, MasterVersion, MirrorState, Status
+from redirector.core.paths import BadPath, tree_path
+from redirector.store.base import MemoryStore, RedisStore
+from redirector.web.app import create_app
+from redirector.web.limits import HTTP_LIMITS, SERVER_LOGGER, QuietBadRequests, quiet_bad_requests
 from tests.conftest import RedisServer, free_port
 from tests.farm import Farm, raw_get, status_of
 from tests.frontdoor import fresh_store

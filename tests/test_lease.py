@@ -15,12 +15,12 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from redirector import keys
-from redirector.app import create_app
-from redirector.lease import Lease
-from redirector.poller import PassResult
-from redirector.settings import parse_settings
-from redirector.store import MemoryStore, RedisStore
+from redirector.config.settings import parse_settings
+from redirector.poll.poller import PassResult
+from redirector.store.base import MemoryStore, RedisStore
+from redirector.store.lease import Lease
+from redirector.web import keys
+from redirector.web.app import create_app
 from tests.conftest import RedisServer
 from tests.farm import MASTER_TRACE, Farm
 

@@ -14,9 +14,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from redirector.app import create_app
-from redirector.geo import GeoReader
-from redirector.models import (
+from redirector.config.settings import SME_REPOS, Settings, parse_settings
+from redirector.core.models import (
     MirrorState,
     RepoCheck,
     RepodataState,
@@ -24,8 +23,9 @@ from redirector.models import (
     RepomdVersion,
     Status,
 )
-from redirector.settings import SME_REPOS, Settings, parse_settings
-from redirector.store import MemoryStore
+from redirector.geo import GeoReader
+from redirector.store.base import MemoryStore
+from redirector.web.app import create_app
 from tests.farm import raw_get, status_of
 from tests.mmdb_build import CityRecord, write_city_mmdb
 

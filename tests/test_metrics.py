@@ -19,10 +19,10 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from redirector.app import create_app
-from redirector.metrics import Metrics
-from redirector.settings import parse_settings
-from redirector.store import MemoryStore, RedisStore
+from redirector.config.settings import parse_settings
+from redirector.store.base import MemoryStore, RedisStore
+from redirector.web.app import create_app
+from redirector.web.metrics import Metrics
 from tests.conftest import RedisServer, free_port
 from tests.farm import Farm, error_500, raw_get, status_of
 from tests.views import EXPECTED, NL_CLIENT, REPOMD, config, config_text, fill, geo

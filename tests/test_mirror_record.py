@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from redirector.cli import main
-from redirector.settings import (
+from redirector.cli.main import main
+from redirector.config.settings import (
     ConfigError,
     format_bandwidth,
     parse_bandwidth,

@@ -8,7 +8,8 @@ from xml.parsers import expat
 
 import pytest
 
-from redirector.mirrorlist import (
+from redirector.config.settings import SME_REPOS
+from redirector.core.mirrorlist import (
     MetalinkUrl,
     RepoRef,
     list_line,
@@ -18,8 +19,7 @@ from redirector.mirrorlist import (
     resolve,
     valid_names,
 )
-from redirector.models import RepomdVersion
-from redirector.settings import SME_REPOS
+from redirector.core.models import RepomdVersion
 
 YUM = re.compile(r"\w+://\S+\s*$")  # yum's own filter, applied with re.match
 VERSIONS = ("7", "8", "9", "10", "11", "12")

@@ -25,12 +25,12 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from redirector import keys
-from redirector.app import create_app
-from redirector.lease import Lease
-from redirector.poller import PassResult
-from redirector.settings import Settings, parse_settings
-from redirector.store import RedisStore
+from redirector.config.settings import Settings, parse_settings
+from redirector.poll.poller import PassResult
+from redirector.store.base import RedisStore
+from redirector.store.lease import Lease
+from redirector.web import keys
+from redirector.web.app import create_app
 from tests.conftest import RedisServer
 from tests.farm import MASTER_TRACE, Farm, error_500, trace_c
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from redirector.paths import BadPath, tree_path, tree_prefix
+from redirector.core.paths import BadPath, tree_path, tree_prefix
 
 
 @pytest.mark.parametrize(

@@ -17,12 +17,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from redirector.models import MasterState, MasterVersion, MirrorState, Status
-from redirector.poller import PassResult, poll_once, run_poller
-from redirector.selection import Candidate, Reason, check
-from redirector.settings import ConfigError, Settings, parse_settings
-from redirector.store import MemoryStore, RedisStore
-from redirector.verdict import Rules, backoff_delay, describe, format_lag, judge, status_table
+from redirector.config.settings import ConfigError, Settings, parse_settings
+from redirector.core.judge import Rules, backoff_delay, describe, format_lag, judge, status_table
+from redirector.core.models import MasterState, MasterVersion, MirrorState, Status
+from redirector.core.selection import Candidate, Reason, check
+from redirector.poll.poller import PassResult, poll_once, run_poller
+from redirector.store.base import MemoryStore, RedisStore
 from tests.conftest import free_port
 from tests.farm import MASTER_TRACE, Behaviour, Farm, error_500, hang, huge_body, slow_drip, trace_c
 
@@ -406,8 +406,8 @@ async def test_flapping_stays_up_and_logs_only_transitions(
 
 
 def test_judge_grace_and_first_failure() -> None:
-    from redirector.freshness import parse_trace
-    from redirector.verdict import Fault, Observation
+    from redirector.core.judge import Fault, Observation
+    from redirector.core.trace import parse_trace
 
     rules = Rules(interval=300, failures_before_down=3, backoff_max=3600)
     fault = Observation(master=Fault(Status.DOWN, "timed out"))

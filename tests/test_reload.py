@@ -17,12 +17,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from redirector import keys
-from redirector.app import create_app
+from redirector.config.settings import Settings, load_settings, parse_settings
 from redirector.geo import GeoReader
 from redirector.reload import Reloader, file_signature, keep_running, restart_changes
-from redirector.settings import Settings, load_settings, parse_settings
-from redirector.store import RedisStore
+from redirector.store.base import RedisStore
+from redirector.web import keys
+from redirector.web.app import create_app
 from tests.conftest import free_port
 from tests.farm import Farm
 from tests.frontdoor import (

@@ -13,8 +13,9 @@ import pytest
 import redis
 from aiohttp import web
 
-from redirector.mirrorlist import repo_path
-from redirector.models import (
+from redirector.config.settings import ConfigError, Settings, parse_settings
+from redirector.core.mirrorlist import repo_path
+from redirector.core.models import (
     MasterState,
     Mirror,
     MirrorState,
@@ -24,8 +25,9 @@ from redirector.models import (
     RepomdVersion,
     Status,
 )
-from redirector.poller import PassResult
-from redirector.repodata import (
+from redirector.core.selection import Candidate, Policy, Reason, Request, select
+from redirector.poll.poller import PassResult
+from redirector.poll.repodata import (
     MAX_VERSIONS,
     accepted,
     check_repodata,
@@ -35,10 +37,8 @@ from redirector.repodata import (
     targets,
     version_of,
 )
-from redirector.selection import Candidate, Policy, Reason, Request, select
-from redirector.settings import ConfigError, Settings, parse_settings
 from redirector.snapshot import Snapshot
-from redirector.store import (
+from redirector.store.base import (
     MemoryStore,
     RedisStore,
     Store,

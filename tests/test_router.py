@@ -9,13 +9,13 @@ from dataclasses import replace
 import pytest
 
 from redirector import router as router_module
-from redirector.clientip import Client, network_key, parse_ip
+from redirector.config.settings import Settings
+from redirector.core.clientip import Client, network_key, parse_ip
+from redirector.core.models import Mirror, MirrorState, Status
+from redirector.core.paths import BadPath
+from redirector.core.selection import Candidate, Policy, Reason, Request, check, name_seed, select
 from redirector.geo import GeoReader
-from redirector.models import Mirror, MirrorState, Status
-from redirector.paths import BadPath
 from redirector.router import Router, valid_until
-from redirector.selection import Candidate, Policy, Reason, Request, check, name_seed, select
-from redirector.settings import Settings
 from redirector.snapshot import Snapshot, SnapshotHolder
 from tests.mmdb_build import CityRecord, write_city_mmdb
 

@@ -9,8 +9,8 @@ from dataclasses import replace
 
 import pytest
 
-from redirector.models import Location, Mirror, MirrorState, Status
-from redirector.selection import (
+from redirector.core.models import Location, Mirror, MirrorState, Status
+from redirector.core.selection import (
     Candidate,
     Policy,
     Reason,

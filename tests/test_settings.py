@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from redirector.cli import default_config
-from redirector.settings import (
+from redirector.cli.main import default_config
+from redirector.config.settings import (
     ConfigError,
     load_settings,
     parse_duration,

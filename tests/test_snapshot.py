@@ -6,9 +6,9 @@ import asyncio
 import contextlib
 import time
 
-from redirector.models import Mirror, MirrorState, Status
+from redirector.core.models import Mirror, MirrorState, Status
 from redirector.snapshot import SnapshotHolder, refresh_forever
-from redirector.store import RedisStore
+from redirector.store.base import RedisStore
 from tests.conftest import RedisServer
 
 MIRRORS = (

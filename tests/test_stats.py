@@ -11,9 +11,6 @@ import redis
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from redirector import keys
-from redirector.app import create_app
-from redirector.filestore import FileStore
 from redirector.stats import (
     DAY,
     DAYS_KEPT,
@@ -28,7 +25,10 @@ from redirector.stats import (
     subtree_of,
     summarize,
 )
-from redirector.store import Counts, MemoryStore, RedisStore, Store, StoreError
+from redirector.store.base import Counts, MemoryStore, RedisStore, Store, StoreError
+from redirector.store.file import FileStore
+from redirector.web import keys
+from redirector.web.app import create_app
 from tests.conftest import RedisServer
 from tests.views import NL_CLIENT, REPOMD, US_CLIENT, config, fill, geo
 

@@ -16,9 +16,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from redirector import keys
-from redirector.app import create_app
-from redirector.models import (
+from redirector.core.models import (
     MasterState,
     MasterVersion,
     Mirror,
@@ -27,10 +25,11 @@ from redirector.models import (
     RepodataState,
     Status,
 )
-from redirector.selection import Candidate
+from redirector.core.selection import Candidate
 from redirector.snapshot import Snapshot
 from redirector.stats import DownloadStats, Window, summarize
-from redirector.status import (
+from redirector.store.base import MemoryStore, RedisStore, StoreData
+from redirector.views.status import (
     Section,
     State,
     build,
@@ -40,14 +39,15 @@ from redirector.status import (
     render_html,
     to_json,
 )
-from redirector.store import MemoryStore, RedisStore, StoreData
+from redirector.web import keys
+from redirector.web.app import create_app
 from tests.conftest import RedisServer
 from tests.views import EXPECTED, config, fill
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 
 ROOT = Path(__file__).resolve().parent.parent
-SCHEMA_FILE = ROOT / "redirector" / "schema" / "mirrors-v1.json"
+SCHEMA_FILE = ROOT / "redirector" / "views" / "schema" / "mirrors-v1.json"
 NOW = 1_790_000_000.0
 MAX_LAG = 8 * 3600.0
 M = Mirror("m", "http://m.test/", None, "NL", 52.0, 5.0)

@@ -12,8 +12,8 @@ import pytest
 import redis
 from redis.exceptions import RedisError
 
-from redirector.models import MasterState, MasterVersion, MirrorState, Status
-from redirector.store import (
+from redirector.core.models import MasterState, MasterVersion, MirrorState, Status
+from redirector.store.base import (
     MemoryStore,
     RedisStore,
     Store,

@@ -14,9 +14,8 @@ import aiohttp
 import pytest
 from pytest_aiohttp import AiohttpClient
 
-from redirector.app import create_app
-from redirector.filestore import FileStore
-from redirector.models import (
+from redirector.config.settings import Settings, parse_settings
+from redirector.core.models import (
     HierarchyEntry,
     MasterState,
     MasterVersion,
@@ -25,20 +24,13 @@ from redirector.models import (
     Status,
     SyncInfo,
 )
-from redirector.poller import PassResult
-from redirector.settings import Settings, parse_settings
-from redirector.store import MemoryStore, RedisStore, StoreError, SyncStore, decode_sync
-from redirector.syncreader import own_trace_path, sync_hook
-from redirector.synctree import (
-    MASTER,
-    Identities,
-    build_tree,
-    duration,
-    master_aliases,
-    parse_hierarchy,
-    render_html,
-    shown_email,
-)
+from redirector.core.synctree import MASTER, Identities, build_tree, master_aliases, parse_hierarchy
+from redirector.poll.poller import PassResult
+from redirector.poll.syncread import own_trace_path, sync_hook
+from redirector.store.base import MemoryStore, RedisStore, StoreError, SyncStore, decode_sync
+from redirector.store.file import FileStore
+from redirector.views.synctree import duration, render_html, shown_email
+from redirector.web.app import create_app
 from tests.farm import MASTER_TRACE, Farm, date_u, trace_c
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hierarchy"

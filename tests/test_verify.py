@@ -13,15 +13,15 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from redirector import keys
-from redirector.app import create_app
+from redirector.config.settings import ConfigError, Settings, parse_settings
+from redirector.core.models import MasterState, MasterVersion, Mirror, MirrorState, Status
 from redirector.geo import GeoReader
-from redirector.models import MasterState, MasterVersion, Mirror, MirrorState, Status
+from redirector.poll.filecheck import Verifier, is_repodata, needs_check, open_check_session
 from redirector.router import Routed, Router
-from redirector.settings import ConfigError, Settings, parse_settings
 from redirector.snapshot import Snapshot, SnapshotHolder
-from redirector.store import StoreData
-from redirector.verify import Verifier, is_repodata, needs_check, verify_session
+from redirector.store.base import StoreData
+from redirector.web import keys
+from redirector.web.app import create_app
 from tests.farm import Farm, hang
 from tests.mmdb_build import CityRecord, write_city_mmdb
 
@@ -267,7 +267,7 @@ class Rig:
 @pytest.fixture
 async def vsession() -> AsyncIterator[aiohttp.ClientSession]:
     settings = parse_settings('[redirector]\nmaster = "http://127.0.0.1:1/"\n')
-    async with verify_session(settings) as s:
+    async with open_check_session(settings) as s:
         yield s
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from redirector.settings import parse_settings
-from redirector.workers import check_address, default_workers
+from redirector.cli.workers import check_address, default_workers
+from redirector.config.settings import parse_settings
 from tests.conftest import free_port
 from tests.farm import Farm, error_500
 

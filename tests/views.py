@@ -6,10 +6,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from redirector.config.settings import Settings, parse_settings
+from redirector.core.models import MasterState, MasterVersion, MirrorState, Status
 from redirector.geo import GeoReader
-from redirector.models import MasterState, MasterVersion, MirrorState, Status
-from redirector.settings import Settings, parse_settings
-from redirector.store import Store
+from redirector.store.base import Store
 from tests.mmdb_build import CityRecord, write_city_mmdb
 
 NL_CLIENT = "145.100.1.7"

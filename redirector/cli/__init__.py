@@ -1,0 +1,1 @@
+"""The command line: `redirector serve`, `poll`, `explain`, `mirrors`, `check-mirror` and more."""

@@ -1,0 +1,147 @@
+"""`redirector poll`: the poller alone, or one pass shown as a table (`--once`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from typing import TextIO
+
+import aiohttp
+
+from redirector.config.settings import Settings
+from redirector.core.judge import describe, status_table
+from redirector.core.models import SERVABLE, MasterState, MirrorState
+from redirector.poll.poller import poll_once, run_poller
+from redirector.poll.probe import open_session
+from redirector.poll.repodata import make_repodata_pass
+from redirector.reload import watching
+from redirector.store.base import MemoryStore, Store, StoreData, StoreError, open_store
+from redirector.store.lease import Lease
+
+
+async def poll_command(
+    settings: Settings, *, once: bool, out: TextIO = sys.stdout, err: TextIO = sys.stderr
+) -> int:
+    """`redirector poll`: the poller alone (with the lease when Redis is configured).
+
+    `once`: one pass with progress on `err`, then the table on `out`. Its results are written
+    to the store only when no other process holds the poller lease. Exit status 0 when at
+    least one mirror can be served, 1 when none can.
+    """
+    store = open_store(settings.redis_url, prefix=settings.redis_prefix)
+    try:
+        async with open_session(settings.probe_timeout) as session:
+            if not once:
+                # A shared store (Redis, or a file shared by workers): only the holder polls.
+                lease = Lease(store, ttl=settings.lease_ttl) if store.kind != "memory" else None
+                task = asyncio.current_task()
+                assert task is not None
+                # SIGTERM (systemd stop) ends it like ^C: the lease is released on the way out.
+                asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+                with contextlib.suppress(asyncio.CancelledError):
+                    async with watching(settings) as reloader:
+                        await run_poller(
+                            session,
+                            settings,
+                            store,
+                            lease=lease,
+                            current=lambda: reloader.settings,
+                            hooks=[
+                                make_repodata_pass(
+                                    settings, store, current=lambda: reloader.settings
+                                )
+                            ],
+                        )
+                return 0
+            return await _poll_once_command(session, settings, store, out, err)
+    finally:
+        with contextlib.suppress(StoreError):
+            await store.close()
+
+
+async def _poll_once_command(
+    session: aiohttp.ClientSession, settings: Settings, store: Store, out: TextIO, err: TextIO
+) -> int:
+    lease: Lease | None = None
+    keeper: asyncio.Task[None] | None = None
+    if store.kind != "memory":
+        lease = Lease(store, ttl=settings.lease_ttl)
+        if await lease.confirm():
+            keeper = asyncio.create_task(lease.keep())  # held through a pass of any length
+        else:
+            holder = await _holder(store)
+            print(f"another process polls ({holder}): this pass is shown, not written", file=err)
+            store = _ReadOnly(store)
+            lease = None
+    enabled = [m for m in settings.mirrors if m.enabled]
+    done = 0
+    tty = err.isatty()
+
+    def progress(state: MirrorState) -> None:
+        nonlocal done
+        done += 1
+        if tty:
+            print(f"\rprobed {done}/{len(enabled)}", end="", file=err, flush=True)
+        else:
+            print(f"[{done}/{len(enabled)}] {state.name}: {state.status.value}", file=err)
+
+    print(f"probing the master and {len(enabled)} mirrors ...", file=err, flush=True)
+    try:
+        guard = lease.confirm if lease is not None else None
+        result = await poll_once(session, settings, store, progress=progress, guard=guard)
+    finally:
+        if keeper is not None:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+        if lease is not None:
+            await lease.release()
+    if tty:
+        print(file=err)
+    now = time.time()
+    m = result.master
+    master_line = f"master {settings.master}: " + (
+        f"error: {m.error}" if m.error else "ok, current state " + describe_master(m)
+    )
+    print(master_line, file=out)
+    states = {s.name: s for s in result.states}
+    print(status_table(settings.mirrors, states, now, settings.max_lag), file=out)
+    servable = sum(
+        1
+        for s in result.states
+        if s.status in SERVABLE and describe(s, now, settings.max_lag)[0] in ("fresh", "syncing")
+    )
+    print(
+        f"\n{servable} of {len(enabled)} mirrors can be served; pass took "
+        f"{result.duration:.1f} s, {result.requests} requests",
+        file=out,
+    )
+    return 0 if servable else 1
+
+
+def describe_master(master: MasterState) -> str:
+    cur = master.current
+    if cur is None:
+        return "unknown"
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(cur.date))
+
+
+async def _holder(store: Store) -> str:
+    try:
+        return await store.lease_holder("poller") or "nobody now"
+    except StoreError as e:
+        return f"store error: {e}"
+
+
+class _ReadOnly(MemoryStore):
+    """Reads another store once, keeps writes to itself: a pass shown, not written."""
+
+    def __init__(self, inner: Store) -> None:
+        super().__init__()
+        self._inner = inner
+
+    async def load(self) -> StoreData:
+        return await self._inner.load()

@@ -1,0 +1,1 @@
+"""Settings: the one table of keys, parsing and validation, the live holder."""

@@ -1,0 +1,1 @@
+"""The pure core: decisions and formats, with time and randomness passed in; no I/O."""

@@ -1,0 +1,371 @@
+"""What a mirror is, from what one round of probes found: state, backoff, coverage, labels (pure).
+
+The poller (poller.py) does the I/O and hands its findings here as an `Observation`; `judge`
+turns them, the mirror's previous state and the master's history into the next `MirrorState`.
+No clock, no I/O: `now` is a parameter, so every rule below is tested exactly.
+
+States:
+- **up** / **syncing**: the mirror's copy of the master trace was read; syncing when its
+  ``Archive-Update-in-Progress-<name>`` file is at the tree root (still served). Fresh or stale
+  is not a state but its lag (`MirrorState.lag`) against ``max_lag``.
+- **broken**: it answers, but not with what a mirror must hold: junk or HTML where a trace should
+  be, no trace (4xx), a redirect elsewhere or in a loop, a master trace copy dated in the future
+  or claiming a state the master never published (`ahead_of_master`),
+  or its own trace older than its master trace copy while no sync is in progress.
+- **down**: connect, TLS or DNS error, timeout, 5xx.
+
+A mirror that was working keeps its state through `failures_before_down - 1` failed probes in a
+row (one lost packet does not take it out, and a flapping mirror does not flood the log); a
+mirror that was not working is down or broken at its first failure. A failing mirror is probed
+again after ``interval * 2**(failures - 1)``, capped at ``backoff_max``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from redirector.core.models import SERVABLE, MasterVersion, Mirror, MirrorState, Status
+from redirector.core.trace import Trace, behind_since
+
+# Clocks differ, and ours may jump (an NTP step, a wrong time zone fixed): a trace up to two
+# hours ahead of our clock is a clock fault, not a lie. A mirror gains nothing from a date in
+# that window: a copy dated after the master's newest state is caught by `judge` once the
+# master has been seen since (see `ahead_of_master`).
+FUTURE_SLACK = 2 * 3600.0
+# The mirror writes its own trace after the master trace copy arrives, with its own clock: a
+# few minutes earlier is a clock difference, more is a mirror that stopped half-way.
+OWN_TRACE_SLACK = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """A probe that gave no usable answer: `kind` is DOWN or BROKEN, `reason` is for people."""
+
+    kind: Status
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """One coverage probe: True found, False missing (404/410), None could not tell (error)."""
+
+    found: bool | None
+    detail: str  # e.g. "HTTP 404 at obsolete/"
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What one round of probes found on a mirror.
+
+    `master` is its copy of the master trace, or why it could not be had; when that failed the
+    other probes were not made. `own` is its own trace, None when it has none (404). `coverage`
+    is None when coverage was not probed this round (see `coverage_plan`).
+    """
+
+    master: Trace | Fault
+    own: Trace | Fault | None = None
+    syncing: bool = False
+    coverage: Mapping[str, Presence] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """The knobs of judging, from settings."""
+
+    interval: float = 300.0
+    failures_before_down: int = 2
+    backoff_max: float = 3600.0
+    future_slack: float = FUTURE_SLACK
+    own_slack: float = OWN_TRACE_SLACK
+
+
+def backoff_delay(failures: int, interval: float, cap: float) -> float:
+    """Seconds to wait before probing a mirror that failed `failures` times in a row."""
+    if failures <= 0:
+        return interval
+    return min(cap, interval * 2.0 ** min(failures - 1, 40))
+
+
+def due(prev: MirrorState | None, now: float, interval: float) -> bool:
+    """Whether a pass at `now` should probe the mirror (False while it is backed off).
+
+    Passes come every `interval`, so a retry time within half an interval counts as now.
+    """
+    if prev is None or prev.retry_at is None:
+        return True
+    # A clock stepped back before the last check makes the retry time meaningless (it could
+    # hold a failing mirror out for as long as the step): probe it now.
+    return now >= prev.retry_at - interval / 2 or now < prev.checked_at - interval / 2
+
+
+def excluded(sub: str, exclude: Iterable[str]) -> bool:
+    """Whether the config's `exclude` list covers subtree `sub` (itself or a parent of it)."""
+    return any(sub.startswith(ex) for ex in exclude)
+
+
+def coverage_plan(
+    mirror: Mirror,
+    probes: Sequence[tuple[str, str]],
+    prev: MirrorState | None,
+    now: float,
+    every: float,
+) -> tuple[tuple[str, str], ...]:
+    """The (subtree, path) probes to make this round: none unless due.
+
+    Due on the first round, every `every` seconds, when the mirror was not working (coverage
+    may have changed while it was away), and when a subtree is in neither `covered` nor `lacks`
+    (a probe path or the config's `exclude` changed). Subtrees the config excludes are never
+    probed: they are not served from this mirror anyway.
+    """
+    wanted = tuple((sub, path) for sub, path in probes if not excluded(sub, mirror.exclude))
+    if not wanted:
+        return ()
+    if prev is None or prev.coverage_at is None or prev.status not in SERVABLE:
+        return wanted
+    known = set(prev.covered) | set(prev.lacks)
+    if now - prev.coverage_at >= every or any(sub not in known for sub, _ in wanted):
+        return wanted
+    return ()
+
+
+def _coverage(
+    state: MirrorState, prev: MirrorState | None, found: Mapping[str, Presence] | None, now: float
+) -> MirrorState:
+    """`state` with its coverage fields merged from this round's probes, or carried over."""
+    if prev is None:
+        prev = MirrorState("", Status.UNKNOWN, now)
+    if found is None:
+        return dataclasses.replace(
+            state,
+            covered=prev.covered,
+            lacks=prev.lacks,
+            coverage_at=prev.coverage_at,
+            coverage_note=prev.coverage_note,
+        )
+    covered, lacks = set(prev.covered), set(prev.lacks)
+    notes: dict[str, str] = {}
+    for sub, presence in found.items():
+        if presence.found is True:
+            covered.add(sub)
+            lacks.discard(sub)
+        elif presence.found is False:
+            lacks.add(sub)
+            covered.discard(sub)
+            notes[sub] = presence.detail
+        elif sub in lacks:  # could not tell: keep what we knew
+            notes[sub] = f"lacking when last checked ({presence.detail} now)"
+    # A subtree no longer probed (excluded by the config now, or its probe removed) is forgotten.
+    covered &= set(found)
+    lacks &= set(found)
+    ordered = sorted(lacks)
+    return dataclasses.replace(
+        state,
+        covered=tuple(sorted(covered)),
+        lacks=tuple(ordered),
+        coverage_at=now,
+        coverage_note="; ".join(f"{s} {notes.get(s, 'missing')}" for s in ordered) or None,
+    )
+
+
+def _failed(
+    name: str,
+    fault: Fault,
+    prev: MirrorState | None,
+    history: tuple[MasterVersion, ...],
+    now: float,
+    rules: Rules,
+) -> MirrorState:
+    failures = (prev.failures if prev else 0) + 1
+    graced = prev is not None and prev.status in SERVABLE
+    if graced and failures < rules.failures_before_down:
+        # Within its grace: still served, the failure noted for the status views.
+        assert prev is not None
+        status, retry = prev.status, None
+    else:
+        status = fault.kind
+        retry = now + backoff_delay(failures, rules.interval, rules.backoff_max)
+    state = MirrorState(
+        name,
+        status,
+        now,
+        master_date=prev.master_date if prev else None,
+        behind_since=behind_since(prev.master_date, history) if prev else None,
+        own_date=prev.own_date if prev else None,
+        error=fault.reason,
+        failures=failures,
+        retry_at=retry,
+    )
+    return _coverage(state, prev, None, now)
+
+
+def _date(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def ahead_of_master(
+    held: float,
+    prev: MirrorState | None,
+    history: tuple[MasterVersion, ...],
+    master_seen: float | None,
+) -> bool:
+    """Whether a mirror holding a master trace copy dated `held` claims a state the master
+    never published.
+
+    A copy dated after the master's newest state is honest right after the master changed
+    (the mirror synced between our look at the master and our look at it), so the first such
+    round is believed, as holding the newest state (lag 0, never "fresher"). It is a lie (or
+    a mirror writing the trace itself) when the mirror already claimed a date past the
+    master's newest at its previous round and the master has answered since (`master_seen`,
+    the time of its last successful check) without having it: an honest master state would
+    have shown up there.
+    """
+    if not history or master_seen is None or prev is None or prev.master_date is None:
+        return False
+    newest = history[-1].date
+    return held > newest and prev.master_date > newest and prev.checked_at < master_seen
+
+
+def judge(
+    name: str,
+    obs: Observation,
+    prev: MirrorState | None,
+    history: tuple[MasterVersion, ...],
+    now: float,
+    rules: Rules,
+    master_seen: float | None = None,
+) -> MirrorState:
+    """The mirror's next state from this round's observation. See the module docstring.
+
+    `master_seen`: when the master last answered with its trace (None: not this pass), for
+    `ahead_of_master`.
+    """
+    held = obs.master
+    if isinstance(held, Fault):
+        return _failed(name, held, prev, history, now, rules)
+    if held.date > now + rules.future_slack:
+        fault = Fault(Status.BROKEN, f"master trace copy dated in the future ({_date(held.date)})")
+        return _failed(name, fault, prev, history, now, rules)
+    if ahead_of_master(held.date, prev, history, master_seen):
+        fault = Fault(
+            Status.BROKEN,
+            f"master trace copy dated {_date(held.date)}, after the master's newest state "
+            f"({_date(history[-1].date)}): not a state the master published",
+        )
+        return _failed(name, fault, prev, history, now, rules)
+    own = obs.own
+    if isinstance(own, Fault):
+        return _failed(name, Fault(own.kind, f"own trace: {own.reason}"), prev, history, now, rules)
+    if own is not None and own.date > now + rules.future_slack:
+        fault = Fault(Status.BROKEN, f"own trace dated in the future ({_date(own.date)})")
+        return _failed(name, fault, prev, history, now, rules)
+    if own is not None and not obs.syncing and own.date < held.date - rules.own_slack:
+        fault = Fault(
+            Status.BROKEN,
+            f"own trace ({_date(own.date)}) older than its master trace copy "
+            f"({_date(held.date)}) with no sync in progress",
+        )
+        return _failed(name, fault, prev, history, now, rules)
+    state = MirrorState(
+        name,
+        Status.SYNCING if obs.syncing else Status.UP,
+        now,
+        master_date=held.date,
+        behind_since=behind_since(held.date, history),
+        own_date=own.date if own is not None else None,
+    )
+    return _coverage(state, prev, obs.coverage, now)
+
+
+def rejudge(state: MirrorState, history: tuple[MasterVersion, ...]) -> MirrorState:
+    """`state` with its lag recomputed against a newer master history (no probe made)."""
+    if state.master_date is None:
+        return state
+    return dataclasses.replace(state, behind_since=behind_since(state.master_date, history))
+
+
+def transition(prev: MirrorState | None, new: MirrorState) -> tuple[int, str] | None:
+    """The log line for a change worth telling, as (level, message); None for everything else.
+
+    Only going out of service (down or broken, once) and coming back (once) are told; syncing,
+    lag and failures within the grace are for the status views, not the log.
+    """
+    was_ok = prev is None or prev.status in SERVABLE or prev.status is Status.UNKNOWN
+    ok = new.status in SERVABLE
+    if was_ok and not ok:
+        return logging.WARNING, f"mirror {new.name} is {new.status.value}: {new.error}"
+    if not was_ok and ok and prev is not None:
+        return logging.INFO, (
+            f"mirror {new.name} recovered after {prev.failures} failed probes "
+            f"({prev.status.value}: {prev.error})"
+        )
+    return None
+
+
+# --- for people: labels and the `redirector poll --once` table ---------------------------------
+
+
+def format_lag(seconds: float | None) -> str:
+    """'0s', '45m', '7h 12m', '3d 4h'; '-' when unknown."""
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60}m"
+    return f"{s // 86400}d {s % 86400 // 3600}h"
+
+
+def describe(
+    state: MirrorState | None, now: float, max_lag: float
+) -> tuple[str, float | None, str]:
+    """(label, lag, reason) for a status view: fresh, stale, syncing, broken, down or unknown."""
+    if state is None or state.status is Status.UNKNOWN:
+        return "unknown", None, "not checked yet"
+    lag = state.lag(now)
+    notes: list[str] = []
+    if state.status in (Status.DOWN, Status.BROKEN):
+        notes.append(state.error or "no reason given")
+        if state.retry_at is not None:
+            notes.append(f"next probe {_date(state.retry_at)}")
+        return state.status.value, lag, "; ".join(notes)
+    if state.error:
+        notes.append(f"last probe failed ({state.failures} in a row): {state.error}")
+    if state.lacks:
+        notes.append(f"lacks {state.coverage_note or ', '.join(state.lacks)}")
+    if lag is None:
+        return "unknown", None, "; ".join(["holds no readable master trace", *notes])
+    if lag > max_lag:
+        since = state.behind_since
+        behind = f"behind the master since {_date(since)}" if since is not None else "behind"
+        if state.status is Status.SYNCING:
+            behind += ", syncing now"
+        return "stale", lag, "; ".join([behind, *notes])
+    if state.status is Status.SYNCING:
+        return "syncing", lag, "; ".join(["sync in progress, still served", *notes])
+    return "fresh", lag, "; ".join(notes)
+
+
+def status_table(
+    mirrors: Sequence[Mirror], states: Mapping[str, MirrorState], now: float, max_lag: float
+) -> str:
+    """One line per mirror: MIRROR, STATE, LAG, REASON, fixed-width."""
+    rows = [("MIRROR", "STATE", "LAG", "REASON")]
+    for m in mirrors:
+        if not m.enabled:
+            rows.append((m.name, "disabled", "-", "disabled in the config"))
+            continue
+        label, lag, reason = describe(states.get(m.name), now, max_lag)
+        rows.append((m.name, label, format_lag(lag), reason or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=True)) + "  " + r[3]
+        for r in rows
+    )

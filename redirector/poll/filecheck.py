@@ -1,0 +1,202 @@
+"""Never a 404: confirm a file on the chosen mirror with a HEAD before sending a client there.
+
+For a path the poller has not vouched for (an ISO, a contrib tarball; not yum's repodata, which
+the poller and its passes watch), `Verifier.target` asks the ranked mirrors in turn with a HEAD
+of at most `verify_timeout` (<= 1 s) and sends the client to the first that has it, or to the
+master when none does. Answers are cached per mirror and path, positive and negative, each with
+its TTL; a cached answer costs no I/O, and concurrent requests for the same unanswered file
+share one HEAD. At most `MAX_LOOKUPS` HEADs are made for one request, so a client waits at most
+that many timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import aiohttp
+from cachetools import TTLCache
+
+from redirector.config.settings import Settings
+from redirector.core.models import Mirror, MirrorState
+from redirector.poll.probe import OffHost, ProbeError, Tally, fetch, open_session
+from redirector.router import Routed
+from redirector.snapshot import Snapshot, SnapshotHolder
+
+log = logging.getLogger(__name__)
+
+MAX_LOOKUPS = 3  # HEADs per client request; past that the master answers
+DEPTH = 8  # ranked mirrors looked at per request (cached answers for them cost nothing)
+CACHE_SIZE = 65536  # (mirror, path) answers kept per cache; the oldest go first
+USER_AGENT = "redirector (SME Server mirror file check)"
+
+Voucher = Callable[[Snapshot, Mirror, str], bool]
+"""True when the poller (or a pass hook's findings in `snapshot`) vouches that `mirror` holds
+`path`: no HEAD is made then. Register more in ``app[keys.VOUCHERS]``."""
+
+
+def is_repodata(path: str) -> bool:
+    """yum metadata: watched by the poller's passes, never HEAD-checked per request."""
+    return "/repodata/" in "/" + path or path.endswith("/repodata") or path == "repodata"
+
+
+def needs_check(path: str) -> bool:
+    """Whether a request for `path` (below the tree root) is HEAD-checked at all."""
+    return bool(path) and not is_repodata(path)
+
+
+def open_check_session(settings: Settings) -> aiohttp.ClientSession:
+    """The HEAD checks' own session: separate from the poller's, so a long pass never holds
+    the connections a waiting client needs."""
+    return open_session(
+        settings.verify_timeout,
+        connect_timeout=settings.verify_timeout,
+        headers={"User-Agent": USER_AGENT},
+        limit=64,
+    )
+
+
+class Verifier:
+    """Picks, among a decision's ranked mirrors, the first that has the file.
+
+    `session` None or `settings.verify_files` false: checks nothing, as before this existed.
+    `clock` (monotonic seconds) drives the caches' TTLs; injectable for tests. `current`, when
+    given, returns the live settings (a reload may turn checks off, or on again if they were
+    on at startup, and move the master); timeouts, TTLs and probe paths are fixed at startup.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        session: aiohttp.ClientSession | None,
+        holder: SnapshotHolder,
+        *,
+        vouchers: Sequence[Voucher] = (),
+        clock: Callable[[], float] = time.monotonic,
+        current: Callable[[], Settings] | None = None,
+    ) -> None:
+        self.session = session
+        self.holder = holder
+        self.settings = settings
+        self.current = current
+        self.timeout = settings.verify_timeout
+        self.vouchers = vouchers
+        self.probes = dict(settings.coverage_probes)
+        # mirror name -> state for the snapshot last looked at (snapshots are immutable)
+        self._states: tuple[Snapshot | None, dict[str, MirrorState]] = (None, {})
+        self.has: TTLCache[tuple[str, str], bool] = TTLCache(
+            CACHE_SIZE, settings.verify_ttl, timer=clock
+        )
+        self.lacks: TTLCache[tuple[str, str], str] = TTLCache(
+            CACHE_SIZE, settings.verify_negative_ttl, timer=clock
+        )
+        self._inflight: dict[tuple[str, str], asyncio.Task[str | None]] = {}
+        self._requests = Tally()  # HEAD requests made, redirects included
+
+    async def target(self, routed: Routed) -> str:
+        """Where to send the client: `routed.target` when the file is there or needs no check,
+        else the next ranked mirror that has it, else the master. Never raises."""
+        settings = self.current() if self.current is not None else self.settings
+        enabled = settings.verify_files and self.session is not None
+        if not enabled or routed.fallback or not needs_check(routed.path):
+            return routed.target
+        path = routed.path
+        snapshot = self.holder.current
+        lookups = 0
+        for ranked in routed.top(DEPTH):
+            key = (ranked.mirror.name, path)
+            if key in self.has or self._vouched(snapshot, ranked.mirror, path):
+                return ranked.base + path
+            if key in self.lacks:
+                continue
+            if lookups >= MAX_LOOKUPS:
+                break
+            lookups += 1
+            if await self._lookup(key, ranked.base + path):
+                return ranked.base + path
+        return settings.master + path
+
+    def _state(self, snapshot: Snapshot, name: str) -> MirrorState | None:
+        if self._states[0] is not snapshot:
+            states = {c.mirror.name: c.state for c in snapshot.candidates if c.state is not None}
+            self._states = (snapshot, states)
+        return self._states[1].get(name)
+
+    def _vouched(self, snapshot: Snapshot, mirror: Mirror, path: str) -> bool:
+        # The coverage probe paths the poller found present need no second look.
+        state = self._state(snapshot, mirror.name)
+        if state is not None and any(self.probes.get(sub) == path for sub in state.covered):
+            return True
+        for vouch in self.vouchers:
+            try:
+                if vouch(snapshot, mirror, path):
+                    return True
+            except Exception:  # a faulty extension must not fail a redirect
+                log.exception("voucher %r failed", vouch)
+        return False
+
+    async def _lookup(self, key: tuple[str, str], url: str) -> bool:
+        """The cached or fresh answer for `key`; concurrent askers share one HEAD."""
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.create_task(self._head(url))
+            self._inflight[key] = task
+            task.add_done_callback(lambda t: self._settle(key, t))
+        # shield: a client hanging up must not cancel the HEAD others are waiting on
+        missing = await asyncio.shield(task)
+        return missing is None
+
+    def _settle(self, key: tuple[str, str], task: asyncio.Task[str | None]) -> None:
+        self._inflight.pop(key, None)
+        if task.cancelled():
+            return
+        missing = task.result()  # _head never raises
+        if missing is None:
+            self.has[key] = True
+        else:
+            self.lacks[key] = missing
+            log.debug("%s does not have %s: %s", key[0], key[1], missing)
+
+    async def _head(self, url: str) -> str | None:
+        """None when the mirror has `url`; otherwise why not (status, error, timeout).
+
+        A redirect within the same host is followed; a redirect to another host is taken as
+        the mirror's own way of serving the file (not followed: the redirector does not probe
+        hosts a mirror names).
+        """
+        assert self.session is not None
+        try:
+            got = await fetch(
+                self.session,
+                url,
+                timeout=self.timeout,
+                method="HEAD",
+                encoded=True,
+                tally=self._requests,
+            )
+        except OffHost:
+            return None
+        except ProbeError as e:
+            return str(e)
+        except Exception as e:  # a bug here must cost a HEAD, never the client's redirect
+            log.exception("HEAD %s failed unexpectedly", url)
+            return f"{type(e).__name__}: {e}"[:200]
+        if 200 <= got.status < 300:
+            return None
+        return f"HTTP {got.status}"
+
+    @property
+    def heads(self) -> int:
+        """HEAD requests made so far, for tests and the status views."""
+        return self._requests.requests
+
+    async def close(self) -> None:
+        """Cancel HEADs still in flight (shutdown)."""
+        for task in list(self._inflight.values()):
+            task.cancel()
+        for task in list(self._inflight.values()):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -1,0 +1,369 @@
+"""The poller: probes the master and every mirror, judges each (verdict.py), writes the store.
+
+Per mirror and pass it makes a bounded number of requests: its copy of the master trace (a
+failure there ends the round: one request for a dead mirror), its own trace, a HEAD for the
+``Archive-Update-in-Progress-<name>`` flag, and, about once an hour, one HEAD per subtree for
+coverage. A failing mirror is backed off (verdict.backoff_delay) and skipped until its retry
+time. Extensions run after each pass as pass hooks, only in the process that polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import posixpath
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from redirector.config.settings import Settings
+from redirector.core.judge import (
+    FUTURE_SLACK,
+    Fault,
+    Observation,
+    Presence,
+    Rules,
+    coverage_plan,
+    due,
+    judge,
+    rejudge,
+    transition,
+)
+from redirector.core.models import MasterState, MasterVersion, Mirror, MirrorState, Status
+from redirector.core.trace import (
+    Trace,
+    TraceError,
+    is_future,
+    parse_trace,
+    record_master,
+)
+from redirector.poll.probe import ProbeError, Tally, fetch
+from redirector.store.base import Store, StoreError
+from redirector.store.lease import Lease
+
+log = logging.getLogger(__name__)
+
+
+async def fetch_trace(
+    session: aiohttp.ClientSession,
+    url: str,
+    timeout: float,
+    *,
+    missing_ok: bool = False,
+    tally: Tally | None = None,
+) -> Trace | None:
+    """The trace at `url`; ProbeError when it cannot be had or is not a trace.
+
+    5xx is DOWN; any other status but 200 is BROKEN (it answers, without a trace), except that
+    with `missing_ok` a 404 or 410 returns None.
+    """
+    got = await fetch(session, url, timeout=timeout, tally=tally)
+    if got.status >= 500:
+        raise ProbeError(f"HTTP {got.status} for {url}")
+    if missing_ok and got.status in (404, 410):
+        return None
+    if got.status != 200:
+        raise ProbeError(f"HTTP {got.status} for {url}", Status.BROKEN)
+    try:
+        return parse_trace(got.body, last_modified=got.last_modified)
+    except TraceError as e:
+        raise ProbeError(f"not a trace at {url}: {e}", Status.BROKEN) from e
+
+
+async def probe_master(
+    session: aiohttp.ClientSession,
+    settings: Settings,
+    prev: MasterState | None,
+    now: float,
+    tally: Tally | None = None,
+) -> MasterState:
+    """Fetch the master's trace and extend its history; on failure keep what we knew."""
+    history = prev.history if prev else ()
+    try:
+        trace = await fetch_trace(
+            session, settings.master + settings.master_trace, settings.probe_timeout, tally=tally
+        )
+    except ProbeError as e:
+        return MasterState(history, now, str(e))
+    assert trace is not None
+    if is_future(trace, now, FUTURE_SLACK):
+        # Taking it as current would make every real state after it look like going backwards.
+        return MasterState(history, now, "master trace dated in the future; ignored")
+    return MasterState(record_master(history, trace.date, now), now, None)
+
+
+def own_name(mirror: Mirror) -> str:
+    """The name of a mirror's own trace and sync flag: `trace_name`, else its base URL's host."""
+    return mirror.trace_name or urlsplit(mirror.base).hostname or mirror.name
+
+
+def rules_of(settings: Settings) -> Rules:
+    return Rules(
+        interval=settings.poll_interval,
+        failures_before_down=settings.failures_before_down,
+        backoff_max=settings.backoff_max,
+    )
+
+
+async def observe(
+    session: aiohttp.ClientSession,
+    mirror: Mirror,
+    settings: Settings,
+    prev: MirrorState | None,
+    now: float,
+    tally: Tally | None = None,
+) -> Observation:
+    """Make this round's probes of one mirror; never raises for anything the mirror does."""
+    base, timeout, name = mirror.base, settings.probe_timeout, own_name(mirror)
+    try:
+        held = await fetch_trace(session, base + settings.master_trace, timeout, tally=tally)
+    except ProbeError as e:
+        return Observation(master=e.fault)
+    assert held is not None
+    own: Trace | Fault | None
+    try:
+        own_path = posixpath.join(posixpath.dirname(settings.master_trace), name)
+        own = await fetch_trace(session, base + own_path, timeout, missing_ok=True, tally=tally)
+    except ProbeError as e:
+        own = e.fault
+    if isinstance(own, Fault):
+        return Observation(master=held, own=own)
+    syncing = False
+    with contextlib.suppress(ProbeError):  # the flag is a hint; no answer means no sync shown
+        got = await fetch(
+            session,
+            base + f"Archive-Update-in-Progress-{name}",
+            timeout=timeout,
+            method="HEAD",
+            tally=tally,
+        )
+        syncing = 200 <= got.status < 300
+    plan = coverage_plan(mirror, settings.coverage_probes, prev, now, settings.coverage_interval)
+    coverage: dict[str, Presence] | None = None
+    if plan:
+        coverage = {}
+        for sub, path in plan:
+            coverage[sub] = await probe_presence(session, base, path, timeout, tally)
+            if coverage[sub].found is None:
+                break  # it stopped answering: the rest would only cost more timeouts
+    return Observation(master=held, own=own, syncing=syncing, coverage=coverage)
+
+
+async def probe_presence(
+    session: aiohttp.ClientSession, base: str, path: str, timeout: float, tally: Tally | None
+) -> Presence:
+    """HEAD one coverage path (a directory index by default).
+
+    2xx: there. 401/403: there but not listable (servers refuse an index they will not show; a
+    missing directory is a 404). 404/410: missing. Anything else: cannot tell.
+    """
+    try:
+        got = await fetch(session, base + path, timeout=timeout, method="HEAD", tally=tally)
+    except ProbeError as e:
+        return Presence(None, str(e))
+    detail = f"HTTP {got.status} at {path}"
+    if 200 <= got.status < 300 or got.status in (401, 403):
+        return Presence(True, detail)
+    if got.status in (404, 410):
+        return Presence(False, detail)
+    return Presence(None, detail)
+
+
+async def probe_mirror(
+    session: aiohttp.ClientSession,
+    mirror: Mirror,
+    settings: Settings,
+    history: tuple[MasterVersion, ...],
+    prev: MirrorState | None,
+    now: float,
+    tally: Tally | None = None,
+    master_seen: float | None = None,
+) -> MirrorState:
+    """Probe one mirror and judge it: which master state it holds, how far behind, what else.
+
+    `master_seen`: when the master last answered (see `verdict.ahead_of_master`).
+    """
+    obs = await observe(session, mirror, settings, prev, now, tally)
+    return judge(mirror.name, obs, prev, history, now, rules_of(settings), master_seen)
+
+
+def provisional_history(
+    master: MasterState | None, held_dates: Sequence[float]
+) -> tuple[MasterVersion, ...]:
+    """The master's history, or while it has never answered, the newest state any mirror holds.
+
+    Without this a cold start with the master unreachable would call every mirror current.
+    """
+    if master is not None and master.history:
+        return master.history
+    if not held_dates:
+        return ()
+    newest = max(held_dates)
+    return (MasterVersion(newest, newest),)
+
+
+def log_transitions(prev: Mapping[str, MirrorState], new: Sequence[MirrorState]) -> None:
+    """Log a mirror going out of service and coming back, once each; nothing for a steady state."""
+    for s in new:
+        said = transition(prev.get(s.name), s)
+        if said is not None:
+            log.log(said[0], "%s", said[1])
+
+
+@dataclass(frozen=True, slots=True)
+class PassResult:
+    """What one pass found. `states` covers every enabled mirror, probed or backed off."""
+
+    master: MasterState
+    states: tuple[MirrorState, ...]
+    started: float
+    duration: float
+    probed: int = 0  # mirrors probed this pass (the rest were backed off)
+    requests: int = 0  # HTTP requests made, master included
+    written: bool = True  # False: the lease was lost, nothing was written to the store
+
+
+PassHook = Callable[[aiohttp.ClientSession, PassResult], Awaitable[None]]
+"""Called after each written pass, in the polling process only; see `run_poller`."""
+
+
+async def poll_once(
+    session: aiohttp.ClientSession,
+    settings: Settings,
+    store: Store,
+    clock: Callable[[], float] = time.time,
+    *,
+    guard: Callable[[], Awaitable[bool]] | None = None,
+    progress: Callable[[MirrorState], None] | None = None,
+) -> PassResult:
+    """One pass over the master and every enabled mirror; results go to the store.
+
+    `guard`, when given, is asked right before writing (the lease); False discards the
+    results. `progress` is called with each mirror's state as it is judged. A store failure
+    is logged and the pass result still returned, so the caller keeps going.
+    """
+    started = clock()
+    tally = Tally()
+    try:
+        data = await store.load()
+        prev_states, prev_master = dict(data.states), data.master
+    except StoreError as e:
+        log.warning("poller cannot read the store: %s", e)
+        prev_states, prev_master = {}, None
+    master = await probe_master(session, settings, prev_master, clock(), tally)
+    if master.error and (prev_master is None or prev_master.error is None):
+        log.warning("master unreachable, keeping its last known state: %s", master.error)
+    elif master.error is None and prev_master is not None and prev_master.error is not None:
+        log.info("master reachable again")
+    gate = asyncio.Semaphore(settings.probe_concurrency)
+    history = master.history
+    # A mirror claiming a master state past the newest is caught only against a master that
+    # answered this pass (verdict.ahead_of_master).
+    seen = master.checked_at if master.error is None else None
+    probed = 0
+
+    async def one(m: Mirror) -> MirrorState:
+        nonlocal probed
+        prev = prev_states.get(m.name)
+        if not due(prev, clock(), settings.poll_interval):
+            assert prev is not None
+            state = rejudge(prev, history)  # backed off: not probed, lag still moves
+        else:
+            probed += 1
+            async with gate:
+                state = await probe_mirror(
+                    session, m, settings, history, prev, clock(), tally, master_seen=seen
+                )
+        if progress is not None:
+            progress(state)
+        return state
+
+    mirrors = [m for m in settings.mirrors if m.enabled]
+    states = list(await asyncio.gather(*(one(m) for m in mirrors)))
+    if not history:
+        hist = provisional_history(master, [s.master_date for s in states if s.master_date])
+        states = [rejudge(s, hist) for s in states]
+    result = PassResult(
+        master, tuple(states), started, clock() - started, probed, tally.requests, True
+    )
+    if guard is not None and not await guard():
+        log.warning("lost the poller lease during a pass; its results are discarded")
+        return dataclasses.replace(result, written=False)
+    log_transitions(prev_states, states)
+    try:
+        await store.put_master(master)
+        await store.put_states(states)
+        gone = set(prev_states) - {m.name for m in settings.mirrors}
+        if gone:
+            await store.forget(gone)
+    except StoreError as e:
+        log.warning("poller cannot write the store: %s", e)
+    return result
+
+
+async def run_hooks(
+    hooks: Sequence[PassHook], session: aiohttp.ClientSession, result: PassResult
+) -> None:
+    """Each hook in turn; one hook's exception is logged and never stops the others."""
+    for hook in list(hooks):  # a copy: a hook may be appended while we run
+        try:
+            await hook(session, result)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("pass hook %s failed", getattr(hook, "__qualname__", repr(hook)))
+
+
+async def run_poller(
+    session: aiohttp.ClientSession,
+    settings: Settings,
+    store: Store,
+    on_pass: Callable[[PassResult], Awaitable[None]] | None = None,
+    clock: Callable[[], float] = time.time,
+    *,
+    hooks: Sequence[PassHook] = (),
+    lease: Lease | None = None,
+    current: Callable[[], Settings] | None = None,
+) -> None:
+    """Poll every `poll_interval` until cancelled; one failing pass never stops the loop.
+
+    `current`, when given, returns the live settings (a reloaded config, reload.py): each pass
+    takes them afresh, so mirrors a reload adds or removes are probed from the next pass on.
+
+    With a `lease` (Redis) the lease is kept in the background and a pass runs only while this
+    process holds it: the others wait, reading. Without one (in-process store) it always polls.
+    After each written pass `on_pass` runs, then every hook in `hooks`, which is read afresh
+    each pass, so hooks appended to a live list later are called too.
+    """
+    keeper = asyncio.create_task(lease.keep()) if lease is not None else None
+    try:
+        while True:
+            if lease is not None:
+                await lease.wait_held()
+            if current is not None:
+                settings = current()
+            try:
+                result = await poll_once(
+                    session, settings, store, clock, guard=lease.confirm if lease else None
+                )
+                if result.written:
+                    if on_pass is not None:
+                        await on_pass(result)
+                    await run_hooks(hooks, session, result)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("poller pass failed; trying again next interval")
+            await asyncio.sleep(settings.poll_interval)
+    finally:
+        if keeper is not None:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+        if lease is not None:
+            await lease.release()

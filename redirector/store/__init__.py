@@ -1,0 +1,1 @@
+"""Shared state: the Store protocol, its codec, and the memory, Redis and file stores."""

@@ -1,0 +1,1 @@
+"""Pure renderers of operator views: status page, JSON, explain."""

@@ -1,0 +1,235 @@
+"""The access log: one line per request, as text or JSON, with where the client was sent and why.
+
+The line carries the client as the redirector resolved it (after trusted proxies), its country,
+the request, the chosen mirror ("master" when none was eligible), how long the decision took and
+how long the whole request took. `access_log` in the config picks "text", "json" (one JSON object
+per line) or "off", and is read per request, so a reload switches it. Lines go to stderr (the
+journal, under systemd) or, with `access_log_path`, to a file that logrotate may move away
+(it is reopened when it has been moved).
+
+`AccessEntry`, `format_text` and `format_json` are pure; `AccessLogger` adapts aiohttp to them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from redirector.config.settings import Settings
+from redirector.router import Routed, Router
+from redirector.web import keys
+
+LOGGER_NAME = "redirector.access"
+FORMATS = ("text", "json", "off")
+MAX_FIELD = 1024  # a path or user agent longer than this is cut: a log line is not storage
+MAX_RANKED = 16  # how far down the ranking a target moved on by the per-file check is looked for
+
+
+@dataclass(frozen=True, slots=True)
+class AccessEntry:
+    """What one request's log line says."""
+
+    time: float  # unix time the response was sent
+    client: str | None  # the resolved client address; None when unknown
+    country: str | None
+    scheme: str  # as the client used it, after trusted proxies
+    host: str
+    method: str
+    path: str  # as sent, percent-encoding kept, query included
+    status: int
+    mirror: str | None  # the chosen mirror, "master" on fallback, None when nothing was routed
+    target: str | None  # where the client was sent (the Location), None when not redirected
+    decision_seconds: float | None  # the selection alone
+    seconds: float  # the whole request, as aiohttp measured it
+    user_agent: str
+
+
+def _iso(ts: float) -> str:
+    whole = int(ts)
+    ms = int((ts - whole) * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{ms:03d}Z"
+
+
+def _clean(value: str) -> str:
+    """A field for the text line: quotes, backslashes and control characters escaped, cut."""
+    if len(value) > MAX_FIELD:
+        value = value[:MAX_FIELD] + "..."
+    if value.isprintable() and '"' not in value and "\\" not in value:
+        return value
+    out = []
+    for ch in value:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 256 else f"\\u{ord(ch):04x}")
+    return "".join(out)
+
+
+def _us(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1e6:.0f}us"
+
+
+def format_text(e: AccessEntry) -> str:
+    """One line, space separated, quoted where a client chose the text:
+
+    `TIME CLIENT COUNTRY SCHEME HOST "METHOD PATH" STATUS MIRROR DECISION TOTAL "USER-AGENT"`
+    with `-` for what is unknown.
+    """
+    return (
+        f"{_iso(e.time)} {e.client or '-'} {e.country or '-'} {e.scheme} {_clean(e.host) or '-'}"
+        f' "{_clean(e.method)} {_clean(e.path)}" {e.status} {e.mirror or "-"}'
+        f' {_us(e.decision_seconds)} {e.seconds * 1000:.2f}ms "{_clean(e.user_agent)}"'
+    )
+
+
+def format_json(e: AccessEntry) -> str:
+    """One JSON object on one line; keys as in AccessEntry, times in ISO 8601 and microseconds."""
+    doc: dict[str, Any] = {
+        "time": _iso(e.time),
+        "client": e.client,
+        "country": e.country,
+        "scheme": e.scheme,
+        "host": e.host[:MAX_FIELD],
+        "method": e.method[:MAX_FIELD],
+        "path": e.path[:MAX_FIELD],
+        "status": e.status,
+        "mirror": e.mirror,
+        "target": None if e.target is None else e.target[:MAX_FIELD],
+        "decision_us": None if e.decision_seconds is None else round(e.decision_seconds * 1e6, 1),
+        "duration_ms": round(e.seconds * 1000, 3),
+        "user_agent": e.user_agent[:MAX_FIELD],
+    }
+    line = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+    # Undecodable bytes in a header arrive as lone surrogates (surrogateescape), which a UTF-8
+    # file refuses: written as JSON's own \udcXX escapes instead, the line stays valid JSON.
+    return line.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def entry_for(
+    request: web.BaseRequest, response: web.StreamResponse, seconds: float
+) -> AccessEntry:
+    """What the handlers left on the request, or what the router says of the peer."""
+    routed: Routed | None = request.get(keys.ROUTED)
+    target: str | None = request.get(keys.TARGET)
+    router = router_of(request)
+    client_ip: str | None = None
+    scheme = request.scheme
+    country: str | None = None
+    mirror: str | None = None
+    if routed is not None:
+        client_ip = None if routed.client.ip is None else str(routed.client.ip)
+        scheme = routed.client.scheme
+        country = routed.location.country if routed.location is not None else None
+        mirror = mirror_of(routed, target)
+    elif router is not None:
+        client = router.client(
+            request.remote,
+            request.headers.get("X-Forwarded-For"),
+            request.headers.get("X-Forwarded-Proto"),
+            request.scheme,
+        )
+        client_ip = None if client.ip is None else str(client.ip)
+        scheme = client.scheme
+    else:
+        client_ip = request.remote
+    return AccessEntry(
+        time=time.time(),
+        client=client_ip,
+        country=country,
+        scheme=scheme,
+        host=request.headers.get("Host", ""),
+        method=request.method,
+        path=request.raw_path,
+        status=response.status,
+        mirror=mirror,
+        target=target,
+        decision_seconds=request.get(keys.DECISION_SECONDS),
+        seconds=seconds,
+        user_agent=request.headers.get("User-Agent", ""),
+    )
+
+
+def mirror_of(routed: Routed, target: str | None) -> str:
+    """The name of the mirror `target` points into: the chosen one unless the per-file check
+    moved the client on to the next (or to the master). Cheap: no full ranking is built."""
+    chosen = routed.chosen
+    if target is None or target == routed.target:
+        return "master" if chosen is None else chosen.mirror.name
+    for ranked in routed.top(MAX_RANKED):
+        if target == ranked.base + routed.path:
+            return ranked.mirror.name
+    return "master"
+
+
+def router_of(request: web.BaseRequest) -> Router | None:
+    """The app's router; None for a request aiohttp refused before routing (a malformed one),
+    which has no app to give: its `app` asserts, or fails under -O."""
+    if not isinstance(request, web.Request):
+        return None
+    try:
+        app = request.app
+    except (AssertionError, AttributeError):
+        return None
+    return app.get(keys.ROUTER)
+
+
+class AccessLogger(AbstractAccessLogger):
+    """aiohttp's access-log hook: builds the entry and writes it in the configured format."""
+
+    # The live config's access_log as of the last routed request, for the requests aiohttp
+    # refuses before routing (no app to ask). Shared: aiohttp makes one logger per connection.
+    seen_format = "text"
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        router = router_of(request)
+        if router is not None:
+            AccessLogger.seen_format = router.settings.access_log
+        fmt = AccessLogger.seen_format
+        if fmt == "off":
+            return
+        try:
+            entry = entry_for(request, response, time)
+            self.logger.info(format_json(entry) if fmt == "json" else format_text(entry))
+        except Exception:  # a log line must never turn into a failed request
+            self.logger.exception("cannot write the access log line")
+
+
+def close() -> None:
+    """Detach and close the access log's handler (its file, if any)."""
+    logger = logging.getLogger(LOGGER_NAME)
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()
+
+
+def setup(settings: Settings) -> logging.Logger:
+    """The access logger, writing bare lines to stderr or to `access_log_path`; idempotent."""
+    AccessLogger.seen_format = settings.access_log
+    close()
+    logger = logging.getLogger(LOGGER_NAME)
+    handler: logging.Handler
+    if settings.access_log_path is not None:
+        # WatchedFileHandler reopens the file once logrotate has moved it away.
+        handler = logging.handlers.WatchedFileHandler(settings.access_log_path, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # the line is complete as it is; no second copy with a prefix
+    return logger
+
+
+def runner_kwargs(settings: Settings) -> dict[str, Any]:
+    """What web.run_app or web.AppRunner needs to write this access log."""
+    return {"access_log": setup(settings), "access_log_class": AccessLogger}

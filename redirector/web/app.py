@@ -1,0 +1,257 @@
+"""Wiring: builds the aiohttp application and opens and closes every resource in cleanup_ctx."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+
+from aiohttp import web
+
+from redirector.config.settings import Settings
+from redirector.geo import GeoReader, open_geo
+from redirector.poll.filecheck import Verifier, open_check_session
+from redirector.poll.poller import PassHook, PassResult, run_poller
+from redirector.poll.probe import open_session
+from redirector.poll.repodata import make_repodata_pass
+from redirector.poll.syncread import sync_hook
+from redirector.reload import GEO_GRACE, WATCH_INTERVAL, hold_sighup, watching
+from redirector.router import Router
+from redirector.snapshot import SnapshotHolder, refresh_forever
+from redirector.store.base import Store, open_store
+from redirector.store.lease import Lease
+from redirector.views.status import Section
+from redirector.web import accesslog, keys, pages
+from redirector.web import redirect as handlers
+from redirector.web import yum as lists
+from redirector.web.limits import HTTP_LIMITS, quiet_bad_requests
+
+log = logging.getLogger(__name__)
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    """Cancel `task` and wait until it has ended. The cancel is repeated every second: one
+    swallowed on its way (by an extension or a library under it) must not hang the shutdown,
+    and a cancel of the shutdown itself still goes through."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=1.0)
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("background task %s failed", task.get_name(), exc_info=exc)
+
+
+def _poller_ctx(settings: Settings) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The poller: its session, the lease (shared stores), pass hooks, a task until shutdown."""
+
+    async def poller_ctx(app: web.Application) -> AsyncIterator[None]:
+        async with open_session(settings.probe_timeout) as session:
+            app[keys.SESSION] = session
+            holder, st = app[keys.HOLDER], app[keys.STORE]
+            # With Redis only the lease holder polls; in-process state has one process anyway.
+            # A file store is shared by the workers of `serve --workers N`: one of them polls.
+            lease = Lease(st, ttl=settings.lease_ttl) if st.kind in ("redis", "file") else None
+            app[keys.LEASE] = lease
+            hooks = app[keys.PASS_HOOKS]
+
+            async def after_pass(result: PassResult) -> None:
+                await holder.refresh(st)  # this process sees its own pass at once
+                pages.observe_pass(app, result)
+
+            task = asyncio.create_task(
+                run_poller(
+                    session,
+                    settings,
+                    st,
+                    on_pass=after_pass,
+                    current=lambda: app[keys.ROUTER].settings,  # reloads reach the poller
+                    hooks=hooks,
+                    lease=lease,
+                )
+            )
+            yield
+            await _stop(task)
+
+    return poller_ctx
+
+
+def _verify_ctx(settings: Settings) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Never a 404 (verify.py): the checker, with its own session, so a poller pass never
+    delays a waiting client."""
+
+    async def verify_ctx(app: web.Application) -> AsyncIterator[None]:
+        session = open_check_session(settings) if settings.verify_files else None
+        vouchers = app[keys.VOUCHERS]
+        verifier = Verifier(
+            settings,
+            session,
+            app[keys.HOLDER],
+            vouchers=vouchers,
+            current=lambda: app[keys.ROUTER].settings,
+        )
+        app[keys.VERIFIER] = verifier
+        yield
+        await verifier.close()
+        if session is not None:
+            await session.close()
+
+    return verify_ctx
+
+
+def reload_ctx(
+    *, watch_geo: bool, interval: float = WATCH_INTERVAL, grace: float = GEO_GRACE
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A cleanup_ctx that reloads the app's config and GeoIP database while it runs.
+
+    Needs keys.ROUTER and keys.HOLDER, so it goes after the context that makes them. The live
+    settings are `app[keys.ROUTER].settings` from then on (app[keys.SETTINGS] is the startup
+    config: an application's keys cannot change once it runs), and the live GeoIP reader is
+    `app[keys.ROUTER].geo`. `watch_geo` is False when the reader was injected rather than
+    opened from the settings.
+    """
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        router, holder = app[keys.ROUTER], app[keys.HOLDER]
+
+        def apply(new: Settings) -> None:
+            # One synchronous step: no request runs between the two assignments.
+            holder.set_mirrors(new.mirrors)
+            router.reconfigure(new)
+
+        async with watching(
+            router.settings,
+            apply,
+            geo=router.geo,
+            swap_geo=router.swap_geo if watch_geo else None,
+            interval=interval,
+            grace=grace,
+        ):
+            yield
+
+    return ctx
+
+
+def _add_pass_hooks(app: web.Application) -> None:
+    """After every poller pass (only where the poller runs): the mirrors' repomd.xml against
+    the master's, and their sync info, drawn as the status page's sync tree. The store and the
+    live settings are looked up when a pass runs: both exist only once the app has started."""
+
+    def live() -> Settings:
+        return app[keys.ROUTER].settings
+
+    def store() -> Store:
+        return app[keys.STORE]
+
+    app[keys.PASS_HOOKS].append(make_repodata_pass(app[keys.SETTINGS], store, current=live))
+    app[keys.PASS_HOOKS].append(sync_hook(live, store))
+
+    async def sync_tree() -> Section:
+        return await pages.tree_section(app)
+
+    app[keys.STATUS_SECTIONS].append(sync_tree)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    poll: bool = True,
+    store: Store | None = None,
+    geo: GeoReader | None = None,
+    use_geo_settings: bool = True,
+    pass_hooks: Sequence[PassHook] = (),
+) -> web.Application:
+    """The redirector app. `store` and `geo` may be injected (tests); otherwise settings decide.
+
+    `poll=False` serves from the store alone, for processes where another one polls.
+    """
+    # Request-line and header limits (limits.py): a longer request is a 400 before any handler.
+    app = web.Application(middlewares=[handlers.errors], handler_args=HTTP_LIMITS)
+    app[keys.SETTINGS] = settings
+    # Live lists: others append pass hooks and vouchers after create_app, before startup.
+    app[keys.PASS_HOOKS] = list(pass_hooks)
+    app[keys.VOUCHERS] = []
+
+    async def geo_ctx(app: web.Application) -> AsyncIterator[None]:
+        reader, warning = (
+            (geo, None) if geo is not None or not use_geo_settings else open_geo(settings)
+        )
+        if reader is None and warning is None:
+            warning = "no GeoIP database: location-blind"
+        if warning:
+            log.warning("%s", warning)
+            app[keys.GEO_WARNING] = warning
+        else:
+            assert reader is not None
+            log.info("GeoIP: %s", reader.describe())
+        app[keys.GEO] = reader
+        yield
+        if reader is not None and geo is None:
+            reader.close()
+
+    async def store_ctx(app: web.Application) -> AsyncIterator[None]:
+        st = (
+            store
+            if store is not None
+            else open_store(settings.redis_url, prefix=settings.redis_prefix)
+        )
+        app[keys.STORE] = app[keys.METRICS].instrument(st)  # counts store errors
+        yield
+        if store is None:
+            await st.close()
+
+    async def snapshot_ctx(app: web.Application) -> AsyncIterator[None]:
+        holder = SnapshotHolder(settings.mirrors)
+        app[keys.HOLDER] = holder
+        await holder.refresh(app[keys.STORE])
+        app[keys.ROUTER] = Router(settings, holder, app[keys.GEO])
+        task = asyncio.create_task(
+            refresh_forever(holder, app[keys.STORE], settings.snapshot_interval)
+        )
+        yield
+        await _stop(task)
+
+    app.cleanup_ctx.append(geo_ctx)
+    app.cleanup_ctx.append(store_ctx)
+    app.cleanup_ctx.append(snapshot_ctx)
+    app.cleanup_ctx.append(_verify_ctx(settings))
+    # Config and GeoIP reloads; an injected reader is the caller's, so it is not watched.
+    app.cleanup_ctx.append(reload_ctx(watch_geo=geo is None and use_geo_settings))
+    if poll:
+        app.cleanup_ctx.append(_poller_ctx(settings))
+    handlers.add_routes(app)
+    lists.add_routes(app)
+    # Metrics, download stats (flushed by a context after the others) and the status views.
+    pages.setup(app, settings)
+    _add_pass_hooks(app)
+    return app
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop when installed (the `speed` extra): a faster loop for the same code."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def run(
+    settings: Settings,
+    *,
+    poll: bool = True,
+    print_fn: Callable[[str], None] = print,
+    store: Store | None = None,
+    reuse_port: bool = False,
+) -> None:
+    """Serve until interrupted. `reuse_port`: share the port with other workers (SO_REUSEPORT)."""
+    hold_sighup()  # a reload before the app listens for it must not end the process
+    quiet_bad_requests()  # a malformed request logs one line, not a traceback
+    app = create_app(settings, poll=poll, store=store)
+    web.run_app(
+        app,
+        host=settings.listen_host,
+        port=settings.listen_port,
+        print=lambda msg: print_fn(msg) if msg else None,
+        reuse_port=reuse_port or None,
+        loop=new_event_loop(),
+        **accesslog.runner_kwargs(settings),
+    )

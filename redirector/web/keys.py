@@ -1,0 +1,46 @@
+"""The application's typed keys, declared in one place."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from redirector.config.settings import Settings
+from redirector.geo import GeoReader
+from redirector.poll.filecheck import Verifier, Voucher
+from redirector.poll.poller import PassHook
+from redirector.router import Routed, Router
+from redirector.snapshot import SnapshotHolder
+from redirector.stats import StatsReader, Tally
+from redirector.store.base import Store
+from redirector.store.lease import Lease
+from redirector.views.status import SectionProvider
+from redirector.web.metrics import Metrics
+
+SETTINGS = web.AppKey("settings", Settings)
+STORE = web.AppKey("store", Store)
+HOLDER = web.AppKey("holder", SnapshotHolder)
+GEO = web.AppKey[GeoReader | None]("geo")
+ROUTER = web.AppKey("router", Router)
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+GEO_WARNING = web.AppKey("geo_warning", str)
+
+# Issue 4. Pass hooks run after each poller pass in the process holding the poller lease; append
+# to this list (set by create_app, read afresh each pass). Vouchers tell the never-a-404 check
+# which (mirror, path) the poller's passes already know to exist. LEASE is None without Redis.
+PASS_HOOKS = web.AppKey[list[PassHook]]("pass_hooks")
+VOUCHERS = web.AppKey[list[Voucher]]("vouchers")
+VERIFIER = web.AppKey("verifier", Verifier)
+LEASE = web.AppKey[Lease | None]("lease")
+# Operator views (pages.py): metrics, the download tally and its reader, and the extra
+# sections other modules add to the status page (append a provider to the list).
+METRICS = web.AppKey("metrics", Metrics)
+TALLY = web.AppKey("tally", Tally)
+STATS_READER = web.AppKey("stats_reader", StatsReader)
+STATUS_SECTIONS = web.AppKey[list[SectionProvider]]("status_sections")
+
+# Per request: what the redirect handler decided and how long the decision took, for the
+# access log (accesslog.py).
+ROUTED = web.RequestKey("routed", Routed)
+DECISION_SECONDS = web.RequestKey("decision_seconds", float)
+TARGET = web.RequestKey("target", str)  # the Location sent, after the per-file check
