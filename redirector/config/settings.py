@@ -220,14 +220,14 @@ _MIRROR_KEYS = {
     "ipv6", "enabled", "trace_name",
 }  # fmt: skip
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
-# Coverage, never-a-404, backoff and the poller lease (issue 4).
+# Coverage, never-a-404, backoff and the poller lease.
 _REDIRECTOR_KEYS |= {
     "coverage_probes", "coverage_interval", "verify_files", "verify_timeout", "verify_ttl",
     "verify_negative_ttl", "failures_before_down", "backoff_max", "lease_ttl",
 }  # fmt: skip
-# The mirror request fields of the wiki (issue 10); see _mirror_request below.
+# The mirror request fields of the wiki; see _mirror_request below.
 _REDIRECTOR_KEYS |= {"status_email"}
-# The access log and reloads (issue 9).
+# The access log and reloads.
 _REDIRECTOR_KEYS |= {"access_log", "access_log_path"}
 _MIRROR_KEYS |= {
     "contact_name", "contact_email", "bandwidth", "ssh_host", "ssh_port", "ssh_user",
@@ -567,7 +567,7 @@ def _networks(v: object) -> tuple[IPNetwork, ...]:
     return tuple(out)
 
 
-# --- the mirror request fields of the wiki (issue 10) ---------------------------------------
+# --- the mirror request fields of the wiki ---------------------------------------
 
 # One weight unit per 10 Mbit/s: a 1 Gbit/s mirror gets 100, the weight of a mirror that
 # states nothing, so stated and unstated mirrors mix sensibly.

@@ -32,7 +32,7 @@ class Mirror:
     ipv6: bool = False
     enabled: bool = True
     trace_name: str | None = None  # its own ftpsync trace under project/trace/; None: its host name
-    # What the wiki's "become a mirror" request asks for (issue 10). Facts, never observed.
+    # What the wiki's "become a mirror" request asks for. Facts, never observed.
     contact_name: str | None = None
     contact_email: str | None = None
     bandwidth: int | None = None  # bits per second the operator offers
@@ -76,7 +76,7 @@ class MirrorState:
     error: str | None = None  # why it is down or broken
     failures: int = 0  # consecutive failed probes
     lacks: tuple[str, ...] = ()  # subtrees the poller found missing
-    # Coverage as probed (issue 4): subtrees found present, when last probed, and why any
+    # Coverage as probed: subtrees found present, when last probed, and why any
     # subtree is in `lacks` (e.g. "obsolete/: HTTP 404 at obsolete/"), for the status views.
     covered: tuple[str, ...] = ()
     coverage_at: float | None = None

@@ -405,7 +405,7 @@ def decode_repo_checks(raw: str | bytes) -> tuple[dict[str, dict[str, RepoCheck]
     return out, _number(obj, "checked_at", what)
 
 
-# --- the sync tree (issue 10) ------------------------------------------------------------------
+# --- the sync tree ------------------------------------------------------------------
 
 
 @runtime_checkable
@@ -483,7 +483,7 @@ class MemoryStore:
         self._generation = 0
         self._leases: dict[str, _Lease] = {}
         self._counts: dict[str, tuple[dict[str, int], float]] = {}  # bucket -> (fields, expiry)
-        self._sync: dict[str, SyncInfo] = {}  # issue 10: how each mirror says it syncs
+        self._sync: dict[str, SyncInfo] = {}  # how each mirror says it syncs
 
     async def load(self) -> StoreData:
         return StoreData(

@@ -14,7 +14,7 @@ Layout of the directory:
     name -> the same `encode_state` JSON string Redis holds), ``master``, ``repomd`` and
     ``repodata`` (as in Redis), ``leases`` (name -> [owner, expiry]) and ``counts`` (bucket ->
     [fields, expiry]). Expiries are `time.monotonic()` seconds, one clock for every process of
-    the host (CLOCK_MONOTONIC is system-wide on Linux). ``sync``: as in Redis (issue 10).
+    the host (CLOCK_MONOTONIC is system-wide on Linux). ``sync``: as in Redis.
 ``lock``
     `flock`ed exclusively around every read-modify-write, so writers from several processes
     never lose each other's updates.
@@ -323,7 +323,7 @@ class FileStore:
         _, doc = self._read()
         return {b: self._live_counts(doc, b) or {} for b in buckets}
 
-    # --- the sync tree (issue 10): what mirrors say of their upstreams, under "sync" ----------
+    # --- the sync tree: what mirrors say of their upstreams, under "sync" ----------
 
     async def put_sync(self, infos: Iterable[SyncInfo]) -> None:
         new = {i.name: encode_sync(i) for i in infos}

@@ -25,7 +25,7 @@ ROUTER = web.AppKey("router", Router)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 GEO_WARNING = web.AppKey("geo_warning", str)
 
-# Issue 4. Pass hooks run after each poller pass in the process holding the poller lease; append
+# Pass hooks run after each poller pass in the process holding the poller lease; append
 # to this list (set by create_app, read afresh each pass). Vouchers tell the never-a-404 check
 # which (mirror, path) the poller's passes already know to exist. LEASE is None without Redis.
 PASS_HOOKS = web.AppKey[list[PassHook]]("pass_hooks")
