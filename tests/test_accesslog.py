@@ -302,5 +302,5 @@ async def test_no_log_line_per_poll_per_healthy_mirror(
     down = [r for r in caplog.records if "bravo-mirror" in r.getMessage()]
     assert len(down) == 1
     assert down[0].levelno == logging.WARNING
-    assert not [r for r in caplog.records if r.name == "redirector.app" and r.levelno >= 40]
+    assert not [r for r in caplog.records if r.name == "redirector.web.app" and r.levelno >= 40]
     assert keys.ROUTER in client.app  # the app ran for real

@@ -29,12 +29,11 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("cli", ("cli",)),
 )
 # Libraries a layer may not import at all (first dotted component, or the whole name).
+IO_LIBRARIES = frozenset({"aiohttp", "redis", "prometheus_client", "maxminddb", "geoip2"})
 FORBIDDEN: dict[str, frozenset[str]] = {
-    "core": frozenset(
-        {"aiohttp", "redis", "prometheus_client", "maxminddb", "geoip2", "yarl", "cachetools",
-         "pathlib", "os", "shutil", "tempfile", "socket", "asyncio"}
-    ),  # fmt: skip
-    "views": frozenset({"aiohttp", "redis", "prometheus_client", "maxminddb", "geoip2"}),
+    "core": IO_LIBRARIES
+    | {"yarl", "cachetools", "pathlib", "os", "shutil", "tempfile", "socket", "asyncio"},
+    "views": IO_LIBRARIES,
 }
 WEB_ONLY = "aiohttp.web"
 
