@@ -590,7 +590,7 @@ class Settings:
         lambda v: _int(v, 1, 100),
         "whole number 1..100",
         "lists",
-        "Mirrors in one list, the master always last.",
+        "Mirrors in one list at most; the master alone when none will do.",
     )
     repodata_versions: tuple[str, ...] = setting(
         ("10", "11", "12"),
