@@ -385,7 +385,8 @@ class Settings:
     """Everything the process needs, built once from the config file.
 
     Each field set by a config key declares that key here (table.py): its parser, its doc
-    line, its section in docs/configuration.md and whether a reload may change it.
+    line, its section in docs/configuration.md and whether a reload may change it. A new key
+    is one `setting(...)` field; then run dev/config_docs.py to update the reference.
     """
 
     mirrors: tuple[Mirror, ...]
@@ -494,7 +495,8 @@ class Settings:
         "table: subtree = path",
         "poller",
         "What is asked for (HEAD) to learn which subtrees a mirror carries: subtree = a path"
-        ' below it that always exists, merged over the default; "" stops probing a subtree.',
+        ' below it that always exists, merged over the default; "" stops probing a subtree.'
+        " The file checks keep the startup paths until a restart.",
     )
     coverage_interval: float = setting(
         3600.0,
