@@ -73,7 +73,8 @@ def shown_default(key: Key) -> str | None:
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|")
+    # "<ver>" would be read as an HTML tag and vanish.
+    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def section_table(keys: Iterable[Key]) -> str:
@@ -89,7 +90,7 @@ def section_table(keys: Iterable[Key]) -> str:
         elif shown is None:
             default = "unset"
         else:
-            default = f"`{_cell(shown)}`"
+            default = "`" + shown.replace("|", "\\|") + "`"
         reload = "applied" if key.reloadable else "**restart**"
         rows.append(
             f"| `{key.name}` | {_cell(key.kind)} | {default} | {reload} | {_cell(key.doc)} |"
@@ -105,7 +106,7 @@ def defaults_block() -> str:
         if key.default is REQUIRED:
             out.append(f'{key.name} = "http://mirror.contribs.org/smeserver/"  # required')
         elif shown is None:
-            out.append(f"# {key.name} =  (unset)")
+            out.append(f"# {key.name}: unset")
         else:
             out.append(f"{key.name} = {shown}")
     out.append("```")
