@@ -134,8 +134,9 @@ def reload_ctx(
 
 def _add_pass_hooks(app: web.Application) -> None:
     """After every poller pass (only where the poller runs): the mirrors' repomd.xml against
-    the master's, and their sync info, drawn as the status page's sync tree. The store and the
-    live settings are looked up when a pass runs: both exist only once the app has started."""
+    the master's, and their sync info, drawn as the status page's sync tree. The store is looked
+    up when a pass runs (it exists only once the app has started), the settings in the live
+    holder, which a reload replaces."""
 
     live = app[keys.LIVE].get
 
