@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -284,6 +285,53 @@ async def test_a_reloaded_mirror_is_polled_on_the_next_pass(
         assert time.monotonic() < deadline
         await asyncio.sleep(0.05)
     assert any(h.startswith("us/") for h in farm.hits)
+
+
+async def test_handlers_read_the_live_settings_holder(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    cfg = tmp_path / "mirrors.toml"
+    cfg.write_text(config_text(["nl", "us"]))
+    store = await fresh_store(["nl", "us"])
+    app = create_app(load_settings(cfg), poll=False, store=store, use_geo_settings=False)
+    client = await aiohttp_client(app)
+    live = app[keys.LIVE]
+
+    async def listed(name: str = "smeos-10") -> tuple[int, int]:
+        """The status of a mirror list and how many mirrors it names."""
+        resp = await client.get(f"/mirrorlist/{name}")
+        text = await resp.text()
+        return resp.status, sum(1 for line in text.splitlines() if line.startswith("http"))
+
+    async def master_shown() -> str:
+        body = await (await client.get("/mirrors.json")).json()
+        url: str = body["master"]["url"]
+        return url
+
+    assert await listed() == (200, 2)
+    assert await master_shown() == MASTER
+    # A reload of the file replaces the holder's settings; the handlers answer from them.
+    other = "http://other-master.example/smeserver/"
+    replace_file(
+        cfg,
+        config_text(["nl", "us"], master=other, extra='mirrorlist_length = 1\nrepos = ["smeos"]'),
+    )
+    deadline = time.monotonic() + 10
+    while live.replaced == 0:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    assert live.current is app[keys.ROUTER].settings  # one reload, one set of settings
+    assert app[keys.SETTINGS].mirrorlist_length == 10  # the startup config, as it was
+    assert await listed() == (200, 1)
+    assert (await listed("smeupdates-10"))[0] == 404
+    assert await master_shown() == other
+    # The holder is where handlers look: replacing it alone, the router untouched, is enough.
+    live.replace(replace(live.current, repos=("smeupdates",), mirrorlist_length=2, master=MASTER))
+    assert app[keys.ROUTER].settings.master == other
+    assert (await listed())[0] == 404
+    assert await listed("smeupdates-10") == (200, 2)
+    assert await master_shown() == MASTER
+    assert (await client.get("/health")).status == 200
 
 
 # --- SIGHUP to a real `redirector serve`, under load ------------------------------------------

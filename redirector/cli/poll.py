@@ -48,12 +48,8 @@ async def poll_command(
                             settings,
                             store,
                             lease=lease,
-                            current=lambda: reloader.settings,
-                            hooks=[
-                                make_repodata_pass(
-                                    settings, store, current=lambda: reloader.settings
-                                )
-                            ],
+                            current=reloader.live.get,
+                            hooks=[make_repodata_pass(settings, store, current=reloader.live.get)],
                         )
                 return 0
             return await _poll_once_command(session, settings, store, out, err)

@@ -171,16 +171,21 @@ def mirror_of(routed: Routed, target: str | None) -> str:
     return "master"
 
 
-def router_of(request: web.BaseRequest) -> Router | None:
-    """The app's router; None for a request aiohttp refused before routing (a malformed one),
+def app_of(request: web.BaseRequest) -> web.Application | None:
+    """The request's app; None for a request aiohttp refused before routing (a malformed one),
     which has no app to give: its `app` asserts, or fails under -O."""
     if not isinstance(request, web.Request):
         return None
     try:
-        app = request.app
+        return request.app
     except (AssertionError, AttributeError):
         return None
-    return app.get(keys.ROUTER)
+
+
+def router_of(request: web.BaseRequest) -> Router | None:
+    """The app's router, or None (see `app_of`)."""
+    app = app_of(request)
+    return None if app is None else app.get(keys.ROUTER)
 
 
 class AccessLogger(AbstractAccessLogger):
@@ -191,9 +196,10 @@ class AccessLogger(AbstractAccessLogger):
     seen_format = "text"
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        router = router_of(request)
-        if router is not None:
-            AccessLogger.seen_format = router.settings.access_log
+        app = app_of(request)
+        live = None if app is None else app.get(keys.LIVE)
+        if live is not None:
+            AccessLogger.seen_format = live.current.access_log
         fmt = AccessLogger.seen_format
         if fmt == "off":
             return

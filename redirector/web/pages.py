@@ -57,7 +57,8 @@ async def stats_ctx(app: web.Application) -> AsyncIterator[None]:
     """
     store, tally = app[keys.STORE], app[keys.TALLY]
     app[keys.STATS_READER] = StatsReader(store)
-    app[keys.METRICS].watch(app[keys.HOLDER], lambda: app[keys.ROUTER].settings.max_lag)
+    live = app[keys.LIVE]
+    app[keys.METRICS].watch(app[keys.HOLDER], lambda: live.current.max_lag)
     task = asyncio.create_task(flush_forever(tally, store))
     yield
     task.cancel()
@@ -120,7 +121,7 @@ def mirrorlist(request: web.Request, routed: Routed) -> web.Response:
 
 async def _report(request: web.Request) -> status.Report:
     app = request.app
-    settings = app[keys.ROUTER].settings  # the live config: a reload replaces it there
+    settings = app[keys.LIVE].current  # read per request: a reload replaces it
     holder = app[keys.HOLDER]
     downloads = await app[keys.STATS_READER].get()
     return status.build(
@@ -173,7 +174,7 @@ async def schema(request: web.Request) -> web.Response:
 async def ready(request: web.Request) -> web.Response:
     """Readiness for load balancers: 200 (ready or degraded) or 503, with the reasons."""
     app = request.app
-    settings = app[keys.ROUTER].settings
+    settings = app[keys.LIVE].current
     store_error = None
     try:
         await app[keys.STORE].ping()
@@ -220,7 +221,7 @@ def observe_pass(app: web.Application, result: PassResult) -> None:
 
 async def tree_section(app: web.Application) -> Section:
     """The status page's sync tree, from the store's sync info and the current snapshot."""
-    settings = app[keys.ROUTER].settings
+    settings = app[keys.LIVE].current
     st = app[keys.STORE]
     infos: dict[str, SyncInfo] = {}
     note = ""

@@ -78,7 +78,7 @@ def _iso(ts: float | None) -> str | None:
 async def health(request: web.Request) -> web.Response:
     """Fresh-mirror count, poller age and store status; 503 when there is nowhere to send anyone."""
     app = request.app
-    settings = app[keys.ROUTER].settings  # the live config: a reload replaces it there
+    settings = app[keys.LIVE].current  # read per request: a reload replaces it
     holder = app[keys.HOLDER]
     snap = holder.current
     now = time.time()
