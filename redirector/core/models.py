@@ -82,6 +82,10 @@ class MirrorState:
     coverage_at: float | None = None
     coverage_note: str | None = None
     retry_at: float | None = None  # a failing mirror is not probed again before this (backoff)
+    # The name its own trace and lock were found under (its ftpsync MIRRORNAME), so the next
+    # round asks for it directly; None: not looked up yet.
+    trace_name: str | None = None
+    note: str | None = None  # a check skipped, or an unusual state explained, for the views
 
     def lag(self, now: float) -> float | None:
         """Seconds the mirror is behind the master at `now`: 0 when current, None when unknown."""
