@@ -167,8 +167,7 @@ def _locale_date(line: str) -> float:
     except LocaleDateError as e:
         if looks_like_date(line):
             raise TraceError(
-                f"first line is a date in a locale that cannot be read exactly ({e}): "
-                f"{line[:80]!r}"
+                f"first line is a date in a locale that cannot be read exactly ({e}): {line[:80]!r}"
             ) from None
         raise TraceError(f"first line is not a date: {line[:80]!r}") from None
 
