@@ -31,7 +31,9 @@ class Mirror:
     exclude: tuple[str, ...] = ()  # subtree prefixes relative to the tree root, each ends with "/"
     ipv6: bool = False
     enabled: bool = True
-    trace_name: str | None = None  # its own ftpsync trace under project/trace/; None: its host name
+    # Its ftpsync MIRRORNAME (own trace project/trace/<name>, lock); None: the poller finds it
+    # in the mirror's _hierarchy or _traces, else takes its URL's host.
+    trace_name: str | None = None
     # What the wiki's "become a mirror" request asks for. Facts, never observed.
     contact_name: str | None = None
     contact_email: str | None = None
