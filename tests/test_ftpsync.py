@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from redirector.core.ftpsync import name_from_hierarchy, name_from_traces, usable_name
 from redirector.core.judge import STAGE1_MAX, Observation, Rules, before_stage2, judge
@@ -18,7 +19,7 @@ from redirector.core.models import MasterVersion, MirrorState, Status
 from redirector.core.trace import parse_trace
 from redirector.poll.poller import poll_once
 from redirector.store.base import MemoryStore, decode_state, encode_state
-from tests.farm import Farm, date_u, trace_c
+from tests.farm import MASTER_TRACE, Farm, date_u, trace_c
 from tests.test_poller import DAY, HOUR, OWN, T0, Clock, hits, settings_for
 
 NAME = "box7.example.net"  # the mirror's MIRRORNAME: `hostname -f`, not its URL's host
@@ -255,6 +256,24 @@ async def test_an_unreadable_own_trace_costs_only_its_checks(
     st = (await poll_once(session, settings_for(farm, ["m"]), MemoryStore(), Clock(T0))).states[0]
     assert (st.status, st.lag(T0), st.own_date, st.error) == (Status.UP, 0.0, None, None)
     assert reason in (st.note or ""), st.note
+
+
+async def test_an_own_trace_answering_500_costs_only_its_checks(
+    farm: Farm, session: aiohttp.ClientSession
+) -> None:
+    copy = trace_c(T0 - HOUR)
+
+    async def own_fails(request: web.Request, rest: str) -> web.StreamResponse:
+        if rest == MASTER_TRACE:
+            return web.Response(body=copy)
+        return web.Response(status=500, text="internal error")
+
+    farm.set_trace("master", T0 - HOUR)
+    farm.behaviours["m"] = own_fails
+    st = (await poll_once(session, settings_for(farm, ["m"]), MemoryStore(), Clock(T0))).states[0]
+    assert (st.status, st.lag(T0), st.error) == (Status.UP, 0.0, None)
+    assert "HTTP 500" in (st.note or "")
+    assert hits(farm, "m") == 2  # it stopped answering: no flag or coverage probes after
 
 
 async def test_a_2008_own_trace_in_the_crons_locale_is_read(

@@ -214,6 +214,9 @@ async def observe(
         return Observation(master=e.fault)
     assert held is not None
     name, own = await find_own_trace(session, mirror, settings, prev, tally)
+    if isinstance(own, Fault) and own.kind is Status.DOWN:
+        # It stopped answering: the flag and coverage probes would only cost more timeouts.
+        return Observation(master=held, own=own, trace_name=name)
     syncing = False
     with contextlib.suppress(ProbeError):  # the flag is a hint; no answer means no sync shown
         got = await fetch(
