@@ -18,7 +18,8 @@ The own trace is optional: a mirror may have none (ftpsync's TRACE=none), an emp
 a Last-Modified time (TRACE=touch), one in a locale that cannot be read exactly, or a server
 may answer with an HTML page. Any of these costs only what the own trace feeds (the last
 complete sync's date and the "older than its master trace copy" check); the state is judged on
-the master trace copy alone and `MirrorState.note` says what was skipped.
+the master trace copy alone and `MirrorState.note` says what was skipped. A redirect to another
+host is the exception: it is broken whichever file it is for.
 
 **Staged syncs.** With runmirrors' `staged` and `mhop` pushes, ftpsync runs stage 1 alone (it
 brings the new master trace copy, writes ``<name>-stage1`` and removes its lock) and stage 2 up
@@ -64,10 +65,15 @@ STAGE1_MAX = 3600.0
 
 @dataclass(frozen=True, slots=True)
 class Fault:
-    """A probe that gave no usable answer: `kind` is DOWN or BROKEN, `reason` is for people."""
+    """A probe that gave no usable answer: `kind` is DOWN or BROKEN, `reason` is for people.
+
+    `off_host`: it redirected to another origin, which says the mirror does not serve its tree
+    itself, whichever file was asked for.
+    """
 
     kind: Status
     reason: str
+    off_host: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +292,9 @@ def judge(
         return _failed(name, fault, prev, history, now, rules)
     own, called = obs.own, obs.trace_name or "under its own name"
     notes: list[str] = []
+    if isinstance(own, Fault) and own.off_host:
+        fault = Fault(Status.BROKEN, f"own trace: {own.reason}")
+        return _failed(name, fault, prev, history, now, rules, obs.trace_name)
     if isinstance(own, Fault):
         notes.append(f"own trace {called} not read ({own.reason}): last complete sync unknown")
         own = None
