@@ -506,6 +506,7 @@ async def test_a_pass_with_endless_mirrors_is_bounded(
     now = time.time()
     farm.set_trace("master", now - HOUR)
     farm.set_trace("honest", now - HOUR)
+    farm.put("honest", OWN, trace_c(now - HOUR + 60))  # found under its URL's host: no search
     mirrors = {"honest": farm.url("honest")} | {kind: endless.url(kind) for kind in ENDLESS}
     s = settings_for(farm.url("master"), mirrors, timeout=f"{TIMEOUT:g}s")
     async with open_session(s.probe_timeout) as probe:

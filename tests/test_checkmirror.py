@@ -271,6 +271,76 @@ async def test_trace_name_option(world: World) -> None:
     assert verdicts(results)["sync"] is WARN  # the flag is found by its name, unlisted
 
 
+MIRRORNAME = "box7.example.net"  # ftpsync's default: `hostname -f`, not the URL's host
+
+
+def ftpsync_tree(world: World, own: float, *, hierarchy: bool = True) -> Tree:
+    """A good tree whose own trace is named after its MIRRORNAME, as ftpsync names it."""
+    tree = Tree(good_files(world.now - 3600))
+    del tree.files[OWN_TRACE]
+    tree.files[f"project/trace/{MIRRORNAME}"] = trace_c(own, host=MIRRORNAME)
+    if hierarchy:
+        tree.files["project/trace/_hierarchy"] = (
+            f"{MIRRORNAME} {MIRRORNAME} {MIRRORNAME} mirror.contribs.org\n".encode()
+        )
+    tree.files["project/trace/_traces"] = f"mirror.contribs.org\n{MIRRORNAME}\n".encode()
+    return tree
+
+
+@pytest.mark.parametrize("hierarchy", [True, False], ids=["_hierarchy", "_traces"])
+async def test_a_correct_ftpsync_mirror_passes_without_trace_name(
+    world: World, hierarchy: bool
+) -> None:
+    tree = ftpsync_tree(world, world.now - 3000, hierarchy=hierarchy)
+    results = await check_mirror(world.serve("ftpsync", tree), world.options())
+    assert failing(results) == set(), format_text(results)
+    own = next(r for r in results if r.name == "own-trace")
+    source = "_hierarchy" if hierarchy else "_traces"
+    assert (own.verdict, f"MIRRORNAME from {source}" in own.reason) == (PASS, True), own
+
+
+async def test_the_lock_is_found_under_the_mirrorname(world: World) -> None:
+    tree = ftpsync_tree(world, world.now - 3000)
+    tree.files[f"Archive-Update-in-Progress-{MIRRORNAME}"] = b""
+    results = await check_mirror(world.serve("locked", tree), world.options())
+    assert verdicts(results)["sync"] is WARN
+    assert MIRRORNAME in next(r.reason for r in results if r.name == "sync")
+
+
+async def test_between_the_stages_of_a_staged_push_warns(world: World) -> None:
+    # Stage 1 brought the new master trace copy and new files; stage 2 (indexes, deletions,
+    # the own trace) comes up to ten minutes later. Its repodata is still the old state's.
+    tree = ftpsync_tree(world, world.now - 5 * H)
+    tree.files[f"project/trace/{MIRRORNAME}-stage1"] = trace_c(world.now - 300, host=MIRRORNAME)
+    tree.files["project/trace/_hierarchy"] = (
+        f"{MIRRORNAME}-stage1 {MIRRORNAME} {MIRRORNAME} mirror.contribs.org\n".encode()
+    )
+    tree.files[DEFAULT_REPOMD[0]] = repomd(DEFAULT_REPOMD[0], 0)
+    results = await check_mirror(world.serve("staged", tree), world.options())
+    assert failing(results) == set(), format_text(results)
+    got = verdicts(results)
+    assert (got["own-trace"], got["repomd:releases/10/smeos/x86_64"]) == (WARN, WARN)
+    assert "stage 1 finished" in next(r.reason for r in results if r.name == "own-trace")
+
+
+async def test_a_stage_1_never_followed_by_stage_2_fails(world: World) -> None:
+    tree = ftpsync_tree(world, world.now - 5 * H)
+    tree.files[f"project/trace/{MIRRORNAME}-stage1"] = trace_c(world.now - 3 * H)
+    results = await check_mirror(world.serve("stuck", tree), world.options())
+    assert failing(results) == {"own-trace"}, format_text(results)
+    assert "stage 2 has not followed" in next(r.reason for r in results if r.name == "own-trace")
+
+
+async def test_an_own_trace_of_2008_in_the_crons_locale_is_read(world: World) -> None:
+    tree = Tree(good_files(world.now - 3600))
+    months = ["Jan", "Feb", "Mär", "Apr", "Mai", "Jun", "Jul", "Aug", "Sep", "Okt", "Nov", "Dez"]
+    t = time.gmtime(world.now - 600)
+    line = f"Xx {t.tm_mday}. {months[t.tm_mon - 1]} {time.strftime('%H:%M:%S', t)} UTC {t.tm_year}"
+    tree.files[OWN_TRACE] = f"{line}\nUsed ftpsync version: 42\nRunning on host: m.de\n".encode()
+    results = await check_mirror(world.serve("de", tree), world.options())
+    assert verdicts(results)["own-trace"] is PASS, format_text(results)
+
+
 async def test_excluded_subtrees_are_info(world: World) -> None:
     tree = Tree(good_files(world.now - 3600))
     for p in ("obsolete/", "releases/testing/", SYMLINK + ".0beta1/"):

@@ -122,7 +122,8 @@ async def test_every_state_in_one_pass(farm: Farm, session: aiohttp.ClientSessio
         "stale": (Status.UP, "stale", ""),
         "syncing": (Status.SYNCING, "syncing", ""),
         "behind-own": (Status.BROKEN, "broken", "older than its master trace copy"),
-        "own-html": (Status.BROKEN, "broken", "own trace: not a trace"),
+        # The own trace is optional: an HTML page there costs only the checks it feeds.
+        "own-html": (Status.UP, "fresh", ""),
         "html": (Status.BROKEN, "broken", "not a trace"),
         "future": (Status.BROKEN, "broken", "dated in the future"),
         "missing": (Status.BROKEN, "broken", "HTTP 404"),
@@ -148,6 +149,8 @@ async def test_every_state_in_one_pass(farm: Farm, session: aiohttp.ClientSessio
     assert by["fresh"].lag(now) == 0.0
     assert by["stale"].lag(now) == pytest.approx(10 * HOUR, abs=5)  # cold: the master's date
     assert by["fresh"].own_date == master + 600
+    assert by["own-html"].own_date is None
+    assert "own trace 127.0.0.1 not read (not a trace" in (by["own-html"].note or "")
     assert "localhost:9" not in "".join(t for _, t in farm.requests)  # loopback port 9: unused
     data = await store.load()
     assert set(data.states) == set(table)
@@ -163,6 +166,7 @@ async def test_requests_per_mirror_are_bounded(farm: Farm, session: aiohttp.Clie
     clock = Clock(T0)
     farm.set_trace("master", T0 - DAY)
     farm.set_trace("up", T0 - DAY)
+    farm.put("up", OWN, trace_c(T0 - DAY + 600))  # found under its URL's host: no search
     farm.behaviours["dead"] = error_500
     s = settings_for(farm, ["up", "dead"], extra='poll_interval = "5m"\ncoverage_interval = "1h"')
     store = MemoryStore()

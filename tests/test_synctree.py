@@ -96,6 +96,15 @@ def test_identities() -> None:
     assert ids.resolve(None) is None
 
 
+def test_identities_know_the_mirrorname_the_poller_found() -> None:
+    ms = [mirror("t1"), mirror("named", trace_name="configured.example")]
+    found = {"t1": "box7.example.net", "named": "found.example"}
+    ids = Identities(ms, ALIASES, found)
+    assert ids.resolve("box7.example.net") == "t1"
+    assert ids.resolve("configured.example") == "named"  # trace_name stays an override
+    assert ids.resolve("found.example") is None
+
+
 # --- the tree ------------------------------------------------------------------------------
 
 

@@ -27,6 +27,8 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from redirector.config.settings import normalize_base_url
+from redirector.core.ftpsync import STAGE1_SUFFIX, name_from_hierarchy, name_from_traces
+from redirector.core.judge import STAGE1_MAX
 from redirector.core.trace import Trace, TraceError, is_future, lag_of, parse_trace, record_master
 from redirector.poll.probe import ProbeError, fetch, open_session
 
@@ -94,7 +96,9 @@ class CheckOptions:
     master_trace: str = DEFAULT_MASTER_TRACE
     max_lag: float = 8 * 3600.0
     timeout: float = 10.0  # per request
-    trace_name: str | None = None  # the mirror's own trace under project/trace/; None: URL host
+    # The mirror's own trace under project/trace/ (its ftpsync MIRRORNAME); None: found from
+    # its _hierarchy or _traces when no trace answers under the URL's host.
+    trace_name: str | None = None
     exclude: tuple[str, ...] = ()  # subtrees the mirror declares it leaves out
     symlink_path: str = DEFAULT_SYMLINK
     repomd_paths: tuple[str, ...] = DEFAULT_REPOMD
@@ -170,13 +174,25 @@ def _trace_of(a: Answer) -> Trace | str:
         return f"not a trace: {e}"
 
 
-def held_state(copy: Answer, master: Answer, now: float) -> HeldState:
-    """Whether the mirror's copy of the master trace is the master's current one."""
+def held_state(
+    copy: Answer,
+    master: Answer,
+    now: float,
+    own: Answer | None = None,
+    stage1: Answer | None = None,
+) -> HeldState:
+    """Whether the mirror's copy of the master trace is the master's current one.
+
+    Between the stages of a staged push (`own` and `stage1` given, see `between_stages`) it is
+    "behind" whatever the copy says: stage 2 brings the indexes.
+    """
     held, current = _trace_of(copy), _trace_of(master)
     if not isinstance(held, Trace) or not isinstance(current, Trace):
         return "unknown"
     if is_future(held, now, FUTURE_SLACK) or is_future(current, now, FUTURE_SLACK):
         return "unknown"
+    if own is not None and between_stages(own, copy, stage1, now):
+        return "behind"
     return "current" if held.date >= current.date else "behind"
 
 
@@ -218,29 +234,73 @@ def judge_master_trace(
     return CheckResult(name, Verdict.PASS, f"behind but within the limit: {detail}")
 
 
-def judge_own_trace(own: Answer, copy: Answer, path: str, now: float) -> CheckResult:
+def between_stages(own: Answer, copy: Answer, stage1: Answer | None, now: float) -> bool:
+    """Whether the mirror is between the stages of a staged ftpsync push (see core/judge.py):
+    its own trace older than its master trace copy, its stage-1 trace newer than its own trace
+    and at most STAGE1_MAX old."""
+    trace, held = _trace_of(own), _trace_of(copy)
+    first = _trace_of(stage1) if stage1 is not None else None
+    if not (isinstance(trace, Trace) and isinstance(held, Trace) and isinstance(first, Trace)):
+        return False
+    if not trace.date < held.date or first.date <= trace.date:
+        return False
+    return not is_future(first, now, FUTURE_SLACK) and now - first.date <= STAGE1_MAX
+
+
+def judge_own_trace(
+    own: Answer,
+    copy: Answer,
+    path: str,
+    now: float,
+    *,
+    stage1: Answer | None = None,
+    source: str | None = None,
+) -> CheckResult:
     """The mirror's own trace at `path` exists, is a trace, and is not older than its master
-    trace (Debian's rule: older means the last sync did not complete)."""
+    trace (Debian's rule: older means the last sync did not complete), unless the mirror is
+    between the stages of a staged push (`stage1`, its ``<name>-stage1`` trace): a WARN then.
+
+    `source` says where the name in `path` came from ("_hierarchy", "_traces", "--trace-name");
+    None: the URL's host, nothing naming another.
+    """
     name = "own-trace"
     trace = _trace_of(own)
+    shown = f"{path} (MIRRORNAME from {source})" if source else path
     if not isinstance(trace, Trace):
-        hint = " (set --trace-name to the mirror's MIRRORNAME)" if own.status == 404 else ""
-        return CheckResult(name, Verdict.FAIL, f"{path}: {trace}{hint}")
+        hint = ""
+        if own.status == 404 and source is None:
+            hint = " (no _hierarchy or _traces names its MIRRORNAME: set --trace-name to it)"
+        elif own.status == 404:
+            hint = " (set --trace-name to the mirror's MIRRORNAME)"
+        return CheckResult(name, Verdict.FAIL, f"{shown}: {trace}{hint}")
     if is_future(trace, now, FUTURE_SLACK):
         return CheckResult(
-            name, Verdict.FAIL, f"{path} dated {_when(trace.date)}, in the future: a wrong clock?"
+            name, Verdict.FAIL, f"{shown} dated {_when(trace.date)}, in the future: a wrong clock?"
         )
     held = _trace_of(copy)
     if isinstance(held, Trace) and trace.date < held.date:
+        first = _trace_of(stage1) if stage1 is not None else None
+        if between_stages(own, copy, stage1, now):
+            assert isinstance(first, Trace)
+            return CheckResult(
+                name, Verdict.WARN,
+                f"between the stages of a staged sync: stage 1 finished {_when(first.date)} "
+                f"({_duration(now - first.date)} ago), stage 2 to come; its indexes are those "
+                f"of its last complete sync ({_when(trace.date)}, {shown})",
+            )  # fmt: skip
+        late = ""
+        if isinstance(first, Trace) and first.date > trace.date:
+            late = f"; its stage 1 finished {_when(first.date)} and stage 2 has not followed"
         return CheckResult(
             name, Verdict.FAIL,
-            f"{path} ({_when(trace.date)}) is older than its copy of the master trace "
-            f"({_when(held.date)}): the last sync did not complete",
+            f"{shown} ({_when(trace.date)}) is older than its copy of the master trace "
+            f"({_when(held.date)}): the last sync did not complete{late}",
         )  # fmt: skip
     upstream = f"; Upstream-mirror: {trace.upstream}" if trace.upstream else ""
     return CheckResult(
         name, Verdict.PASS,
-        f"last complete sync {_when(trace.date)} ({_duration(now - trace.date)} ago){upstream}",
+        f"last complete sync {_when(trace.date)} ({_duration(now - trace.date)} ago)"
+        f"{upstream}{f'; MIRRORNAME from {source}' if source else ''}",
     )  # fmt: skip
 
 
@@ -543,6 +603,52 @@ def _session(
     )  # fmt: skip
 
 
+def _older(own: Answer, copy: Answer) -> bool:
+    """Whether both traces were read and the own one is older than the master trace copy."""
+    trace, held = _trace_of(own), _trace_of(copy)
+    return isinstance(trace, Trace) and isinstance(held, Trace) and trace.date < held.date
+
+
+async def _discover(
+    ask: Callable[..., Awaitable[Answer]], base: str, master_trace: str
+) -> tuple[str, str] | None:
+    """(MIRRORNAME, "_hierarchy" or "_traces") from the mirror at `base`, or None."""
+    trace_dir = base + posixpath.dirname(master_trace) + "/"
+    hierarchy, traces = await asyncio.gather(
+        ask(trace_dir + "_hierarchy"), ask(trace_dir + "_traces")
+    )
+    if hierarchy.status == 200 and (name := name_from_hierarchy(hierarchy.body)) is not None:
+        return name, "_hierarchy"
+    master_name = posixpath.basename(master_trace)
+    if traces.status == 200 and (name := name_from_traces(traces.body, master_name)) is not None:
+        return name, "_traces"
+    return None
+
+
+async def _under_mirrorname(
+    ask: Callable[..., Awaitable[Answer]],
+    base: str,
+    master_trace: str,
+    tried: str,
+    own: Answer,
+    lock: Answer,
+) -> tuple[str, str | None, Answer, Answer]:
+    """(name, source, own trace, lock) under the MIRRORNAME the mirror's _hierarchy or _traces
+    give, when they name another than `tried` (the URL's host); else `tried` and what it got.
+
+    ftpsync names the own trace and the lock after MIRRORNAME, `hostname -f` by default.
+    """
+    found = await _discover(ask, base, master_trace)
+    if found is None or found[0] == tried:
+        return tried, None, own, lock
+    name, source = found
+    own, lock = await asyncio.gather(
+        ask(base + posixpath.join(posixpath.dirname(master_trace), name)),
+        ask(base + LOCK_PREFIX + name, method="HEAD"),
+    )
+    return name, source, own, lock
+
+
 async def check_mirror(
     url: str,
     options: CheckOptions | None = None,
@@ -560,6 +666,7 @@ async def check_mirror(
     parts = urlsplit(base)
     host = parts.hostname or ""
     trace_name = opts.trace_name or host
+    source = "--trace-name" if opts.trace_name else None
     ctx = ssl_context(opts.ca_file)
 
     https_error: str | None = None
@@ -610,6 +717,13 @@ async def check_mirror(
         )
         n, k = len(SUBTREES), len(opts.repomd_paths)
         subs, repo_mirror, repo_master = rest[:n], rest[n : n + k], rest[n + k :]
+        if source is None and not isinstance(_trace_of(own), Trace):
+            trace_name, source, own, lock = await _under_mirrorname(
+                ask, base, opts.master_trace, trace_name, own, lock
+            )
+            lock_name = LOCK_PREFIX + trace_name
+            own_path = posixpath.join(posixpath.dirname(opts.master_trace), trace_name)
+        stage1 = await ask(base + own_path + STAGE1_SUFFIX) if _older(own, copy) else None
         # Range on a small file the mirror is known to have; never on anything large.
         small = next((a for a in (copy, own, *repo_mirror) if a.status == 200), None)
         ranged = (
@@ -620,14 +734,14 @@ async def check_mirror(
         addresses, dns_error = await dns
 
     now = clock()
-    held = held_state(copy, master_trace, now)
+    held = held_state(copy, master_trace, now, own, stage1)
     mirror_answers = [root, copy, own, lock, sym, *subs, *repo_mirror]
     if ranged is not None:
         mirror_answers.append(ranged)
     return [
         judge_root(root),
         judge_master_trace(copy, master_trace, now, opts.max_lag, opts.master_trace),
-        judge_own_trace(own, copy, own_path, now),
+        judge_own_trace(own, copy, own_path, now, stage1=stage1, source=source),
         judge_sync(root, lock, lock_name),
         *(
             judge_subtree(sub, a, _under(sub, opts.exclude) is not None)

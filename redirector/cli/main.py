@@ -368,7 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
     cm.add_argument("--config", help="take master, master_trace, max_lag, probe_timeout from it")
     cm.add_argument("--mirror", help="a mirror of --config: take its trace_name and exclude")
     cm.add_argument("--json", action="store_true", help="one JSON object instead of lines")
-    cm.add_argument("--trace-name", type=_trace_arg, help="its own trace (default: URL host)")
+    cm.add_argument(
+        "--trace-name",
+        type=_trace_arg,
+        help="its ftpsync MIRRORNAME (default: its _hierarchy or _traces, else the URL host)",
+    )
     cm.add_argument("--exclude", action="append", default=[], type=_subtree_arg,
                     metavar="SUBTREE", help="a subtree it leaves out (repeatable)")  # fmt: skip
     cm.add_argument(

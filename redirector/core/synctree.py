@@ -60,13 +60,21 @@ def _loose(name: str) -> str:
 class Identities:
     """Matches the names mirrors use for each other to node keys (configured name or MASTER)."""
 
-    def __init__(self, mirrors: Sequence[Mirror], master_aliases: Iterable[str]) -> None:
+    def __init__(
+        self,
+        mirrors: Sequence[Mirror],
+        master_aliases: Iterable[str],
+        found: Mapping[str, str] | None = None,
+    ) -> None:
+        """`found`: the MIRRORNAME the poller found each mirror's own trace under, by name."""
         self.exact: dict[str, str] = {}
         self.loose: dict[str, str] = {}
         groups: list[tuple[str, list[str]]] = [(MASTER, [MASTER, *master_aliases])]
+        found = found or {}
         for m in mirrors:
             hosts = [urlsplit(u).hostname or "" for u in (m.http, m.https) if u]
-            groups.append((m.name, [m.name, m.trace_name or "", *hosts, m.ssh_host or ""]))
+            names = [m.name, m.trace_name or found.get(m.name, ""), *hosts, m.ssh_host or ""]
+            groups.append((m.name, names))
         for key, names in groups:  # the master first, then config order: first claim wins
             for name in filter(None, map(_norm, names)):
                 self.exact.setdefault(name, key)
@@ -257,7 +265,8 @@ def build_tree(
     master, flagged. Lags come from `states` (MirrorState.lag at `now`); unconfigured hops have
     none.
     """
-    edges = _Edges(Identities(mirrors, aliases))
+    found = {k: s.trace_name for k, s in states.items() if s.trace_name}
+    edges = _Edges(Identities(mirrors, aliases, found))
     for m in mirrors:
         edges.add_mirror(m, infos.get(m.name))
     edges.add_externals([e for info in infos.values() for e in info.hierarchy])

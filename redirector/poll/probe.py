@@ -42,6 +42,10 @@ class ProbeError(Exception):
 class OffHost(ProbeError):
     """A redirect to another origin: the poller refuses it, the per-file check accepts it."""
 
+    @property
+    def fault(self) -> Fault:
+        return Fault(self.kind, str(self), off_host=True)
+
 
 @dataclass(frozen=True, slots=True)
 class Fetched:
