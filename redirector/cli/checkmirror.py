@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from redirector.config.settings import normalize_base_url
+from redirector.core.humanize import ago, duration, table, when
 from redirector.core.trace import Trace, TraceError, is_future, lag_of, parse_trace, record_master
 from redirector.poll.probe import ProbeError, fetch, open_session
 
@@ -109,22 +110,6 @@ HeldState = Literal["current", "behind", "unknown"]
 # --- formatting ------------------------------------------------------------------------------
 
 
-def _when(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts))
-
-
-def _duration(seconds: float) -> str:
-    """3725 -> '1h02m'; 90 -> '1m30s'; 4 days -> '4d00h'."""
-    s = int(max(0.0, seconds))
-    if s >= 86400:
-        return f"{s // 86400}d{s % 86400 // 3600:02d}h"
-    if s >= 3600:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    if s >= 60:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s}s"
-
-
 def _what_failed(a: Answer) -> str:
     """'HTTP 404' or the transport error, for reasons."""
     if a.status is None:
@@ -195,23 +180,23 @@ def judge_master_trace(
         return CheckResult(name, Verdict.FAIL, f"{path}: {held}{hint}")
     if is_future(held, now, FUTURE_SLACK):
         return CheckResult(
-            name, Verdict.FAIL, f"dated {_when(held.date)}, in the future: a wrong clock?"
+            name, Verdict.FAIL, f"dated {when(held.date)}, in the future: a wrong clock?"
         )
     current = _trace_of(master)
     if not isinstance(current, Trace):
         return CheckResult(
             name, Verdict.WARN,
-            f"holds master state {_when(held.date)}; the master's own trace could not be read "
+            f"holds master state {when(held.date)}; the master's own trace could not be read "
             f"({current}), so its freshness is unknown",
         )  # fmt: skip
     lag = lag_of(held.date, record_master((), current.date, now), now)
     if lag is None or lag == 0.0:
         return CheckResult(
-            name, Verdict.PASS, f"holds the master's current state ({_when(current.date)})"
+            name, Verdict.PASS, f"holds the master's current state ({when(current.date)})"
         )
     detail = (
-        f"holds {_when(held.date)}, the master has had {_when(current.date)} for "
-        f"{_duration(lag)} (limit {_duration(max_lag)})"
+        f"holds {when(held.date)}, the master has had {when(current.date)} for "
+        f"{duration(lag)} (limit {duration(max_lag)})"
     )
     if lag > max_lag:
         return CheckResult(name, Verdict.FAIL, f"too far behind: {detail}")
@@ -228,19 +213,19 @@ def judge_own_trace(own: Answer, copy: Answer, path: str, now: float) -> CheckRe
         return CheckResult(name, Verdict.FAIL, f"{path}: {trace}{hint}")
     if is_future(trace, now, FUTURE_SLACK):
         return CheckResult(
-            name, Verdict.FAIL, f"{path} dated {_when(trace.date)}, in the future: a wrong clock?"
+            name, Verdict.FAIL, f"{path} dated {when(trace.date)}, in the future: a wrong clock?"
         )
     held = _trace_of(copy)
     if isinstance(held, Trace) and trace.date < held.date:
         return CheckResult(
             name, Verdict.FAIL,
-            f"{path} ({_when(trace.date)}) is older than its copy of the master trace "
-            f"({_when(held.date)}): the last sync did not complete",
+            f"{path} ({when(trace.date)}) is older than its copy of the master trace "
+            f"({when(held.date)}): the last sync did not complete",
         )  # fmt: skip
     upstream = f"; Upstream-mirror: {trace.upstream}" if trace.upstream else ""
     return CheckResult(
         name, Verdict.PASS,
-        f"last complete sync {_when(trace.date)} ({_duration(now - trace.date)} ago){upstream}",
+        f"last complete sync {when(trace.date)} ({ago(trace.date, now)}){upstream}",
     )  # fmt: skip
 
 
@@ -366,7 +351,7 @@ def judge_https(scheme: str, error: str | None, not_after: float | None, now: fl
         return CheckResult(
             name, Verdict.WARN, f"certificate verified, but expires in {days:.0f} days"
         )
-    return CheckResult(name, Verdict.PASS, f"certificate verified, valid until {_when(not_after)}")
+    return CheckResult(name, Verdict.PASS, f"certificate verified, valid until {when(not_after)}")
 
 
 def judge_ipv6(host: str, addresses: Sequence[str] | None, error: str | None) -> CheckResult:
@@ -430,8 +415,7 @@ def counts(results: Sequence[CheckResult]) -> dict[str, int]:
 
 def format_text(results: Sequence[CheckResult]) -> str:
     """One line per check, `VERDICT  name  reason`, then a summary line."""
-    width = max((len(r.name) for r in results), default=0)
-    lines = [f"{r.verdict.value:<4}  {r.name:<{width}}  {r.reason}" for r in results]
+    lines = [table([(r.verdict.value, r.name, r.reason) for r in results])] if results else []
     c = counts(results)
     lines.append(f"{len(results)} checks: " + ", ".join(f"{c[v.value]} {v.value}" for v in Verdict))
     return "\n".join(lines)

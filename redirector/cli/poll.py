@@ -12,14 +12,16 @@ from typing import TextIO
 import aiohttp
 
 from redirector.config.settings import Settings
-from redirector.core.judge import describe, status_table
-from redirector.core.models import SERVABLE, MasterState, MirrorState
+from redirector.core.humanize import when
+from redirector.core.models import MasterState, MirrorState
+from redirector.core.selection import Candidate
 from redirector.poll.poller import poll_once, run_poller
 from redirector.poll.probe import open_session
 from redirector.poll.repodata import make_repodata_pass
 from redirector.reload import watching
 from redirector.store.base import MemoryStore, Store, StoreData, StoreError, open_store
 from redirector.store.lease import Lease
+from redirector.views.condition import state_table
 
 
 async def poll_command(
@@ -108,12 +110,10 @@ async def _poll_once_command(
     )
     print(master_line, file=out)
     states = {s.name: s for s in result.states}
-    print(status_table(settings.mirrors, states, now, settings.max_lag), file=out)
-    servable = sum(
-        1
-        for s in result.states
-        if s.status in SERVABLE and describe(s, now, settings.max_lag)[0] in ("fresh", "syncing")
-    )
+    candidates = [Candidate(m, states.get(m.name)) for m in settings.mirrors]
+    table, conditions = state_table(candidates, now, settings.max_lag)
+    servable = sum(1 for c in conditions if c.served)
+    print(table, file=out)
     print(
         f"\n{servable} of {len(enabled)} mirrors can be served; pass took "
         f"{result.duration:.1f} s, {result.requests} requests",
@@ -126,7 +126,7 @@ def describe_master(master: MasterState) -> str:
     cur = master.current
     if cur is None:
         return "unknown"
-    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(cur.date))
+    return when(cur.date)
 
 
 async def _holder(store: Store) -> str:
