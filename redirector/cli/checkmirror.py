@@ -137,7 +137,7 @@ def judge_root(a: Answer) -> CheckResult:
                                f"{ROOT_MAX_BYTES // 1024} KiB: is this the tree root?")  # fmt: skip
         return CheckResult(name, Verdict.FAIL, f"no answer: {a.error}")
     if a.ok:
-        return CheckResult(name, Verdict.PASS, f"HTTP {a.status} in {a.seconds:.2f} s")
+        return CheckResult(name, Verdict.PASS, f"HTTP {a.status} in {duration(a.seconds)}")
     if a.status in (401, 403):
         return CheckResult(
             name, Verdict.WARN, f"HTTP {a.status}: answers, but the root cannot be listed"
@@ -397,11 +397,11 @@ def judge_response_time(seconds: Sequence[float], slow: float, very_slow: float)
     if not seconds:
         return CheckResult(name, Verdict.FAIL, "no request was answered")
     median, worst = statistics.median(seconds), max(seconds)
-    detail = f"median {median:.2f} s, slowest {worst:.2f} s over {len(seconds)} requests"
+    detail = f"median {duration(median)}, slowest {duration(worst)} over {len(seconds)} requests"
     if median > very_slow:
-        return CheckResult(name, Verdict.FAIL, f"{detail} (limit {very_slow:g} s)")
+        return CheckResult(name, Verdict.FAIL, f"{detail} (limit {duration(very_slow)})")
     if median > slow:
-        return CheckResult(name, Verdict.WARN, f"{detail} (over {slow:g} s)")
+        return CheckResult(name, Verdict.WARN, f"{detail} (over {duration(slow)})")
     return CheckResult(name, Verdict.PASS, detail)
 
 
@@ -483,7 +483,7 @@ async def tls_probe(
     except ssl.SSLError as e:
         return f"TLS handshake failed: {e.reason or e}", None
     except TimeoutError:
-        return f"TLS handshake timed out after {timeout:g} s", None
+        return f"TLS handshake timed out after {duration(timeout)}", None
     except OSError as e:
         return f"cannot connect: {e.strerror or e}", None
     try:

@@ -12,7 +12,7 @@ from typing import TextIO
 import aiohttp
 
 from redirector.config.settings import Settings
-from redirector.core.humanize import when
+from redirector.core.humanize import duration, when
 from redirector.core.models import MasterState, MirrorState
 from redirector.core.selection import Candidate
 from redirector.poll.poller import poll_once, run_poller
@@ -116,7 +116,7 @@ async def _poll_once_command(
     print(table, file=out)
     print(
         f"\n{servable} of {len(enabled)} mirrors can be served; pass took "
-        f"{result.duration:.1f} s, {result.requests} requests",
+        f"{duration(result.duration)}, {result.requests} requests",
         file=out,
     )
     return 0 if servable else 1

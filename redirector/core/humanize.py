@@ -5,6 +5,7 @@ and `3h20m` in another. Machine fields (JSON, logs) use `rfc3339`.
 
 - durations: `45s`, `1m30s`, `3h20m`, `2d04h`: the two largest units, the second zero-padded
   so columns line up; truncated toward zero (a mirror 7h59m59s behind is not "8h00m" behind).
+  A fraction under ten seconds (a timeout, a response time) keeps two decimals: `0.25s`.
 - timestamps: `2026-12-03 17:05:09 UTC`, sortable, and with seconds because trace dates (which
   tell master states apart) have them.
 """
@@ -17,8 +18,13 @@ from typing import overload
 
 
 def duration(seconds: float) -> str:
-    """3725 -> '1h02m', 90 -> '1m30s', 45 -> '45s', 2 days 3 hours -> '2d03h', -90 -> '-1m30s'."""
-    s = int(abs(seconds))
+    """3725 -> '1h02m', 90 -> '1m30s', 45 -> '45s', 2 days 3 hours -> '2d03h', -90 -> '-1m30s',
+    0.25 -> '0.25s'."""
+    a = abs(seconds)
+    if a < 10 and a != int(a):
+        digits = f"{a:.2f}".rstrip("0").rstrip(".")
+        return "0s" if digits == "0" else f"{'-' if seconds < 0 else ''}{digits}s"
+    s = int(a)
     sign = "-" if seconds < 0 and s else ""
     if s >= 86400:
         return f"{sign}{s // 86400}d{s % 86400 // 3600:02d}h"
