@@ -78,7 +78,7 @@ def config_text(farm: Farm, redis_url: str) -> str:
     )
 
 
-async def cli(*args: str) -> tuple[int, str]:
+async def cli(*args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "redirector.cli", *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -86,7 +86,7 @@ async def cli(*args: str) -> tuple[int, str]:
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode is not None
     assert proc.returncode in (0, 1), err.decode()
-    return proc.returncode, out.decode()
+    return proc.returncode, out.decode(), err.decode()
 
 
 def table_words(text: str) -> dict[str, str]:
@@ -115,10 +115,12 @@ async def test_every_view_names_each_mirror_the_same_way(
     finally:
         await store.close()
 
-    code, text = await cli("poll", "--once", "--config", str(cfg))
+    code, text, progress = await cli("poll", "--once", "--config", str(cfg))
     assert table_words(text) == WORLD, text
     assert code == 0
-    _, text = await cli("mirrors", "--config", str(cfg))
+    probed = dict(re.findall(r"^\[\d+/\d+\] ([\w.-]+): (\w+)$", progress, re.M))
+    assert probed == {n: w for n, w in WORLD.items() if w != "disabled"}, progress
+    _, text, _ = await cli("mirrors", "--config", str(cfg))
     assert table_words(text) == WORLD, text
 
     settings = parse_settings(cfg.read_text(), str(cfg))
@@ -195,5 +197,5 @@ async def test_no_readable_master_trace_is_stale_in_poll_once_too(
     finally:
         await store.close()
     assert state_word(lagless) == "stale"
-    _, text = await cli("poll", "--once", "--config", str(cfg))
+    _, text, _ = await cli("poll", "--once", "--config", str(cfg))
     assert table_words(text) == {"lagless": "stale"}, text

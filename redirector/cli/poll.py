@@ -12,6 +12,7 @@ from typing import TextIO
 import aiohttp
 
 from redirector.config.settings import Settings
+from redirector.core.condition import assess
 from redirector.core.humanize import duration, when
 from redirector.core.models import MasterState, MirrorState
 from redirector.core.selection import Candidate
@@ -20,7 +21,7 @@ from redirector.poll.probe import open_session
 from redirector.poll.repodata import make_repodata_pass
 from redirector.reload import watching
 from redirector.store.base import MemoryStore, Store, StoreData, StoreError, open_store
-from redirector.store.lease import Lease
+from redirector.store.lease import Lease, let_go
 from redirector.views.condition import state_table
 
 
@@ -79,6 +80,7 @@ async def _poll_once_command(
             store = _ReadOnly(store)
             lease = None
     enabled = [m for m in settings.mirrors if m.enabled]
+    by_name = {m.name: m for m in enabled}
     done = 0
     tty = err.isatty()
 
@@ -88,19 +90,19 @@ async def _poll_once_command(
         if tty:
             print(f"\rprobed {done}/{len(enabled)}", end="", file=err, flush=True)
         else:
-            print(f"[{done}/{len(enabled)}] {state.name}: {state.status.value}", file=err)
+            # The word the table will use, not the poller's raw status: one name per state.
+            m = by_name.get(state.name)
+            word = state.status.value
+            if m is not None:
+                word = assess(Candidate(m, state), time.time(), settings.max_lag).condition.value
+            print(f"[{done}/{len(enabled)}] {state.name}: {word}", file=err)
 
     print(f"probing the master and {len(enabled)} mirrors ...", file=err, flush=True)
     try:
         guard = lease.confirm if lease is not None else None
         result = await poll_once(session, settings, store, progress=progress, guard=guard)
     finally:
-        if keeper is not None:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
-        if lease is not None:
-            await lease.release()
+        await let_go(lease, keeper)
     if tty:
         print(file=err)
     now = time.time()

@@ -44,7 +44,7 @@ from redirector.core.trace import (
 )
 from redirector.poll.probe import ProbeError, Tally, fetch
 from redirector.store.base import Store, StoreError
-from redirector.store.lease import Lease
+from redirector.store.lease import Lease, let_go
 
 log = logging.getLogger(__name__)
 
@@ -361,9 +361,4 @@ async def run_poller(
                 log.exception("poller pass failed; trying again next interval")
             await asyncio.sleep(settings.poll_interval)
     finally:
-        if keeper is not None:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
-        if lease is not None:
-            await lease.release()
+        await let_go(lease, keeper)
