@@ -7,7 +7,8 @@ No clock, no I/O: `now` is a parameter, so every rule below is tested exactly.
 States:
 - **up** / **syncing**: the mirror's copy of the master trace was read; syncing when its
   ``Archive-Update-in-Progress-<name>`` file is at the tree root (still served). Fresh or stale
-  is not a state but its lag (`MirrorState.lag`) against ``max_lag``.
+  is not a state but its lag (`MirrorState.lag`) against ``max_lag``: what the views call a
+  mirror is its condition (core/condition.py), derived from this state.
 - **broken**: it answers, but not with what a mirror must hold: junk or HTML where a trace should
   be, no trace (4xx), a redirect elsewhere or in a loop, a master trace copy dated in the future
   or claiming a state the master never published (`ahead_of_master`),

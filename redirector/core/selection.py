@@ -28,7 +28,7 @@ class Reason(enum.Enum):
     """Why a mirror was not eligible for a request, in the order they are checked.
 
     The values are identifiers (JSON, HTML attributes), not prose: the views word a rejection
-    (`views.wording.reason_text`).
+    (`views.condition.reason_text`).
     """
 
     DISABLED = "disabled"
