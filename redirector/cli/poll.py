@@ -16,7 +16,7 @@ from redirector.core.condition import assess
 from redirector.core.humanize import duration, when
 from redirector.core.models import MasterState, MirrorState
 from redirector.core.selection import Candidate
-from redirector.poll.poller import poll_once, run_poller
+from redirector.poll.poller import poll_once, run_poller, stop_task
 from redirector.poll.probe import open_session
 from redirector.poll.repodata import make_repodata_pass
 from redirector.reload import watching
@@ -40,24 +40,35 @@ async def poll_command(
             if not once:
                 # A shared store (Redis, or a file shared by workers): only the holder polls.
                 lease = Lease(store, ttl=settings.lease_ttl) if store.kind != "memory" else None
-                task = asyncio.current_task()
-                assert task is not None
                 # SIGTERM (systemd stop) ends it like ^C: the lease is released on the way out.
-                asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+                stopping = asyncio.Event()
+                asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
                 with contextlib.suppress(asyncio.CancelledError):
                     async with watching(settings) as reloader:
-                        await run_poller(
-                            session,
-                            settings,
-                            store,
-                            lease=lease,
-                            current=lambda: reloader.settings,
-                            hooks=[
-                                make_repodata_pass(
-                                    settings, store, current=lambda: reloader.settings
-                                )
-                            ],
+                        poller = asyncio.create_task(
+                            run_poller(
+                                session,
+                                settings,
+                                store,
+                                lease=lease,
+                                current=lambda: reloader.settings,
+                                hooks=[
+                                    make_repodata_pass(
+                                        settings, store, current=lambda: reloader.settings
+                                    )
+                                ],
+                            )
                         )
+                        signalled = asyncio.create_task(stopping.wait())
+                        try:
+                            await asyncio.wait(
+                                {poller, signalled}, return_when=asyncio.FIRST_COMPLETED
+                            )
+                        finally:
+                            signalled.cancel()
+                            # Not one cancel: a hook (or a library under it) that swallows it
+                            # would keep the process, and the lease, for ever.
+                            await stop_task(poller)
                 return 0
             return await _poll_once_command(session, settings, store, out, err)
     finally:

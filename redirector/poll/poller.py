@@ -319,6 +319,17 @@ async def run_hooks(
             log.exception("pass hook %s failed", getattr(hook, "__qualname__", repr(hook)))
 
 
+async def stop_task(task: asyncio.Task[None]) -> None:
+    """Cancel `task` (the poller's) and wait until it has ended. The cancel is repeated every
+    second: one swallowed on its way (by a hook or a library under it) must not hang the
+    shutdown, and a cancel of the shutdown itself still goes through."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=1.0)
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("background task %s failed", task.get_name(), exc_info=exc)
+
+
 async def run_poller(
     session: aiohttp.ClientSession,
     settings: Settings,
