@@ -116,9 +116,9 @@ async def test_rows_and_states_in_the_dom(server: TestServer, tmp_path: Path) ->
     assert "not a trace: &lt;html&gt; &lt;b&gt;404&lt;/b&gt;" in row
     assert "(2 failed checks)" in row
     row = dom[dom.index('<tr id="mirror-contribs-fr"') :]
-    assert re.search(r"\(4 failed checks\); next try in [45] min", row[: row.index("</tr>")])
+    assert re.search(r"\(4 failed checks\); next probe in [45]m\d\ds", row[: row.index("</tr>")])
     row = dom[dom.index('<tr id="mirror-pialasse"') :]
-    assert "stale by 9.0 h" in row[: row.index("</tr>")]
+    assert "stale by 9h00m" in row[: row.index("</tr>")]
     # The maps: one dot per mirror on the world map, the European ones again in the inset.
     assert len(re.findall(r'<circle class="dot s-', dom)) == len(EXPECTED) + 4
     assert '<strong id="dl-hour">60</strong>' in dom

@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 
 from redirector.config.settings import Settings, parse_settings
-from redirector.core.judge import ahead_of_master, describe
+from redirector.core.judge import ahead_of_master
 from redirector.core.models import MasterVersion, MirrorState, Status
 from redirector.poll.filecheck import Verifier, open_check_session
 from redirector.poll.poller import PassResult, poll_once
@@ -30,6 +30,7 @@ from redirector.router import Router
 from redirector.snapshot import SnapshotHolder
 from redirector.store.base import MemoryStore
 from tests.farm import MASTER_TRACE, Farm, trace_c
+from tests.words import describe
 
 HOUR = 3600.0
 OWN = "project/trace/127.0.0.1"

@@ -341,7 +341,7 @@ def test_cli_explain_reads_the_store(
     for reason in Reason:
         assert table[name_of(reason)].startswith("-"), reason
     assert "lacks releases/10/ (found by the poller)" in table["lacks"]
-    assert "stale by 9.0 h" in table["stale"]
+    assert "stale by 9h00m" in table["stale"]
     assert "repodata mismatch for releases/10/smeos/x86_64" in table["repodata"]
 
 

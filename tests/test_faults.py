@@ -19,7 +19,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from redirector.config.settings import Settings, parse_settings
-from redirector.core.judge import FUTURE_SLACK, describe
+from redirector.core.judge import FUTURE_SLACK
 from redirector.core.models import MirrorState, Status
 from redirector.poll.poller import PassResult, poll_once
 from redirector.router import Router
@@ -27,6 +27,7 @@ from redirector.snapshot import SnapshotHolder
 from redirector.store.base import MemoryStore
 from redirector.web.app import create_app
 from tests.farm import Behaviour, Farm, error_500, hang
+from tests.words import describe
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 

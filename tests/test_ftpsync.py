@@ -115,7 +115,7 @@ async def test_mirrorname_from_traces_when_there_is_no_hierarchy(
     s = settings_for(farm, ["m"])
     st = (await poll_once(session, s, MemoryStore(), Clock(T0))).states[0]
     assert (st.status, st.trace_name) == (Status.BROKEN, NAME)
-    assert "own trace (2023-11-13 22:13:20Z) older" in (st.error or "")
+    assert "own trace (2023-11-13 22:13:20 UTC) older" in (st.error or "")
 
 
 async def test_trace_name_stays_an_override(farm: Farm, session: aiohttp.ClientSession) -> None:

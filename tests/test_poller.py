@@ -18,13 +18,16 @@ import pytest
 from aiohttp import web
 
 from redirector.config.settings import ConfigError, Settings, parse_settings
-from redirector.core.judge import Rules, backoff_delay, describe, format_lag, judge, status_table
+from redirector.core.humanize import duration
+from redirector.core.judge import Rules, backoff_delay, judge
 from redirector.core.models import MasterState, MasterVersion, MirrorState, Status
 from redirector.core.selection import Candidate, Reason, check
 from redirector.poll.poller import PassResult, poll_once, run_poller
 from redirector.store.base import MemoryStore, RedisStore
+from redirector.views.condition import state_table
 from tests.conftest import free_port
 from tests.farm import MASTER_TRACE, Behaviour, Farm, error_500, hang, huge_body, slow_drip, trace_c
+from tests.words import describe
 
 T0 = 1_700_000_000.0  # the injected clock's start (2023-11-14)
 HOUR, DAY = 3600.0, 86400.0
@@ -157,7 +160,8 @@ async def test_every_state_in_one_pass(farm: Farm, session: aiohttp.ClientSessio
     assert data.master is not None
     assert data.master.error is None
     # The table `redirector poll --once` prints says the same.
-    text = status_table(settings.mirrors, by, now, settings.max_lag)
+    text, _ = state_table([Candidate(m, by.get(m.name)) for m in settings.mirrors], now,
+                          settings.max_lag)  # fmt: skip
     assert "behind-own  broken" in text
     assert "HTTP 500" in text
 
@@ -340,9 +344,9 @@ def test_backoff_doubles_and_is_capped() -> None:
         300, 600, 1200, 2400, 3600, 3600,
     ]  # fmt: skip
     assert backoff_delay(10_000, 300, 3600) == 3600  # no overflow
-    assert format_lag(0) == "0s"
-    assert format_lag(7 * HOUR + 720) == "7h 12m"
-    assert format_lag(3 * DAY + 4 * HOUR) == "3d 4h"
+    assert duration(0) == "0s"
+    assert duration(7 * HOUR + 720) == "7h12m"
+    assert duration(3 * DAY + 4 * HOUR) == "3d04h"
 
 
 async def test_failing_mirror_is_backed_off(farm: Farm, session: aiohttp.ClientSession) -> None:
@@ -508,7 +512,8 @@ async def test_poll_once_prints_progress_and_a_table(farm: Farm, tmp_path: Path)
     assert code == 0, err
     assert "[3/3]" in err  # progress, one line per mirror when not on a terminal
     rows = {line.split()[0]: line.split(None, 3) for line in out.splitlines() if line.strip()}
-    assert rows["MIRROR"] == ["MIRROR", "STATE", "LAG", "REASON"]
+    assert rows["NAME"][:3] == ["NAME", "STATE", "LAG"]
+    assert rows["NAME"][3].split() == ["CHECKED", "FAILS", "REASON"]
     assert rows["good"][1:3] == ["fresh", "0s"]
     assert rows["old"][1] == "stale"
     assert rows["bad"][1] == "down"

@@ -49,6 +49,7 @@ from redirector.store.base import (
     encode_repo_checks,
     encode_repomd_history,
 )
+from redirector.views.condition import reason_text
 from tests.conftest import RedisServer
 from tests.farm import Farm, error_500
 
@@ -239,7 +240,7 @@ def test_a_mismatched_mirror_serves_packages_but_not_that_repos_metadata() -> No
     meta = select([bad, good], Request(REPOMD, "http", False, None, b"\x01"), T0, policy)
     assert [r.mirror.name for r in meta.ranked] == ["good"]
     assert [(r.mirror.name, r.reason) for r in meta.rejected] == [("bad", Reason.REPODATA)]
-    assert meta.rejected[0].detail == f"repodata mismatch for {DIR}"
+    assert reason_text(meta.rejected[0], T0) == f"repodata mismatch for {DIR}"
     assert chosen(f"{DIR}/repodata") == ["good"]
     assert chosen(f"{DIR}/repodata/abc-primary.xml.gz") == ["good"]
     assert sorted(chosen(f"{DIR}/Packages/smeos-release-10-1.noarch.rpm")) == ["bad", "good"]

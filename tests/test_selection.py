@@ -18,6 +18,7 @@ from redirector.core.selection import (
     distance_km,
     select,
 )
+from redirector.views.condition import reason_text
 
 NOW = 1_700_000_000.0
 POLICY = Policy(max_lag=8 * 3600, closeness_km=500, closeness_ratio=0.25)
@@ -178,8 +179,8 @@ OK = mirror("ok", 52.0, 5.0)
         (OK, fresh("ok", status=Status.BROKEN, error="junk"), req(), Reason.BROKEN, "junk"),
         (OK, fresh("ok", master_date=None), req(), Reason.UNKNOWN_LAG, "master trace"),
         (OK, fresh("ok", behind_since=NOW - 9.25 * 3600), req(), Reason.STALE,
-         "stale by 9.2 h"),
-        (OK, fresh("ok", checked_at=NOW - 9 * 3600), req(), Reason.OUTDATED, "9.0 h ago"),
+         "stale by 9h15m"),
+        (OK, fresh("ok", checked_at=NOW - 9 * 3600), req(), Reason.OUTDATED, "9h00m ago"),
     ],
 )  # fmt: skip
 def test_each_rejection_reason(
@@ -189,7 +190,7 @@ def test_each_rejection_reason(
     assert d.chosen is None
     assert len(d.rejected) == 1
     assert d.rejected[0].reason is reason
-    assert detail in d.rejected[0].detail
+    assert detail in reason_text(d.rejected[0], NOW)
 
 
 def test_edges_of_eligibility() -> None:

@@ -15,6 +15,7 @@ import pytest
 from pytest_aiohttp import AiohttpClient
 
 from redirector.config.settings import Settings, parse_settings
+from redirector.core.humanize import duration
 from redirector.core.models import (
     HierarchyEntry,
     MasterState,
@@ -29,7 +30,7 @@ from redirector.poll.poller import PassResult
 from redirector.poll.syncread import own_trace_path, sync_hook
 from redirector.store.base import MemoryStore, RedisStore, StoreError, SyncStore, decode_sync
 from redirector.store.file import FileStore
-from redirector.views.synctree import duration, render_html, shown_email
+from redirector.views.synctree import render_html, shown_email
 from redirector.web.app import create_app
 from tests.farm import MASTER_TRACE, Farm, date_u, trace_c
 

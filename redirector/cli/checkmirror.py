@@ -28,6 +28,7 @@ import aiohttp
 
 from redirector.config.settings import normalize_base_url
 from redirector.core.ftpsync import STAGE1_SUFFIX, name_from_hierarchy, name_from_traces
+from redirector.core.humanize import ago, duration, table, when
 from redirector.core.judge import STAGE1_MAX
 from redirector.core.trace import Trace, TraceError, is_future, lag_of, parse_trace, record_master
 from redirector.poll.probe import ProbeError, fetch, open_session
@@ -113,22 +114,6 @@ HeldState = Literal["current", "behind", "unknown"]
 # --- formatting ------------------------------------------------------------------------------
 
 
-def _when(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts))
-
-
-def _duration(seconds: float) -> str:
-    """3725 -> '1h02m'; 90 -> '1m30s'; 4 days -> '4d00h'."""
-    s = int(max(0.0, seconds))
-    if s >= 86400:
-        return f"{s // 86400}d{s % 86400 // 3600:02d}h"
-    if s >= 3600:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    if s >= 60:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s}s"
-
-
 def _what_failed(a: Answer) -> str:
     """'HTTP 404' or the transport error, for reasons."""
     if a.status is None:
@@ -156,7 +141,7 @@ def judge_root(a: Answer) -> CheckResult:
                                f"{ROOT_MAX_BYTES // 1024} KiB: is this the tree root?")  # fmt: skip
         return CheckResult(name, Verdict.FAIL, f"no answer: {a.error}")
     if a.ok:
-        return CheckResult(name, Verdict.PASS, f"HTTP {a.status} in {a.seconds:.2f} s")
+        return CheckResult(name, Verdict.PASS, f"HTTP {a.status} in {duration(a.seconds)}")
     if a.status in (401, 403):
         return CheckResult(
             name, Verdict.WARN, f"HTTP {a.status}: answers, but the root cannot be listed"
@@ -211,23 +196,23 @@ def judge_master_trace(
         return CheckResult(name, Verdict.FAIL, f"{path}: {held}{hint}")
     if is_future(held, now, FUTURE_SLACK):
         return CheckResult(
-            name, Verdict.FAIL, f"dated {_when(held.date)}, in the future: a wrong clock?"
+            name, Verdict.FAIL, f"dated {when(held.date)}, in the future: a wrong clock?"
         )
     current = _trace_of(master)
     if not isinstance(current, Trace):
         return CheckResult(
             name, Verdict.WARN,
-            f"holds master state {_when(held.date)}; the master's own trace could not be read "
+            f"holds master state {when(held.date)}; the master's own trace could not be read "
             f"({current}), so its freshness is unknown",
         )  # fmt: skip
     lag = lag_of(held.date, record_master((), current.date, now), now)
     if lag is None or lag == 0.0:
         return CheckResult(
-            name, Verdict.PASS, f"holds the master's current state ({_when(current.date)})"
+            name, Verdict.PASS, f"holds the master's current state ({when(current.date)})"
         )
     detail = (
-        f"holds {_when(held.date)}, the master has had {_when(current.date)} for "
-        f"{_duration(lag)} (limit {_duration(max_lag)})"
+        f"holds {when(held.date)}, the master has had {when(current.date)} for "
+        f"{duration(lag)} (limit {duration(max_lag)})"
     )
     if lag > max_lag:
         return CheckResult(name, Verdict.FAIL, f"too far behind: {detail}")
@@ -275,7 +260,7 @@ def judge_own_trace(
         return CheckResult(name, Verdict.FAIL, f"{shown}: {trace}{hint}")
     if is_future(trace, now, FUTURE_SLACK):
         return CheckResult(
-            name, Verdict.FAIL, f"{shown} dated {_when(trace.date)}, in the future: a wrong clock?"
+            name, Verdict.FAIL, f"{shown} dated {when(trace.date)}, in the future: a wrong clock?"
         )
     held = _trace_of(copy)
     if isinstance(held, Trace) and trace.date < held.date:
@@ -284,22 +269,22 @@ def judge_own_trace(
             assert isinstance(first, Trace)
             return CheckResult(
                 name, Verdict.WARN,
-                f"between the stages of a staged sync: stage 1 finished {_when(first.date)} "
-                f"({_duration(now - first.date)} ago), stage 2 to come; its indexes are those "
-                f"of its last complete sync ({_when(trace.date)}, {shown})",
+                f"between the stages of a staged sync: stage 1 finished {when(first.date)} "
+                f"({ago(first.date, now)}), stage 2 to come; its indexes are those "
+                f"of its last complete sync ({when(trace.date)}, {shown})",
             )  # fmt: skip
         late = ""
         if isinstance(first, Trace) and first.date > trace.date:
-            late = f"; its stage 1 finished {_when(first.date)} and stage 2 has not followed"
+            late = f"; its stage 1 finished {when(first.date)} and stage 2 has not followed"
         return CheckResult(
             name, Verdict.FAIL,
-            f"{shown} ({_when(trace.date)}) is older than its copy of the master trace "
-            f"({_when(held.date)}): the last sync did not complete{late}",
+            f"{shown} ({when(trace.date)}) is older than its copy of the master trace "
+            f"({when(held.date)}): the last sync did not complete{late}",
         )  # fmt: skip
     upstream = f"; Upstream-mirror: {trace.upstream}" if trace.upstream else ""
     return CheckResult(
         name, Verdict.PASS,
-        f"last complete sync {_when(trace.date)} ({_duration(now - trace.date)} ago)"
+        f"last complete sync {when(trace.date)} ({ago(trace.date, now)})"
         f"{upstream}{f'; MIRRORNAME from {source}' if source else ''}",
     )  # fmt: skip
 
@@ -426,7 +411,7 @@ def judge_https(scheme: str, error: str | None, not_after: float | None, now: fl
         return CheckResult(
             name, Verdict.WARN, f"certificate verified, but expires in {days:.0f} days"
         )
-    return CheckResult(name, Verdict.PASS, f"certificate verified, valid until {_when(not_after)}")
+    return CheckResult(name, Verdict.PASS, f"certificate verified, valid until {when(not_after)}")
 
 
 def judge_ipv6(host: str, addresses: Sequence[str] | None, error: str | None) -> CheckResult:
@@ -472,11 +457,11 @@ def judge_response_time(seconds: Sequence[float], slow: float, very_slow: float)
     if not seconds:
         return CheckResult(name, Verdict.FAIL, "no request was answered")
     median, worst = statistics.median(seconds), max(seconds)
-    detail = f"median {median:.2f} s, slowest {worst:.2f} s over {len(seconds)} requests"
+    detail = f"median {duration(median)}, slowest {duration(worst)} over {len(seconds)} requests"
     if median > very_slow:
-        return CheckResult(name, Verdict.FAIL, f"{detail} (limit {very_slow:g} s)")
+        return CheckResult(name, Verdict.FAIL, f"{detail} (limit {duration(very_slow)})")
     if median > slow:
-        return CheckResult(name, Verdict.WARN, f"{detail} (over {slow:g} s)")
+        return CheckResult(name, Verdict.WARN, f"{detail} (over {duration(slow)})")
     return CheckResult(name, Verdict.PASS, detail)
 
 
@@ -490,8 +475,7 @@ def counts(results: Sequence[CheckResult]) -> dict[str, int]:
 
 def format_text(results: Sequence[CheckResult]) -> str:
     """One line per check, `VERDICT  name  reason`, then a summary line."""
-    width = max((len(r.name) for r in results), default=0)
-    lines = [f"{r.verdict.value:<4}  {r.name:<{width}}  {r.reason}" for r in results]
+    lines = [table([(r.verdict.value, r.name, r.reason) for r in results])] if results else []
     c = counts(results)
     lines.append(f"{len(results)} checks: " + ", ".join(f"{c[v.value]} {v.value}" for v in Verdict))
     return "\n".join(lines)
@@ -559,7 +543,7 @@ async def tls_probe(
     except ssl.SSLError as e:
         return f"TLS handshake failed: {e.reason or e}", None
     except TimeoutError:
-        return f"TLS handshake timed out after {timeout:g} s", None
+        return f"TLS handshake timed out after {duration(timeout)}", None
     except OSError as e:
         return f"cannot connect: {e.strerror or e}", None
     try:

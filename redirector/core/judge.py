@@ -1,4 +1,4 @@
-"""What a mirror is, from what one round of probes found: state, backoff, coverage, labels (pure).
+"""What a mirror is, from what one round of probes found: state, backoff, coverage (pure).
 
 The poller (poller.py) does the I/O and hands its findings here as an `Observation`; `judge`
 turns them, the mirror's previous state and the master's history into the next `MirrorState`.
@@ -7,7 +7,8 @@ No clock, no I/O: `now` is a parameter, so every rule below is tested exactly.
 States:
 - **up** / **syncing**: the mirror's copy of the master trace was read; syncing when its
   ``Archive-Update-in-Progress-<name>`` file is at the tree root (still served). Fresh or stale
-  is not a state but its lag (`MirrorState.lag`) against ``max_lag``.
+  is not a state but its lag (`MirrorState.lag`) against ``max_lag``: what the views call a
+  mirror is its condition (core/condition.py), derived from this state.
 - **broken**: it answers, but not with what a mirror must hold: junk or HTML where the master
   trace copy should be, no copy (4xx), a redirect elsewhere or in a loop, a copy dated in the
   future or claiming a state the master never published (`ahead_of_master`), or its own trace
@@ -41,11 +42,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
+from redirector.core.humanize import when
 from redirector.core.models import SERVABLE, MasterVersion, Mirror, MirrorState, Status
 from redirector.core.trace import Trace, behind_since
 
@@ -236,10 +236,6 @@ def _failed(
     return _coverage(state, prev, None, now)
 
 
-def _date(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
 def ahead_of_master(
     held: float,
     prev: MirrorState | None,
@@ -281,13 +277,13 @@ def judge(
     if isinstance(held, Fault):
         return _failed(name, held, prev, history, now, rules)
     if held.date > now + rules.future_slack:
-        fault = Fault(Status.BROKEN, f"master trace copy dated in the future ({_date(held.date)})")
+        fault = Fault(Status.BROKEN, f"master trace copy dated in the future ({when(held.date)})")
         return _failed(name, fault, prev, history, now, rules)
     if ahead_of_master(held.date, prev, history, master_seen):
         fault = Fault(
             Status.BROKEN,
-            f"master trace copy dated {_date(held.date)}, after the master's newest state "
-            f"({_date(history[-1].date)}): not a state the master published",
+            f"master trace copy dated {when(held.date)}, after the master's newest state "
+            f"({when(history[-1].date)}): not a state the master published",
         )
         return _failed(name, fault, prev, history, now, rules)
     own, called = obs.own, obs.trace_name or "under its own name"
@@ -301,14 +297,14 @@ def judge(
     elif own is None:
         notes.append(f"no own trace {called}: last complete sync unknown")
     if own is not None and own.date > now + rules.future_slack:
-        fault = Fault(Status.BROKEN, f"own trace dated in the future ({_date(own.date)})")
+        fault = Fault(Status.BROKEN, f"own trace dated in the future ({when(own.date)})")
         return _failed(name, fault, prev, history, now, rules, obs.trace_name)
     status = Status.SYNCING if obs.syncing else Status.UP
     holds = held.date
     if own is not None and not obs.syncing and own.date < held.date - rules.own_slack:
         torn = (
-            f"own trace ({_date(own.date)}) older than its master trace copy "
-            f"({_date(held.date)}) with no sync in progress"
+            f"own trace ({when(own.date)}) older than its master trace copy "
+            f"({when(held.date)}) with no sync in progress"
         )
         stage1 = obs.stage1 if isinstance(obs.stage1, Trace) else None
         if stage1 is None or stage1.date <= own.date:
@@ -320,14 +316,14 @@ def judge(
         if now - stage1.date > rules.stage1_max:
             fault = Fault(
                 Status.BROKEN,
-                f"{torn}: stage 1 finished {_date(stage1.date)} and stage 2 has not followed",
+                f"{torn}: stage 1 finished {when(stage1.date)} and stage 2 has not followed",
             )
             return _failed(name, fault, prev, history, now, rules, obs.trace_name)
         status = Status.SYNCING
         holds = before_stage2(prev, held.date, own.date)
         notes.append(
-            f"between the stages of a staged sync: stage 1 finished {_date(stage1.date)}, its "
-            f"indexes are still those of its last complete sync ({_date(own.date)})"
+            f"between the stages of a staged sync: stage 1 finished {when(stage1.date)}, its "
+            f"indexes are still those of its last complete sync ({when(own.date)})"
         )
     state = MirrorState(
         name,
@@ -378,68 +374,3 @@ def transition(prev: MirrorState | None, new: MirrorState) -> tuple[int, str] | 
             f"({prev.status.value}: {prev.error})"
         )
     return None
-
-
-# --- for people: labels and the `redirector poll --once` table ---------------------------------
-
-
-def format_lag(seconds: float | None) -> str:
-    """'0s', '45m', '7h 12m', '3d 4h'; '-' when unknown."""
-    if seconds is None or not math.isfinite(seconds):
-        return "-"
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m"
-    if s < 86400:
-        return f"{s // 3600}h {s % 3600 // 60}m"
-    return f"{s // 86400}d {s % 86400 // 3600}h"
-
-
-def describe(
-    state: MirrorState | None, now: float, max_lag: float
-) -> tuple[str, float | None, str]:
-    """(label, lag, reason) for a status view: fresh, stale, syncing, broken, down or unknown."""
-    if state is None or state.status is Status.UNKNOWN:
-        return "unknown", None, "not checked yet"
-    lag = state.lag(now)
-    notes: list[str] = []
-    if state.status in (Status.DOWN, Status.BROKEN):
-        notes.append(state.error or "no reason given")
-        if state.retry_at is not None:
-            notes.append(f"next probe {_date(state.retry_at)}")
-        return state.status.value, lag, "; ".join(notes)
-    if state.error:
-        notes.append(f"last probe failed ({state.failures} in a row): {state.error}")
-    if state.lacks:
-        notes.append(f"lacks {state.coverage_note or ', '.join(state.lacks)}")
-    if lag is None:
-        return "unknown", None, "; ".join(["holds no readable master trace", *notes])
-    if lag > max_lag:
-        since = state.behind_since
-        behind = f"behind the master since {_date(since)}" if since is not None else "behind"
-        if state.status is Status.SYNCING:
-            behind += ", syncing now"
-        return "stale", lag, "; ".join([behind, *notes])
-    if state.status is Status.SYNCING:
-        return "syncing", lag, "; ".join(["sync in progress, still served", *notes])
-    return "fresh", lag, "; ".join(notes)
-
-
-def status_table(
-    mirrors: Sequence[Mirror], states: Mapping[str, MirrorState], now: float, max_lag: float
-) -> str:
-    """One line per mirror: MIRROR, STATE, LAG, REASON, fixed-width."""
-    rows = [("MIRROR", "STATE", "LAG", "REASON")]
-    for m in mirrors:
-        if not m.enabled:
-            rows.append((m.name, "disabled", "-", "disabled in the config"))
-            continue
-        label, lag, reason = describe(states.get(m.name), now, max_lag)
-        rows.append((m.name, label, format_lag(lag), reason or "-"))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=True)) + "  " + r[3]
-        for r in rows
-    )

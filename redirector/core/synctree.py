@@ -18,7 +18,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from redirector.core.condition import Condition, assess
 from redirector.core.models import HierarchyEntry, Mirror, MirrorState, SyncInfo
+from redirector.core.selection import Candidate, Policy
 
 MASTER = "master"  # the master's node key, and the `upstream` value naming it
 MAX_HIERARCHY_LINES = 200  # a real chain is a handful of lines; the rest is not a _hierarchy
@@ -107,7 +109,7 @@ class Node:
     said: str | None = None  # the upstream as the mirror named it, when observed
     configured: str | None = None  # the configured upstream, when stated
     mismatch: str | None = None  # why the drawn upstream is not the configured one
-    status: str | None = None  # the poller's last status of a configured mirror
+    condition: Condition | None = None  # a configured mirror's (core.condition); None: others
     mirror: Mirror | None = None
     children: tuple[str, ...] = ()
 
@@ -257,6 +259,7 @@ def build_tree(
     master_label: str,
     aliases: Iterable[str],
     now: float,
+    max_lag: float = Policy().max_lag,
 ) -> SyncTree:
     """The real tree from what mirrors say, the config filling in where they say nothing.
 
@@ -295,6 +298,7 @@ def build_tree(
     for k, hop in edges.hops.items():
         own, up = lag[k], lag.get(hop.parent)
         st = states.get(k) if k in by_name else None
+        mine = by_name.get(k)
         nodes[k] = Node(
             key=k,
             label=label(k),
@@ -307,8 +311,8 @@ def build_tree(
             said=hop.said,
             configured=hop.configured,
             mismatch=hop.mismatch,
-            status=st.status.value if st is not None else None,
-            mirror=by_name.get(k),
+            condition=assess(Candidate(mine, st), now, max_lag).condition if mine else None,
+            mirror=mine,
             children=tuple(sorted(children.get(k, []), key=label)),
         )
     order: list[str] = []

@@ -55,7 +55,7 @@ from redirector.core.trace import (
 )
 from redirector.poll.probe import ProbeError, Tally, fetch
 from redirector.store.base import Store, StoreError
-from redirector.store.lease import Lease
+from redirector.store.lease import Lease, let_go
 
 log = logging.getLogger(__name__)
 
@@ -413,6 +413,17 @@ async def run_hooks(
             log.exception("pass hook %s failed", getattr(hook, "__qualname__", repr(hook)))
 
 
+async def stop_task(task: asyncio.Task[None]) -> None:
+    """Cancel `task` (the poller's) and wait until it has ended. The cancel is repeated every
+    second: one swallowed on its way (by a hook or a library under it) must not hang the
+    shutdown, and a cancel of the shutdown itself still goes through."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=1.0)
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("background task %s failed", task.get_name(), exc_info=exc)
+
+
 async def run_poller(
     session: aiohttp.ClientSession,
     settings: Settings,
@@ -455,9 +466,4 @@ async def run_poller(
                 log.exception("poller pass failed; trying again next interval")
             await asyncio.sleep(settings.poll_interval)
     finally:
-        if keeper is not None:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
-        if lease is not None:
-            await lease.release()
+        await let_go(lease, keeper)

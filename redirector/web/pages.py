@@ -108,7 +108,9 @@ def mirrorlist(request: web.Request, routed: Routed) -> web.Response:
     app = request.app
     router = app[keys.ROUTER]
     note = app.get(keys.GEO_WARNING) if router.geo is None else None
-    expl = explain.explain(routed, router.holder.current.candidates, router.policy, geo_note=note)
+    expl = explain.explain(
+        routed, router.holder.current.candidates, router.policy, now=time.time(), geo_note=note
+    )
     _, query = request.raw_path.split("?", 1)
     if explain.wants_json(query, request.headers.get("Accept")):
         return _json(explain.dumps(expl), Vary="Accept")
@@ -239,6 +241,7 @@ async def tree_section(app: web.Application) -> Section:
         master_label=urlsplit(settings.master).hostname or "master",
         aliases=master_aliases(settings.master, settings.master_trace),
         now=time.time(),
+        max_lag=settings.max_lag,
     )
     return Section(
         "sync-tree", "Sync tree", note + render_html(tree, email_mode=settings.status_email)
