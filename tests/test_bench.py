@@ -57,6 +57,7 @@ def test_world_config_and_states(common: object, tmp_path: Path) -> None:
     assert all(s.lag(1e9) == 0 for s in states)
 
 
+@pytest.mark.system
 def test_nginx_config_is_valid(common: object, tmp_path: Path) -> None:
     conf = tmp_path / "nginx.conf"
     conf.write_text(common.nginx_conf(tmp_path, 18080, 2))  # type: ignore[attr-defined]
@@ -67,6 +68,7 @@ def test_nginx_config_is_valid(common: object, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.system
 async def test_lua_script_rotates_forwarded_for(common: object, tmp_path: Path) -> None:
     """One short wrk run (1 s, one connection) against a loopback server that records."""
     clients = ["192.0.2.1", "198.51.100.2", "2001:db8::3"]

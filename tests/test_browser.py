@@ -23,6 +23,8 @@ from redirector.web import keys
 from redirector.web.app import create_app
 from tests.views import EXPECTED, NL6_CLIENT, NL_CLIENT, REPOMD, US_CLIENT, config, fill, geo
 
+pytestmark = pytest.mark.system  # Debian's chromium
+
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts"
 FLAGS = (

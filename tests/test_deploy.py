@@ -111,6 +111,7 @@ def nginx_test(conf: Path, work: Path) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+@pytest.mark.system
 def test_nginx_t_accepts_the_shipped_site(tmp_path: Path) -> None:
     cert, key = make_certificate(tmp_path)
     # As shipped, ports, IPv6 and all: only the certificate paths point at the test's pair.
@@ -275,6 +276,7 @@ async def log_lines(log: Path, n: int) -> list[str]:
         await asyncio.sleep(0.02)
 
 
+@pytest.mark.system
 async def test_nginx_front_passes_client_and_scheme(front: Front) -> None:
     tail = PATH.removeprefix("/smeserver/")
     # Through a trusted balancer (127.0.0.2) that says the client is in the Netherlands: over
@@ -305,6 +307,7 @@ async def test_nginx_front_passes_client_and_scheme(front: Front) -> None:
     assert f' 127.0.0.3 - http {NAMES[0]} "GET {PATH}" 302 ' in lines[2]
 
 
+@pytest.mark.system
 async def test_nginx_front_answers_every_name_over_http_and_https(front: Front) -> None:
     for name in NAMES:
         for https in (False, True):
@@ -332,6 +335,7 @@ def unit(name: str) -> configparser.ConfigParser:
     return parser
 
 
+@pytest.mark.system
 def test_units_verify(tmp_path: Path) -> None:
     """systemd-analyze verify on the shipped units, the binaries they start pointed at a stub."""
     stub = tmp_path / "bin" / "stub"

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
@@ -27,6 +28,8 @@ from redirector.store.base import MemoryStore
 from redirector.web.app import create_app
 from tests.farm import Farm
 from tests.rpmrepo import build_repo, require
+
+pytestmark = pytest.mark.system  # Debian's dnf, rpmbuild and createrepo_c
 
 Client = TestClient[web.Request, web.Application]
 ClientFactory = Callable[[web.Application], Awaitable[Client]]

@@ -31,9 +31,22 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 # Libraries a layer may not import at all (first dotted component, or the whole name).
 FORBIDDEN: dict[str, frozenset[str]] = {
     "core": frozenset(
-        {"aiohttp", "redis", "prometheus_client", "maxminddb", "geoip2", "yarl", "cachetools",
-         "pathlib", "os", "shutil", "tempfile", "socket", "asyncio"}
-    ),  # fmt: skip
+        {
+            "aiohttp",
+            "redis",
+            "prometheus_client",
+            "maxminddb",
+            "geoip2",
+            "yarl",
+            "cachetools",
+            "pathlib",
+            "os",
+            "shutil",
+            "tempfile",
+            "socket",
+            "asyncio",
+        }
+    ),
     "views": frozenset({"aiohttp", "redis", "prometheus_client", "maxminddb", "geoip2"}),
 }
 WEB_ONLY = "aiohttp.web"

@@ -388,6 +388,7 @@ async def dump_dom(url: str, profile: Path) -> str:
     return out.decode()
 
 
+@pytest.mark.system
 async def test_status_page_draws_the_three_tier_tree_in_chromium(
     farm: Farm, aiohttp_client: AiohttpClient, tmp_path: Path
 ) -> None:
