@@ -7,6 +7,7 @@ import gzip
 import json
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -49,6 +50,7 @@ from redirector.store.base import (
     encode_repo_checks,
     encode_repomd_history,
 )
+from redirector.store.file import FileStore
 from tests.conftest import RedisServer
 from tests.farm import Farm, error_500
 
@@ -285,10 +287,15 @@ STATE = RepodataState(
 )
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest, redis_server: RedisServer) -> AsyncIterator[Store]:
+@pytest.fixture(params=["memory", "redis", "file"])
+async def store(
+    request: pytest.FixtureRequest, redis_server: RedisServer, tmp_path: Path
+) -> AsyncIterator[Store]:
     if request.param == "memory":
         yield MemoryStore()
+        return
+    if request.param == "file":
+        yield FileStore(tmp_path)
         return
     redis_server.flush()
     s = RedisStore(redis_server.url, timeout=2.0)

@@ -1,4 +1,4 @@
-"""Tests for redirector.store: one contract suite for both stores, then Redis-only behaviour."""
+"""Tests for redirector.store: one contract suite for the three stores, then Redis-only cases."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -24,6 +25,7 @@ from redirector.store.base import (
     encode_state,
     open_store,
 )
+from redirector.store.file import FileStore
 from tests.conftest import RedisServer, free_port
 
 Elapse = Callable[[float], Awaitable[None]]
@@ -75,13 +77,16 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "file"])
 async def store(
-    request: pytest.FixtureRequest, clock: FakeClock, redis_server: RedisServer
+    request: pytest.FixtureRequest, clock: FakeClock, redis_server: RedisServer, tmp_path: Path
 ) -> AsyncIterator[Store]:
     """Each backend in turn, empty."""
     if request.param == "memory":
         yield MemoryStore(clock=clock)
+        return
+    if request.param == "file":
+        yield FileStore(tmp_path, clock=clock)
         return
     redis_server.flush()
     s = RedisStore(redis_server.url, timeout=2.0)
@@ -98,7 +103,7 @@ def elapse(store: Store, clock: FakeClock) -> Elapse:
     async def advance(seconds: float) -> None:
         clock.now += seconds
 
-    return advance if isinstance(store, MemoryStore) else asyncio.sleep
+    return advance if isinstance(store, MemoryStore | FileStore) else asyncio.sleep
 
 
 @pytest.fixture
@@ -216,7 +221,7 @@ def test_open_store_picks_backend_without_connecting() -> None:
     assert s.prefix == "x:"
 
 
-# --- the contract, against both stores -----------------------------------------------------
+# --- the contract, against every store ----------------------------------------------------
 
 
 async def test_empty_load(store: Store) -> None:
