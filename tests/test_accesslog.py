@@ -21,8 +21,7 @@ from redirector.web import accesslog, keys
 from redirector.web.accesslog import AccessEntry, format_json, format_text
 from redirector.web.app import create_app
 from tests.farm import Farm, error_500
-from tests.frontdoor import NL_CLIENT, config_text, fresh_store, mirror_url, replace_file
-from tests.mmdb_build import CityRecord, write_city_mmdb
+from tests.support.world import FRONT, NL_CLIENT, city_db, fresh_store, mirror_url, replace_file
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 
@@ -95,15 +94,15 @@ def test_json_line() -> None:
 
 
 def test_settings_keys() -> None:
-    s = parse_settings(config_text(["nl"]))
+    s = parse_settings(FRONT.config_text(["nl"]))
     assert (s.access_log, s.access_log_path) == ("text", None)
     s = parse_settings(
-        config_text(["nl"], extra='access_log = "json"\naccess_log_path = "/var/log/r/a.log"')
+        FRONT.config_text(["nl"], extra='access_log = "json"\naccess_log_path = "/var/log/r/a.log"')
     )
     assert (s.access_log, s.access_log_path) == ("json", Path("/var/log/r/a.log"))
-    assert parse_settings(config_text(["nl"], extra='access_log = "off"')).access_log == "off"
+    assert parse_settings(FRONT.config_text(["nl"], extra='access_log = "off"')).access_log == "off"
     with pytest.raises(ConfigError, match=r"field 'access_log': 'xml': use \"text\""):
-        parse_settings(config_text(["nl"], extra='access_log = "xml"'))
+        parse_settings(FRONT.config_text(["nl"], extra='access_log = "xml"'))
 
 
 # --- a real server writing it ------------------------------------------------------------------
@@ -118,12 +117,12 @@ def access_log_closed() -> Iterator[None]:
 @pytest.fixture
 async def served(tmp_path: Path, access_log_closed: None) -> AsyncIterator[tuple[str, Path, Path]]:
     """The app behind a real AppRunner with the access log of `redirector serve`, to a file."""
-    db = write_city_mmdb(
-        tmp_path / "city.mmdb", {"145.100.0.0/16": CityRecord("NL", "EU", 52.37, 4.90)}
-    )
+    db = city_db(tmp_path / "city.mmdb")
     cfg = tmp_path / "mirrors.toml"
     log = tmp_path / "access.log"
-    cfg.write_text(config_text(["nl", "us"], extra=f'geoip_db = "{db}"\naccess_log_path = "{log}"'))
+    cfg.write_text(
+        FRONT.config_text(["nl", "us"], extra=f'geoip_db = "{db}"\naccess_log_path = "{log}"')
+    )
     settings = load_settings(cfg)
     app = create_app(settings, poll=False, store=await fresh_store(["nl", "us"]))
     runner = web.AppRunner(app, **accesslog.runner_kwargs(settings))

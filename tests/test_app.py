@@ -6,7 +6,6 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -16,29 +15,9 @@ from redirector.config.settings import Settings, parse_settings
 from redirector.geo import GeoReader
 from redirector.web.app import create_app
 from tests.farm import Farm, error_500, raw_get, status_of
-from tests.mmdb_build import CityRecord, write_city_mmdb
+from tests.support.world import AU_CLIENT, NL6_CLIENT, NL_CLIENT, REPOMD, US_CLIENT
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
-
-NL_CLIENT = "145.100.1.7"  # networks below are placed by the test's own GeoIP database
-US_CLIENT = "152.2.10.20"
-AU_CLIENT = "1.120.5.5"
-NL6_CLIENT = "2001:610:1:2::5"
-REPOMD = "releases/10/smeos/x86_64/repodata/repomd.xml"
-
-
-@pytest.fixture
-def geo(tmp_path: Path) -> GeoReader:
-    db = write_city_mmdb(
-        tmp_path / "city.mmdb",
-        {
-            "145.100.0.0/16": CityRecord("NL", "EU", 52.37, 4.90),
-            "152.2.0.0/16": CityRecord("US", "NA", 35.91, -79.05),
-            "1.120.0.0/16": CityRecord("AU", "OC", -33.87, 151.21),
-            "2001:610::/32": CityRecord("NL", "EU", 52.37, 4.90),
-        },
-    )
-    return GeoReader.open(db)
 
 
 def config(farm: Farm, trusted: str = '"127.0.0.1/32", "::1/128"', extra: str = "") -> Settings:

@@ -21,7 +21,16 @@ from redirector.stats import flush
 from redirector.store.base import MemoryStore
 from redirector.web import keys
 from redirector.web.app import create_app
-from tests.views import EXPECTED, NL6_CLIENT, NL_CLIENT, REPOMD, US_CLIENT, config, fill, geo
+from tests.support.world import (
+    EXPECTED,
+    NL6_CLIENT,
+    NL_CLIENT,
+    REPOMD,
+    STATUS,
+    US_CLIENT,
+    fill,
+    geo,
+)
 
 pytestmark = pytest.mark.system  # Debian's chromium
 
@@ -96,7 +105,7 @@ async def server(tmp_path: Path) -> AsyncIterator[TestServer]:
     """The real app on a loopback port, with known states and some downloads counted."""
     store = MemoryStore()
     await fill(store)
-    app = create_app(config(), poll=False, store=store, geo=geo(tmp_path))
+    app = create_app(STATUS.config(), poll=False, store=store, geo=geo(tmp_path))
     srv = TestServer(app, host="127.0.0.1")
     await srv.start_server()
     try:

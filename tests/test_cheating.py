@@ -30,18 +30,11 @@ from redirector.router import Router
 from redirector.snapshot import SnapshotHolder
 from redirector.store.base import MemoryStore
 from tests.farm import MASTER_TRACE, Farm, trace_c
+from tests.support.clock import Clock
 
 HOUR = 3600.0
 OWN = "project/trace/127.0.0.1"
 FLAG = "Archive-Update-in-Progress-127.0.0.1"
-
-
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def settings_for(

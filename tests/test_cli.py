@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
-from tests.mmdb_build import CityRecord, write_city_mmdb
+from tests.support.world import city_db
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "mirrors.toml"
@@ -46,9 +46,7 @@ def test_check_config_refuses_with_exit_2(tmp_path: Path) -> None:
 
 
 def test_locate(tmp_path: Path) -> None:
-    db = write_city_mmdb(
-        tmp_path / "c.mmdb", {"145.100.0.0/16": CityRecord("NL", "EU", 52.37, 4.9)}
-    )
+    db = city_db(tmp_path / "c.mmdb")
     r = run("locate", "145.100.3.4", "--db", str(db))
     assert r.returncode == 0, r.stderr
     assert "country NL, continent EU, latitude 52.3700, longitude 4.9000" in r.stdout

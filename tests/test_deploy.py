@@ -32,8 +32,7 @@ from redirector.store.base import RedisStore
 from redirector.web import accesslog
 from redirector.web.app import create_app
 from tests.conftest import RedisServer, free_port
-from tests.frontdoor import NL_CLIENT, config_text, fresh_store, mirror_url
-from tests.mmdb_build import CityRecord, write_city_mmdb
+from tests.support.world import FRONT, NL_CLIENT, city_db, fresh_store, mirror_url
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -177,16 +176,14 @@ async def _wait_port(port: int, proc: asyncio.subprocess.Process, err: Path) -> 
 @pytest.fixture
 async def front(tmp_path: Path) -> AsyncIterator[Front]:
     """nginx (the shipped site) on loopback before a redirector app with fresh nl and us."""
-    db = write_city_mmdb(
-        tmp_path / "city.mmdb", {"145.100.0.0/16": CityRecord("NL", "EU", 52.37, 4.90)}
-    )
+    db = city_db(tmp_path / "city.mmdb")
     log = tmp_path / "access.log"
     cfg = tmp_path / "mirrors.toml"
     # Trusted: nginx (127.0.0.1) and, as a load balancer in front of it would be, 127.0.0.2.
     cfg.write_text(
-        config_text(["nl", "us"], extra=f'geoip_db = "{db}"\naccess_log_path = "{log}"').replace(
-            '["127.0.0.1/32", "::1/128"]', '["127.0.0.1/32", "127.0.0.2/32"]'
-        )
+        FRONT.config_text(
+            ["nl", "us"], extra=f'geoip_db = "{db}"\naccess_log_path = "{log}"'
+        ).replace('["127.0.0.1/32", "::1/128"]', '["127.0.0.1/32", "127.0.0.2/32"]')
     )
     settings = load_settings(cfg)
     app = create_app(settings, poll=False, store=await fresh_store(["nl", "us"]))
@@ -473,7 +470,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture
 def redis_config(tmp_path: Path, redis_url: str) -> Path:
     cfg = tmp_path / "mirrors.toml"
-    cfg.write_text(config_text(["nl", "us", "au"], extra=f'redis_url = "{redis_url}"'))
+    cfg.write_text(FRONT.config_text(["nl", "us", "au"], extra=f'redis_url = "{redis_url}"'))
     return cfg
 
 
@@ -508,13 +505,15 @@ async def test_mirrors_command_exit_codes(
     assert "0 of 3 mirrors fresh" in r.stdout
     # Redis unreachable -> 1, with the reason.
     down = tmp_path / "down.toml"
-    down.write_text(config_text(["nl"], extra=f'redis_url = "redis://127.0.0.1:{free_port()}/0"'))
+    down.write_text(
+        FRONT.config_text(["nl"], extra=f'redis_url = "redis://127.0.0.1:{free_port()}/0"')
+    )
     r = await asyncio.to_thread(run_cli, "mirrors", "--config", str(down))
     assert r.returncode == 1
     assert "store unreachable" in r.stderr
     # No Redis in the config: the state is inside the serving process -> 1.
     plain = tmp_path / "plain.toml"
-    plain.write_text(config_text(["nl"]))
+    plain.write_text(FRONT.config_text(["nl"]))
     r = await asyncio.to_thread(run_cli, "mirrors", "--config", str(plain))
     assert r.returncode == 1
     assert "no redis_url" in r.stderr

@@ -33,7 +33,7 @@ from redirector.views.explain import prefers_json, wants_json, wants_mirrorlist
 from redirector.web.app import create_app
 from redirector.web.link import LINK_MAX_BYTES
 from tests.farm import Farm, raw_get, status_of
-from tests.views import NL6_CLIENT, NL_CLIENT, REPOMD, geo
+from tests.support.world import NL6_CLIENT, NL_CLIENT, REPOMD, geo
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 Client = TestClient[web.Request, web.Application]

@@ -27,6 +27,7 @@ from redirector.snapshot import SnapshotHolder
 from redirector.store.base import MemoryStore
 from redirector.web.app import create_app
 from tests.farm import Behaviour, Farm, error_500, hang
+from tests.support.clock import Clock
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 
@@ -34,16 +35,6 @@ HOUR = 3600.0
 MAX_LAG = 8 * HOUR
 PATH = "releases/10/smeos/x86_64/repodata/repomd.xml"
 CLIENTS = [f"198.51.{i}.7" for i in range(40)]  # 40 networks: every fresh mirror gets some
-
-
-class Clock:
-    """The wall clock as the redirector sees it; the test moves it, forward or back."""
-
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def settings_for(farm: Farm, names: list[str], **overrides: str) -> Settings:

@@ -21,20 +21,13 @@ from redirector.core.models import (
 )
 from redirector.store.base import Counts, MemoryStore, StoreError
 from redirector.store.file import STATE_FILE, FileStore
+from tests.support.clock import Clock
 
 NOW = 1_764_000_000.0
 
 
 def state(name: str, **kw: object) -> MirrorState:
     return MirrorState(name, Status.UP, NOW, master_date=NOW - 60, **kw)  # type: ignore[arg-type]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def test_empty_directory_reads_as_an_empty_store(tmp_path: Path) -> None:
@@ -92,7 +85,7 @@ async def test_leases_expire_by_the_clock(tmp_path: Path) -> None:
     assert not await b.acquire_lease("poller", "b", 30)
     assert await b.lease_holder("poller") == "a"
     assert await a.acquire_lease("poller", "a", 30)  # renewed
-    clock.now += 31
+    clock.t += 31
     assert await b.lease_holder("poller") is None
     assert await b.acquire_lease("poller", "b", 30)
     await a.release_lease("poller", "a")  # not a's any more: nothing happens
@@ -114,7 +107,7 @@ async def test_counts_add_up_and_expire(tmp_path: Path) -> None:
         "h:10": {"x": 1},
         "none": {},
     }
-    clock.now += 11
+    clock.t += 11
     assert await store.get_counts(["h:10"]) == {"h:10": {}}
     assert await store.generation() == 0
 

@@ -41,8 +41,8 @@ from redirector.web.app import create_app
 from redirector.web.limits import HTTP_LIMITS, SERVER_LOGGER, QuietBadRequests, quiet_bad_requests
 from tests.conftest import RedisServer, free_port
 from tests.farm import Farm, raw_get, status_of
-from tests.frontdoor import fresh_store
-from tests.mmdb_build import CityRecord, write_city_mmdb
+from tests.mmdb_build import CityRecord
+from tests.support.world import NETWORKS, city_db, fresh_store
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 
@@ -81,16 +81,8 @@ def config_text(extra: str, bases: dict[str, tuple[str, str]], master: str = MAS
 
 
 def geo_db(path: Path) -> Path:
-    return write_city_mmdb(
-        path,
-        {
-            "145.100.0.0/16": CityRecord("NL", "EU", 52.37, 4.90),
-            "152.2.0.0/16": CityRecord("US", "NA", 35.91, -79.05),
-            "1.120.0.0/16": CityRecord("AU", "OC", -33.87, 151.21),
-            "2001:610::/32": CityRecord("NL", "EU", 52.37, 4.90),
-            "fe80::/10": CityRecord("US", "NA", 35.91, -79.05),
-        },
-    )
+    # Link-local too: a located fe80:: address must still not be trusted or echoed.
+    return city_db(path, {**NETWORKS, "fe80::/10": CityRecord("US", "NA", 35.91, -79.05)})
 
 
 # --- what every answer must be ---------------------------------------------------------------

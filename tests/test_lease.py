@@ -23,16 +23,9 @@ from redirector.web import keys
 from redirector.web.app import create_app
 from tests.conftest import RedisServer
 from tests.farm import MASTER_TRACE, Farm
+from tests.support.clock import Clock
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
-
-
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 async def test_lease_is_held_by_one_and_expires() -> None:

@@ -10,7 +10,6 @@ import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
@@ -27,15 +26,13 @@ from redirector.geo import GeoReader
 from redirector.store.base import MemoryStore
 from redirector.web.app import create_app
 from tests.farm import raw_get, status_of
-from tests.mmdb_build import CityRecord, write_city_mmdb
+from tests.support.world import NL_CLIENT, US_CLIENT
 
 Client = TestClient[web.Request, web.Application]
 ClientFactory = Callable[[web.Application], Awaitable[Client]]
 
 YUM = re.compile(r"\w+://\S+\s*$")
 NS = {"ml": "http://www.metalinker.org/", "mm0": "http://fedorahosted.org/mirrormanager"}
-NL_CLIENT = "145.100.1.7"
-US_CLIENT = "152.2.10.20"
 DIR = "releases/10/smeos/x86_64"
 MASTER = "http://127.0.0.1:9/master/"
 
@@ -64,18 +61,6 @@ def config(
     return parse_settings(
         f'[redirector]\nmaster = "{MASTER}"\ngeoip_db = ""\n{extra}\n{blocks}', "lists.toml"
     )
-
-
-@pytest.fixture
-def geo(tmp_path: Path) -> GeoReader:
-    db = write_city_mmdb(
-        tmp_path / "city.mmdb",
-        {
-            "145.100.0.0/16": CityRecord("NL", "EU", 52.37, 4.90),
-            "152.2.0.0/16": CityRecord("US", "NA", 35.91, -79.05),
-        },
-    )
-    return GeoReader.open(db)
 
 
 def version(n: int, first_seen: float) -> RepomdVersion:

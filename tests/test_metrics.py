@@ -25,7 +25,7 @@ from redirector.web.app import create_app
 from redirector.web.metrics import Metrics
 from tests.conftest import RedisServer, free_port
 from tests.farm import Farm, error_500, raw_get, status_of
-from tests.views import EXPECTED, NL_CLIENT, REPOMD, config, config_text, fill, geo
+from tests.support.world import EXPECTED, NL_CLIENT, REPOMD, STATUS, fill, geo
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 Client = TestClient[web.Request, web.Application]
@@ -58,7 +58,9 @@ def value(fams: Families, name: str, sample: str | None = None, **labels: str) -
 async def test_scrape_families_and_labels(aiohttp_client: ClientFactory, tmp_path: Path) -> None:
     store = MemoryStore()
     now = await fill(store)
-    client = await aiohttp_client(create_app(config(), poll=False, store=store, geo=geo(tmp_path)))
+    client = await aiohttp_client(
+        create_app(STATUS.config(), poll=False, store=store, geo=geo(tmp_path))
+    )
     for _ in range(3):
         resp = await client.get(
             f"/smeserver/{REPOMD}", headers={"X-Forwarded-For": NL_CLIENT}, allow_redirects=False
@@ -131,7 +133,7 @@ async def test_scrape_families_and_labels(aiohttp_client: ClientFactory, tmp_pat
 
 
 async def test_openmetrics_on_request(aiohttp_client: ClientFactory) -> None:
-    client = await aiohttp_client(create_app(config(), poll=False, use_geo_settings=False))
+    client = await aiohttp_client(create_app(STATUS.config(), poll=False, use_geo_settings=False))
     resp = await client.get("/metrics", headers={"Accept": "application/openmetrics-text"})
     assert resp.headers["Content-Type"].startswith("application/openmetrics-text")
     assert (await resp.text()).endswith("# EOF\n")
@@ -191,7 +193,9 @@ async def test_store_errors_are_counted(
     await fill(writer)
     await writer.close()
     client = await aiohttp_client(
-        create_app(config(extra=f'redis_url = "{redis_url}"'), poll=False, use_geo_settings=False)
+        create_app(
+            STATUS.config(extra=f'redis_url = "{redis_url}"'), poll=False, use_geo_settings=False
+        )
     )
     fams = await scrape(client)
     assert not fams["redirector_store_errors"][1]
@@ -267,7 +271,7 @@ def workers(
 
     asyncio.run(prepare())
     cfg = tmp_path / "workers.toml"
-    cfg.write_text(config_text(extra=f'redis_url = "{redis_url}"\ngeoip_db = ""'))
+    cfg.write_text(STATUS.config_text(extra=f'redis_url = "{redis_url}"\ngeoip_db = ""'))
     metrics_dir = tmp_path / "prom"
     metrics_dir.mkdir()
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}

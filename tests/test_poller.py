@@ -25,21 +25,12 @@ from redirector.poll.poller import PassResult, poll_once, run_poller
 from redirector.store.base import MemoryStore, RedisStore
 from tests.conftest import free_port
 from tests.farm import MASTER_TRACE, Behaviour, Farm, error_500, hang, huge_body, slow_drip, trace_c
+from tests.support.clock import Clock
 
 T0 = 1_700_000_000.0  # the injected clock's start (2023-11-14)
 HOUR, DAY = 3600.0, 86400.0
 OWN = "project/trace/127.0.0.1"  # a mirror's own trace: named after its base URL's host
 FLAG = "Archive-Update-in-Progress-127.0.0.1"
-
-
-class Clock:
-    """Wall-clock time that moves only when the test says so."""
-
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture

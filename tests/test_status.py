@@ -42,7 +42,7 @@ from redirector.views.status import (
 from redirector.web import keys
 from redirector.web.app import create_app
 from tests.conftest import RedisServer
-from tests.views import EXPECTED, config, fill
+from tests.support.world import EXPECTED, STATUS, fill
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 
@@ -116,7 +116,7 @@ def test_duration(seconds: float, text: str) -> None:
 
 
 def snapshot_of(data: StoreData, now: float = NOW) -> Snapshot:
-    return Snapshot.build(config().mirrors, data, now)
+    return Snapshot.build(STATUS.config().mirrors, data, now)
 
 
 async def known_snapshot(now: float = NOW) -> Snapshot:
@@ -273,7 +273,7 @@ async def test_readiness(
 
 
 async def test_readiness_without_fresh_mirrors_depends_on_the_master() -> None:
-    empty = Snapshot.build(config().mirrors, None, NOW)
+    empty = Snapshot.build(STATUS.config().mirrors, None, NOW)
     up = MasterState((MasterVersion(NOW - 7200, NOW - 7100),), NOW - 60)
     r = readiness(replace(empty, master=up), now=NOW, max_lag=MAX_LAG, poll_interval=300.0,
                   store_error=None)  # fmt: skip
@@ -293,7 +293,7 @@ async def test_mirrors_json_and_content_negotiation(aiohttp_client: ClientFactor
     store = MemoryStore()
     await fill(store)
     client = await aiohttp_client(
-        create_app(config(), poll=False, store=store, use_geo_settings=False)
+        create_app(STATUS.config(), poll=False, store=store, use_geo_settings=False)
     )
     resp = await client.get("/mirrors.json")
     assert resp.status == 200
@@ -318,7 +318,7 @@ async def test_mirrors_json_and_content_negotiation(aiohttp_client: ClientFactor
 
 
 async def test_status_page_sections_hook(aiohttp_client: ClientFactory) -> None:
-    app = create_app(config(), poll=False, use_geo_settings=False)
+    app = create_app(STATUS.config(), poll=False, use_geo_settings=False)
 
     async def extra() -> Section:
         return Section("extra", "Extra", "<ul><li>master</li></ul>")
@@ -342,7 +342,7 @@ async def test_status_page_sections_hook(aiohttp_client: ClientFactory) -> None:
 async def test_health_ready_over_http(aiohttp_client: ClientFactory) -> None:
     store = MemoryStore()
     client = await aiohttp_client(
-        create_app(config(), poll=False, store=store, use_geo_settings=False)
+        create_app(STATUS.config(), poll=False, store=store, use_geo_settings=False)
     )
     resp = await client.get("/health/ready")
     assert resp.status == 503  # no poller pass recorded yet
@@ -378,7 +378,9 @@ async def test_health_ready_degraded_while_redis_is_down(
     await fill(writer)
     await writer.close()
     client = await aiohttp_client(
-        create_app(config(extra=f'redis_url = "{redis_url}"'), poll=False, use_geo_settings=False)
+        create_app(
+            STATUS.config(extra=f'redis_url = "{redis_url}"'), poll=False, use_geo_settings=False
+        )
     )
     assert (await client.get("/health/ready")).status == 200
     with redis_server.stopped():

@@ -27,18 +27,9 @@ from redirector.store.base import (
 )
 from redirector.store.file import FileStore
 from tests.conftest import RedisServer, free_port
+from tests.support.clock import Clock
 
 Elapse = Callable[[float], Awaitable[None]]
-
-
-class FakeClock:
-    """A monotonic clock that moves only when told to."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def full_state(name: str, status: Status = Status.UP) -> MirrorState:
@@ -72,14 +63,9 @@ MASTER = MasterState(
 # --- fixtures ------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
 @pytest.fixture(params=["memory", "redis", "file"])
 async def store(
-    request: pytest.FixtureRequest, clock: FakeClock, redis_server: RedisServer, tmp_path: Path
+    request: pytest.FixtureRequest, clock: Clock, redis_server: RedisServer, tmp_path: Path
 ) -> AsyncIterator[Store]:
     """Each backend in turn, empty."""
     if request.param == "memory":
@@ -97,11 +83,11 @@ async def store(
 
 
 @pytest.fixture
-def elapse(store: Store, clock: FakeClock) -> Elapse:
+def elapse(store: Store, clock: Clock) -> Elapse:
     """Let `seconds` pass for the store's lease expiry: the fake clock, or real time in Redis."""
 
     async def advance(seconds: float) -> None:
-        clock.now += seconds
+        clock.t += seconds
 
     return advance if isinstance(store, MemoryStore | FileStore) else asyncio.sleep
 

@@ -6,7 +6,6 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -23,21 +22,12 @@ from redirector.store.base import StoreData
 from redirector.web import keys
 from redirector.web.app import create_app
 from tests.farm import Farm, hang
-from tests.mmdb_build import CityRecord, write_city_mmdb
+from tests.support.clock import Clock
+from tests.support.world import NL_CLIENT, REPOMD
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 
-NL_CLIENT = "145.100.1.7"
 ISO = "releases/10/iso/x86_64/smeserver-10.0-x86_64.iso"
-REPOMD = "releases/10/smeos/x86_64/repodata/repomd.xml"
-
-
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def heads(farm: Farm, path: str | None = None) -> list[str]:
@@ -45,14 +35,6 @@ def heads(farm: Farm, path: str | None = None) -> list[str]:
 
 
 # --- end to end through the app ----------------------------------------------------------------
-
-
-@pytest.fixture
-def geo(tmp_path: Path) -> GeoReader:
-    db = write_city_mmdb(
-        tmp_path / "city.mmdb", {"145.100.0.0/16": CityRecord("NL", "EU", 52.37, 4.90)}
-    )
-    return GeoReader.open(db)
 
 
 def app_config(farm: Farm, extra: str = "") -> Settings:

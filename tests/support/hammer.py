@@ -1,86 +1,13 @@
-"""Test helpers for the deployed front door: configs on disk, a store of fresh mirrors, load.
-
-Shared by test_reload, test_accesslog and test_deploy. Mirror URLs name hosts under .example:
-nothing ever connects to them (the apps run with poll=False), they only appear in Locations.
-"""
+"""Load for the reload tests: concurrent clients that keep every answer, to show none is dropped."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import aiohttp
-
-from redirector.core.models import MasterState, MasterVersion, MirrorState, Status
-from redirector.store.base import MemoryStore, Store
-
-# name -> (country, latitude, longitude)
-PLACES: Mapping[str, tuple[str, float, float]] = {
-    "nl": ("NL", 52.37, 4.90),
-    "us": ("US", 35.91, -79.05),
-    "au": ("AU", -37.81, 144.96),
-}
-MASTER = "http://master.example/smeserver/"
-NL_CLIENT = "145.100.1.7"  # placed by the tests' own GeoIP databases
-US_CLIENT = "152.2.10.20"
-
-
-def mirror_url(name: str, scheme: str = "http") -> str:
-    return f"{scheme}://{name}.example/sme/"
-
-
-def config_text(
-    mirrors: Sequence[str], *, master: str = MASTER, extra: str = "", https: bool = True
-) -> str:
-    """A complete config with the named mirrors of PLACES; `extra` goes into [redirector]."""
-    out = [
-        "[redirector]",
-        f'master = "{master}"',
-        'trusted_proxies = ["127.0.0.1/32", "::1/128"]',
-        # The per-file HEAD check would contact the .example hosts: tests stay on loopback.
-        "verify_files = false",
-        extra,
-        "",
-    ]
-    for name in mirrors:
-        cc, lat, lon = PLACES[name]
-        out += [
-            "[[mirror]]",
-            f'name = "{name}"',
-            f'http = "{mirror_url(name)}"',
-            *([f'https = "{mirror_url(name, "https")}"'] if https else []),
-            f'country = "{cc}"',
-            f"latitude = {lat}",
-            f"longitude = {lon}",
-            "",
-        ]
-    return "\n".join(out)
-
-
-def replace_file(path: Path, text: str | bytes) -> None:
-    """Write a new version of `path` the way config tools and geoipupdate do: temp + rename."""
-    tmp = path.with_name(f".{path.name}.new")
-    if isinstance(text, str):
-        tmp.write_text(text, encoding="utf-8")
-    else:
-        tmp.write_bytes(text)
-    os.replace(tmp, path)
-
-
-async def fresh_store(names: Sequence[str], store: Store | None = None) -> Store:
-    """A store in which the master was checked just now and every named mirror is current."""
-    st = store if store is not None else MemoryStore()
-    now = time.time()
-    date = now - 3600
-    await st.put_master(MasterState((MasterVersion(date, date),), now))
-    await st.put_states(
-        MirrorState(n, Status.UP, now, master_date=date, behind_since=None) for n in names
-    )
-    return st
 
 
 @dataclass

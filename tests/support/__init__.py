@@ -1,0 +1,1 @@
+"""Shared test helpers: the injected clock and the tests' world (clients, GeoIP, mirror sets)."""
