@@ -19,8 +19,9 @@ from aiohttp import web
 
 from redirector.config.settings import parse_settings
 from redirector.geo import GeoReader
+from tests.support import ROOT
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
+BENCH = ROOT / "bench"
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from redirector.stats import flush
 from redirector.store.base import MemoryStore
 from redirector.web import keys
 from redirector.web.app import create_app
+from tests.support import ROOT
 from tests.support.world import (
     EXPECTED,
     NL6_CLIENT,
@@ -34,7 +35,6 @@ from tests.support.world import (
 
 pytestmark = pytest.mark.system  # Debian's chromium
 
-ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts"
 FLAGS = (
     "--headless",

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
+from tests.support import ROOT
 from tests.support.world import city_db
 
-ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "mirrors.toml"
 
 

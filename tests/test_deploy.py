@@ -32,9 +32,9 @@ from redirector.store.base import RedisStore
 from redirector.web import accesslog
 from redirector.web.app import create_app
 from tests.conftest import RedisServer, free_port
+from tests.support import ROOT
 from tests.support.world import FRONT, NL_CLIENT, city_db, fresh_store, mirror_url
 
-ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 SITE = DEPLOY / "nginx" / "redirector.conf"
 UNITS = DEPLOY / "systemd"

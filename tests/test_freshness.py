@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import pairwise
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -23,8 +22,9 @@ from redirector.core.trace import (
     parse_trace,
     record_master,
 )
+from tests.support import ROOT
 
-TRACES = Path(__file__).parent / "fixtures" / "traces"
+TRACES = ROOT / "tests" / "fixtures" / "traces"
 
 HOUR = 3600.0
 DAY = 86400.0

@@ -14,6 +14,7 @@ from redirector.config.settings import (
     parse_settings,
     weight_from_bandwidth,
 )
+from tests.support import ROOT
 
 HEAD = '[redirector]\nmaster = "http://m.test/smeserver/"\n'
 
@@ -153,13 +154,13 @@ def test_check_config_long_shows_the_record(
 
 
 def test_example_config_still_valid() -> None:
-    example = Path(__file__).resolve().parent.parent / "examples" / "mirrors.toml"
+    example = ROOT / "examples" / "mirrors.toml"
     s = parse_settings(example.read_text(), example)
     assert all(m.upstream in (None, "master") or s.mirror(m.upstream) for m in s.mirrors)
 
 
 def test_example_template_parses_when_uncommented() -> None:
-    example = Path(__file__).resolve().parent.parent / "examples" / "mirrors.toml"
+    example = ROOT / "examples" / "mirrors.toml"
     text = example.read_text()
     template = text[text.index("# [[mirror]]") :]
     body = "\n".join(line.removeprefix("# ") for line in template.splitlines())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-from pathlib import Path
 
 import pytest
 
@@ -15,8 +14,7 @@ from redirector.config.settings import (
     parse_listen,
     parse_settings,
 )
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT
 
 GOOD = """\
 [redirector]

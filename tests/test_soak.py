@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import RedisServer
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 SOAK = ROOT / "bench" / "soak.py"
 
 

@@ -8,7 +8,6 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -42,11 +41,11 @@ from redirector.views.status import (
 from redirector.web import keys
 from redirector.web.app import create_app
 from tests.conftest import RedisServer
+from tests.support import ROOT
 from tests.support.world import EXPECTED, STATUS, fill
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 
-ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_FILE = ROOT / "redirector" / "views" / "schema" / "mirrors-v1.json"
 NOW = 1_790_000_000.0
 MAX_LAG = 8 * 3600.0

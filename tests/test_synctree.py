@@ -32,8 +32,9 @@ from redirector.store.file import FileStore
 from redirector.views.synctree import duration, render_html, shown_email
 from redirector.web.app import create_app
 from tests.farm import MASTER_TRACE, Farm, date_u, trace_c
+from tests.support import ROOT
 
-FIXTURES = Path(__file__).parent / "fixtures" / "hierarchy"
+FIXTURES = ROOT / "tests" / "fixtures" / "hierarchy"
 H = 3600.0
 NOW = 1_750_000_000.0
 MASTER_URL = "http://mirror.contribs.org/smeserver/"

@@ -23,8 +23,8 @@ from redirector.cli.workers import check_address, default_workers
 from redirector.config.settings import parse_settings
 from tests.conftest import free_port
 from tests.farm import Farm, error_500
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 FILE = "releases/10/smeos/x86_64/Packages/a.rpm"
 
 
