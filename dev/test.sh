@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive for real.
 packages=(redis-server chromium dnf createrepo-c rpm openssl)
-# bench/ (and tests/test_bench.py, which checks its pieces) drives nginx and wrk.
+# bench/ (and tests/e2e/test_bench.py, which checks its pieces) drives nginx and wrk.
 packages+=(nginx wrk)
 # deploy/ is checked with the real tools: nginx -t and a live nginx, systemd-analyze verify.
 packages+=(nginx openssl curl systemd)

@@ -6,7 +6,7 @@ metalinks, health and status requests runs against both the whole time; every an
 
 CI stops Redis for a few seconds; the full version of the issue stops it for 30:
 
-    REDIRECTOR_OUTAGE_SECONDS=30 python -m pytest tests/test_outage.py
+    REDIRECTOR_OUTAGE_SECONDS=30 python -m pytest tests/e2e/test_outage.py
 """
 
 from __future__ import annotations
