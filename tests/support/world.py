@@ -8,8 +8,9 @@ Mirror sets, each a `World` that renders complete configs:
   connects to them (the apps run with poll=False); they only appear in Locations.
   `fresh_store` makes every named mirror current.
 - `STATUS`: nine mirrors on loopback-only URLs (nothing is ever fetched from them), for the
-  operator views; `fill` writes one state of each kind (fresh, syncing, down, stale, broken,
-  disabled, never checked), and `EXPECTED` is what the status page shows for each.
+  operator views; `fill` writes a state of each kind (fresh, syncing, down, stale, broken; one
+  mirror is disabled in the config, one never checked), and `EXPECTED` is what the status page
+  shows for each.
 """
 
 from __future__ import annotations
