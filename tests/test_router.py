@@ -19,7 +19,8 @@ from redirector.geo import GeoReader
 from redirector.router import Router, valid_until
 from redirector.snapshot import Snapshot, SnapshotHolder
 from redirector.views.condition import reason_text
-from tests.mmdb_build import CityRecord, write_city_mmdb
+from tests.mmdb_build import CityRecord
+from tests.support.world import city_db
 
 NOW = 1_764_000_000.0  # a fixed "now" near 2025-11-24
 HOUR = 3600.0
@@ -63,7 +64,7 @@ CLIENTS = [
 @pytest.fixture(scope="module")
 def geo(tmp_path_factory: pytest.TempPathFactory) -> GeoReader:
     path = tmp_path_factory.mktemp("geo") / "city.mmdb"
-    return GeoReader.open(write_city_mmdb(path, dict(PLACES)))
+    return GeoReader.open(city_db(path, dict(PLACES)))
 
 
 def settings_for(mirrors: tuple[Mirror, ...], **kw: object) -> Settings:
