@@ -19,7 +19,7 @@ from redirector.core.models import (
     RepomdVersion,
     Status,
 )
-from redirector.store.base import Counts, MemoryStore, StoreError
+from redirector.store.base import POISONED_GENERATION, Counts, MemoryStore, StoreError
 from redirector.store.file import STATE_FILE, FileStore
 
 NOW = 1_764_000_000.0
@@ -119,16 +119,64 @@ async def test_counts_add_up_and_expire(tmp_path: Path) -> None:
     assert await store.generation() == 0
 
 
-async def test_a_damaged_file_is_a_store_error(tmp_path: Path) -> None:
+async def test_a_damaged_file_is_read_as_far_as_it_goes_and_repaired(tmp_path: Path) -> None:
+    # A damaged file used to fail every load and every write for good: every worker froze on
+    # its last snapshot, and a worker restarted meanwhile had none.
     (tmp_path / STATE_FILE).write_text("not json\n{}")
     store = FileStore(tmp_path)
-    with pytest.raises(StoreError, match="bad header"):
-        await store.generation()
-    with pytest.raises(StoreError):
-        await store.load()
+    assert await store.generation() == POISONED_GENERATION
+    data = await store.load()
+    assert [(p.key, p.field) for p in data.poisoned] == [("file", "header")]
+    await store.put_states([state("nl")])
+    assert (await store.load()).poisoned == ()
+    assert await store.generation() > 0
     (tmp_path / STATE_FILE).write_text('{"v": 1, "generation": 3}\n[1, 2]')
-    with pytest.raises(StoreError, match="not an object"):
-        await store.load()
+    data = await store.load()
+    assert data.generation == 3
+    assert [p.key for p in data.poisoned] == ["file"]
+    await store.put_states([state("nl")])
+    assert (await store.load()).states == {"nl": state("nl")}
+
+
+@pytest.mark.parametrize(
+    ("body", "key"),
+    [
+        ('{"states": []}', "states"),
+        ('{"states": {"nl": {"v": 1}}}', "states"),
+        ('{"states": {"nl": "junk"}}', "states"),
+        ('{"master": 7}', "master"),
+        ('{"leases": {"poller": [1, 2, 3]}}', "leases"),
+        ('{"leases": {"poller": "me"}}', "leases"),
+        ('{"leases": []}', "leases"),
+        ('{"counts": {"d": [{"n": "x"}, 1e9]}}', "counts"),
+        ('{"repodata": {"v": 1}}', "repodata"),
+        ('{"sync": 3}', "sync"),
+        ('{"states": {"nl": "', "file"),  # truncated
+    ],
+)
+async def test_wrong_shapes_are_dropped_not_fatal(tmp_path: Path, body: str, key: str) -> None:
+    good = FileStore(tmp_path)
+    await good.put_states([state("us")])
+    (tmp_path / STATE_FILE).write_text('{"v": 1, "generation": 5}\n' + body)
+    data = await good.load()
+    assert key in {p.key for p in data.poisoned}
+    assert await good.acquire_lease("poller", "me", 10.0)  # the lease keeper is not stopped
+    assert await good.lease_holder("poller") == "me"
+    assert await good.get_counts(["d"]) is not None
+    await good.put_states([state("nl")])
+    assert "nl" in (await good.load()).states
+
+
+async def test_a_lease_expiring_beyond_any_ttl_is_dropped(tmp_path: Path) -> None:
+    clock = Clock()
+    store = FileStore(tmp_path, clock=clock)
+    await store.put_states([state("nl")])
+    # expiries are CLOCK_MONOTONIC seconds: a file from before a reboot holds huge ones
+    (tmp_path / STATE_FILE).write_text(
+        '{"v": 1, "generation": 5}\n{"leases": {"poller": ["gone", 1e12]}}'
+    )
+    assert await store.lease_holder("poller") is None
+    assert await store.acquire_lease("poller", "me", 10.0)
 
 
 async def test_an_unwritable_directory_is_a_store_error(tmp_path: Path) -> None:
