@@ -20,6 +20,7 @@ from redirector.router import Router
 from redirector.snapshot import SnapshotHolder, refresh_forever
 from redirector.store.base import Store, open_store
 from redirector.store.lease import Lease
+from redirector.supervise import Tasks
 from redirector.views.status import Section
 from redirector.web import accesslog, keys, pages
 from redirector.web import redirect as handlers
@@ -28,16 +29,7 @@ from redirector.web.limits import HTTP_LIMITS, quiet_bad_requests
 
 log = logging.getLogger(__name__)
 
-
-async def _stop(task: asyncio.Task[None]) -> None:
-    """Cancel `task` and wait until it has ended. The cancel is repeated every second: one
-    swallowed on its way (by an extension or a library under it) must not hang the shutdown,
-    and a cancel of the shutdown itself still goes through."""
-    while not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=1.0)
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        log.error("background task %s failed", task.get_name(), exc_info=exc)
+POLLER, REFRESHER = "poller", "snapshot refresher"  # supervised task names, for /health
 
 
 def _poller_ctx(settings: Settings) -> Callable[[web.Application], AsyncIterator[None]]:
@@ -57,8 +49,10 @@ def _poller_ctx(settings: Settings) -> Callable[[web.Application], AsyncIterator
                 await holder.refresh(st)  # this process sees its own pass at once
                 pages.observe_pass(app, result)
 
-            task = asyncio.create_task(
-                run_poller(
+            tasks = app[keys.TASKS]
+            tasks.start(
+                POLLER,
+                lambda: run_poller(
                     session,
                     settings,
                     st,
@@ -66,10 +60,11 @@ def _poller_ctx(settings: Settings) -> Callable[[web.Application], AsyncIterator
                     current=lambda: app[keys.ROUTER].settings,  # reloads reach the poller
                     hooks=hooks,
                     lease=lease,
-                )
+                    tasks=tasks,
+                ),
             )
             yield
-            await _stop(task)
+            await tasks.stop(POLLER)
 
     return poller_ctx
 
@@ -124,6 +119,7 @@ def reload_ctx(
             swap_geo=router.swap_geo if watch_geo else None,
             interval=interval,
             grace=grace,
+            tasks=app[keys.TASKS],
         ):
             yield
 
@@ -169,6 +165,8 @@ def create_app(
     # Live lists: others append pass hooks and vouchers after create_app, before startup.
     app[keys.PASS_HOOKS] = list(pass_hooks)
     app[keys.VOUCHERS] = []
+    # Every long-lived task runs supervised here: restarted after a crash, shown in /health.
+    app[keys.TASKS] = Tasks()
 
     async def geo_ctx(app: web.Application) -> AsyncIterator[None]:
         reader, warning = (
@@ -203,11 +201,11 @@ def create_app(
         app[keys.HOLDER] = holder
         await holder.refresh(app[keys.STORE])
         app[keys.ROUTER] = Router(settings, holder, app[keys.GEO])
-        task = asyncio.create_task(
-            refresh_forever(holder, app[keys.STORE], settings.snapshot_interval)
+        app[keys.TASKS].start(
+            REFRESHER, lambda: refresh_forever(holder, app[keys.STORE], settings.snapshot_interval)
         )
         yield
-        await _stop(task)
+        await app[keys.TASKS].stop(REFRESHER)
 
     app.cleanup_ctx.append(geo_ctx)
     app.cleanup_ctx.append(store_ctx)

@@ -7,8 +7,6 @@ download statistics and their flusher (`setup`, `stats_ctx`).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -34,6 +32,8 @@ from redirector.web.metrics import Metrics, multiprocess_dir
 
 log = logging.getLogger(__name__)
 
+FLUSHER = "stats flusher"  # the supervised task name, as /health shows it
+
 NO_STORE = "no-store"
 JSON_TYPE = "application/json"
 
@@ -58,11 +58,9 @@ async def stats_ctx(app: web.Application) -> AsyncIterator[None]:
     store, tally = app[keys.STORE], app[keys.TALLY]
     app[keys.STATS_READER] = StatsReader(store)
     app[keys.METRICS].watch(app[keys.HOLDER], lambda: app[keys.ROUTER].settings.max_lag)
-    task = asyncio.create_task(flush_forever(tally, store))
+    app[keys.TASKS].start(FLUSHER, lambda: flush_forever(tally, store))
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await app[keys.TASKS].stop(FLUSHER)
     try:
         await flush(tally, store, time.time())
     except StoreError as e:
