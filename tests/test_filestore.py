@@ -20,7 +20,7 @@ from redirector.core.models import (
     Status,
 )
 from redirector.store.base import POISONED_GENERATION, Counts, MemoryStore, StoreError
-from redirector.store.file import STATE_FILE, FileStore
+from redirector.store.file import PREV_FILE, STATE_FILE, FileStore
 
 NOW = 1_764_000_000.0
 
@@ -211,5 +211,24 @@ def test_writers_in_several_processes_lose_nothing(tmp_path: Path) -> None:
     assert len(data.states) == 120
     assert data.generation == 120
     assert asyncio.run(store.get_counts(["total"])) == {"total": {"n": 120}}
-    # Only the state file and the lock remain: every temporary file was renamed into place.
-    assert sorted(os.listdir(tmp_path)) == ["lock", STATE_FILE]
+    # Only the state file, its copy and the lock remain: every temporary file was renamed
+    # into place.
+    assert sorted(os.listdir(tmp_path)) == ["lock", STATE_FILE, PREV_FILE]
+
+
+async def test_a_truncated_file_is_read_from_its_last_copy(tmp_path: Path) -> None:
+    # A worker starting while state.json is damaged used to have no state at all and send
+    # every client to the master; it now reads the copy of the last state change.
+    store = FileStore(tmp_path)
+    await store.put_states([state("nl"), state("us")])
+    whole = (tmp_path / STATE_FILE).read_bytes()
+    (tmp_path / STATE_FILE).write_bytes(whole[: len(whole) // 2])
+    fresh = FileStore(tmp_path)  # a worker restarted meanwhile
+    data = await fresh.load()
+    assert set(data.states) == {"nl", "us"}
+    assert [(p.key, p.field) for p in data.poisoned] == [("file", "body")]
+    assert data.generation == await fresh.generation()
+    await fresh.put_master(MasterState((MasterVersion(NOW - 60, NOW - 60),), NOW))
+    repaired = await fresh.load()
+    assert repaired.poisoned == ()
+    assert set(repaired.states) == {"nl", "us"}

@@ -15,7 +15,7 @@ import dataclasses
 import logging
 import posixpath
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -254,7 +254,47 @@ async def read_previous(store: Store, now: float, settings: Settings) -> Previou
         log.warning("poller cannot read the store, this pass will not be written: %s", e)
         return Previous({}, None, failed=True)
     states = {n: _sane_backoff(s, now, settings) for n, s in data.states.items()}
-    return Previous(states, data.master, data.poisoned_states())
+    master = data.master
+    if master is None and states:
+        # The master's key is gone or was unreadable while the mirrors' states survived: they
+        # say since when each mirror has lacked something, which a history rebuilt from
+        # scratch would forget (a mirror three days behind would look an hour behind).
+        rebuilt = history_from_states(states.values())
+        if rebuilt:
+            log.warning("no readable master history in the store: rebuilt from mirror states")
+            master = MasterState(rebuilt, max(s.checked_at for s in states.values()))
+    return Previous(states, master, data.poisoned_states())
+
+
+# A rebuilt history places the master state a behind mirror lacked just after what it holds:
+# its true date is unknown, only that it is newer and when it was first seen.
+_JUST_AFTER = 1e-3
+
+
+def history_from_states(states: Iterable[MirrorState]) -> tuple[MasterVersion, ...]:
+    """A master history consistent with what the mirrors' states say, oldest first.
+
+    A mirror current at its check held a master state (its date, first seen no later than
+    that check); a mirror behind since B holding D means a state newer than D was first seen
+    at B. Points that contradict an earlier one (first seen before an older state) are
+    dropped. The result gives each mirror back its own lag, so a lost master key costs no
+    mirror its history.
+    """
+    points: dict[float, float] = {}
+    for s in states:
+        if s.master_date is None:
+            continue
+        if s.behind_since is None:
+            date, seen = s.master_date, min(s.master_date, s.checked_at)
+        else:
+            date, seen = s.master_date + _JUST_AFTER, s.behind_since
+        points[date] = min(seen, points.get(date, seen))
+    out: list[MasterVersion] = []
+    for date in sorted(points):
+        if out and points[date] < out[-1].first_seen:
+            continue
+        out.append(MasterVersion(date, points[date]))
+    return tuple(out)
 
 
 PassHook = Callable[[aiohttp.ClientSession, PassResult], Awaitable[None]]

@@ -15,6 +15,12 @@ Layout of the directory:
     ``repodata`` (as in Redis), ``leases`` (name -> [owner, expiry]) and ``counts`` (bucket ->
     [fields, expiry]). Expiries are `time.monotonic()` seconds, one clock for every process of
     the host (CLOCK_MONOTONIC is system-wide on Linux). ``sync``: as in Redis.
+``state.prev.json``
+    The same as ``state.json``, written after it by every write that bumps the generation:
+    while ``state.json``'s body cannot be parsed (truncated, overwritten by hand), readers
+    read this copy instead, so a worker starting meanwhile still serves from the mirrors'
+    states. Every part of either file of the wrong shape is dropped on reading (listed in
+    `StoreData.poisoned`) and the next write replaces it.
 ``lock``
     `flock`ed exclusively around every read-modify-write, so writers from several processes
     never lose each other's updates.
@@ -59,6 +65,7 @@ from redirector.store.base import (
 )
 
 STATE_FILE = "state.json"
+PREV_FILE = "state.prev.json"  # a copy of state.json as of its last state change
 LOCK_FILE = "lock"
 # Longest a lease or counter bucket may still have to live when read (see `_sanitize`); the
 # counters' buckets live for days, leases for seconds.
@@ -174,6 +181,7 @@ class FileStore:
     ):
         self.directory = Path(directory)
         self._path = self.directory / STATE_FILE
+        self._prev_path = self.directory / PREV_FILE
         self._lock_path = self.directory / LOCK_FILE
         self._clock = clock  # lease and counter expiries
         self._wall = wall  # what stored dates are checked against
@@ -185,15 +193,30 @@ class FileStore:
         """The generation, the document with every part of the wrong shape dropped, and what
         was dropped. Only a failure to read the file at all is a StoreError: a file that
         reads but holds junk (a truncated write by hand, a stray edit) is repaired by the next
-        write, never an error for every worker for good."""
+        write, never an error for every worker for good. While ``state.json`` cannot be
+        parsed at all, the copy of its last state change (``state.prev.json``) is read
+        instead, so that a worker starting meanwhile still has the mirrors' states."""
+        generation, doc, poisoned = self._read_file(self._path)
+        if any(p.key == "file" and p.field == "body" for p in poisoned):
+            prev_gen, prev_doc, prev_poisoned = self._read_file(self._prev_path)
+            if prev_gen > 0 and not any(p.key == "file" for p in prev_poisoned):
+                note = f"; read {PREV_FILE} instead"
+                return (
+                    prev_gen if generation == POISONED_GENERATION else generation,
+                    prev_doc,
+                    [Poison(p.key, p.field, p.reason + note) for p in poisoned] + prev_poisoned,
+                )
+        return generation, doc, poisoned
+
+    def _read_file(self, path: Path) -> tuple[int, _Doc, list[Poison]]:
         try:
-            with open(self._path, "rb") as f:
+            with open(path, "rb") as f:
                 head = f.readline()
                 body = f.read()
         except FileNotFoundError:
             return 0, _empty(), []
         except OSError as e:
-            raise StoreError(f"file store {self._path}: {e.strerror or e}") from e
+            raise StoreError(f"file store {path}: {e.strerror or e}") from e
         poisoned: list[Poison] = []
         generation = self._generation_of(head, poisoned)
         try:
@@ -267,23 +290,29 @@ class FileStore:
             if generation == POISONED_GENERATION:
                 # Restart the count where no reader can still hold it (as RedisStore does).
                 generation = time.time_ns() // 1000
-            self._write(generation + 1 if bump else generation, doc)
+            data = self._encode(generation + 1 if bump else generation, doc)
+            self._write(self._path, data)
+            if bump:  # a state change: keep a copy to read while state.json is damaged
+                self._write(self._prev_path, data)
 
-    def _write(self, generation: int, doc: _Doc) -> None:
+    @staticmethod
+    def _encode(generation: int, doc: _Doc) -> bytes:
         head = json.dumps({"v": SCHEMA_VERSION, "generation": generation})
-        data = (head + "\n" + json.dumps(doc, separators=(",", ":"))).encode()
+        return (head + "\n" + json.dumps(doc, separators=(",", ":"))).encode()
+
+    def _write(self, path: Path, data: bytes) -> None:
         try:
             fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".state-", suffix=".tmp")
             try:
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
-                os.replace(tmp, self._path)
+                os.replace(tmp, path)
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
                 raise
         except OSError as e:
-            raise StoreError(f"file store {self._path}: {e.strerror or e}") from e
+            raise StoreError(f"file store {path}: {e.strerror or e}") from e
 
     async def put_states(self, states: Iterable[MirrorState]) -> None:
         new = {s.name: encode_state(s) for s in states}
@@ -366,6 +395,16 @@ class FileStore:
     async def lease_holder(self, name: str) -> str | None:
         _, doc, _ = self._read()
         return self._live_lease(doc, name)
+
+    def drop_leases(self) -> None:
+        """Forget every lease, held or not: for a supervisor starting workers on a file a
+        previous run left behind, before any of them can hold one."""
+
+        def change(doc: _Doc) -> bool:
+            doc["leases"] = {}
+            return False
+
+        self._update(change)
 
     # --- counters -------------------------------------------------------------------------
 
