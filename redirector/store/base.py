@@ -14,9 +14,10 @@ Key schema (every key starts with the store's `prefix`, by default ``redirector:
     String holding an integer, ``INCR``-ed in the same ``MULTI``/script as every write of
     ``states`` or ``master``; absent reads as generation 0. Readers poll it (one ``GET``) and
     reload only when it differs from the generation they last loaded. Each write first seeds
-    it, if absent, with the writer's wall clock in microseconds (``SET NX``), so after Redis
-    lost its data the count resumes far above any generation a reader still holds instead of
-    climbing back through 1, 2, ... where a reader could miss a change.
+    it, if absent (or not an integer: junk reads as `POISONED_GENERATION`), with the writer's
+    wall clock in microseconds (`_BUMP_LUA`), so after Redis lost its data the count resumes
+    far above any generation a reader still holds instead of climbing back through 1, 2, ...
+    where a reader could miss a change.
 ``{prefix}repomd``
     Hash: repo directory (e.g. ``releases/10/smeos/x86_64``) -> the master's repomd.xml
     history for it as JSON (see `encode_repomd_history`). Replaced whole by `put_repodata`.
