@@ -67,9 +67,10 @@ from redirector.store.base import (
 STATE_FILE = "state.json"
 PREV_FILE = "state.prev.json"  # a copy of state.json as of its last state change
 LOCK_FILE = "lock"
-# Longest a lease or counter bucket may still have to live when read (see `_sanitize`); the
-# counters' buckets live for days, leases for seconds.
-_MAX_EXPIRY = 400 * 86400.0
+# Longest a lease or a counter bucket may still have to live when read (see `_sanitize`):
+# leases live for seconds (`lease_ttl`), the counters' buckets for days.
+_MAX_LEASE = 86400.0
+_MAX_BUCKET = 400 * 86400.0
 
 _Doc = dict[str, Any]
 
@@ -99,8 +100,9 @@ def _sanitize(doc: Any, now: float, poisoned: list[Poison]) -> _Doc:
     `poisoned`); the values inside ``states``, ``master``, ``repomd``, ``repodata`` and
     ``sync`` are checked later by the shared decoders.
 
-    Lease and counter expiries are `time.monotonic()` seconds: one more than a day past `now`
-    (`now` being that clock) was never written on this boot, and would hold a lease for good.
+    Lease and counter expiries are `time.monotonic()` seconds (`now` is that clock): one
+    further ahead than any lease or bucket lives was not written on this boot (a reboot
+    restarts the clock), and would hold a lease for good.
     """
     full = _empty()
     if not isinstance(doc, dict):
@@ -128,7 +130,7 @@ def _sanitize(doc: Any, now: float, poisoned: list[Poison]) -> _Doc:
             and len(entry) == 2
             and isinstance(entry[0], str)
             and _finite(entry[1])
-            and entry[1] <= now + _MAX_EXPIRY
+            and entry[1] <= now + _MAX_LEASE
         ):
             full["leases"][name] = entry
         else:
@@ -143,6 +145,7 @@ def _sanitize(doc: Any, now: float, poisoned: list[Poison]) -> _Doc:
             and len(entry) == 2
             and isinstance(entry[0], dict)
             and _finite(entry[1])
+            and entry[1] <= now + _MAX_BUCKET
         ):
             poisoned.append(Poison("counts", bucket, f"bad counter entry {entry!r:.60}"))
             continue

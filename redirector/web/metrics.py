@@ -195,7 +195,8 @@ class Metrics:
 
 
 class _CountingStore:
-    """A store proxy: forwards everything, counts StoreErrors from coroutine methods."""
+    """A store proxy: forwards everything, counts StoreErrors from coroutine methods and the
+    values each load dropped as unreadable."""
 
     def __init__(
         self,
