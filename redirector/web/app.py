@@ -12,7 +12,7 @@ from redirector.config.live import LiveSettings
 from redirector.config.settings import Settings
 from redirector.geo import GeoReader, open_geo
 from redirector.poll.filecheck import Verifier, open_check_session
-from redirector.poll.poller import PassHook, PassResult, run_poller, stop_task
+from redirector.poll.poller import PassHook, PassResult, run_poller
 from redirector.poll.probe import open_session
 from redirector.poll.repodata import make_repodata_pass
 from redirector.poll.syncread import sync_hook
@@ -21,6 +21,7 @@ from redirector.router import Router
 from redirector.snapshot import SnapshotHolder, refresh_forever
 from redirector.store.base import Store, open_store
 from redirector.store.lease import Lease
+from redirector.supervise import Tasks
 from redirector.views.status import Section
 from redirector.web import accesslog, keys, pages
 from redirector.web import redirect as handlers
@@ -28,6 +29,8 @@ from redirector.web import yum as lists
 from redirector.web.limits import HTTP_LIMITS, quiet_bad_requests
 
 log = logging.getLogger(__name__)
+
+POLLER, REFRESHER = "poller", "snapshot refresher"  # supervised task names, for /health
 
 
 def _poller_ctx(settings: Settings) -> Callable[[web.Application], AsyncIterator[None]]:
@@ -47,8 +50,10 @@ def _poller_ctx(settings: Settings) -> Callable[[web.Application], AsyncIterator
                 await holder.refresh(st)  # this process sees its own pass at once
                 pages.observe_pass(app, result)
 
-            task = asyncio.create_task(
-                run_poller(
+            tasks = app[keys.TASKS]
+            tasks.start(
+                POLLER,
+                lambda: run_poller(
                     session,
                     settings,
                     st,
@@ -56,10 +61,11 @@ def _poller_ctx(settings: Settings) -> Callable[[web.Application], AsyncIterator
                     current=app[keys.LIVE].get,  # reloads reach the poller
                     hooks=hooks,
                     lease=lease,
-                )
+                    tasks=tasks,
+                ),
             )
             yield
-            await stop_task(task)
+            await tasks.stop(POLLER)
 
     return poller_ctx
 
@@ -115,6 +121,7 @@ def reload_ctx(
             swap_geo=router.swap_geo if watch_geo else None,
             interval=interval,
             grace=grace,
+            tasks=app[keys.TASKS],
         ):
             yield
 
@@ -161,6 +168,8 @@ def create_app(
     # Live lists: others append pass hooks and vouchers after create_app, before startup.
     app[keys.PASS_HOOKS] = list(pass_hooks)
     app[keys.VOUCHERS] = []
+    # Every long-lived task runs supervised here: restarted after a crash, shown in /health.
+    app[keys.TASKS] = Tasks()
 
     async def geo_ctx(app: web.Application) -> AsyncIterator[None]:
         reader, warning = (
@@ -195,11 +204,11 @@ def create_app(
         app[keys.HOLDER] = holder
         await holder.refresh(app[keys.STORE])
         app[keys.ROUTER] = Router(settings, holder, app[keys.GEO])
-        task = asyncio.create_task(
-            refresh_forever(holder, app[keys.STORE], settings.snapshot_interval)
+        app[keys.TASKS].start(
+            REFRESHER, lambda: refresh_forever(holder, app[keys.STORE], settings.snapshot_interval)
         )
         yield
-        await stop_task(task)
+        await app[keys.TASKS].stop(REFRESHER)
 
     app.cleanup_ctx.append(geo_ctx)
     app.cleanup_ctx.append(store_ctx)

@@ -7,8 +7,6 @@ download statistics and their flusher (`setup`, `stats_ctx`).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -33,6 +31,8 @@ from redirector.web.link import sent_to
 from redirector.web.metrics import Metrics, multiprocess_dir
 
 log = logging.getLogger(__name__)
+
+FLUSHER = "stats flusher"  # the supervised task name, as /health shows it
 
 NO_STORE = "no-store"
 JSON_TYPE = "application/json"
@@ -59,11 +59,9 @@ async def stats_ctx(app: web.Application) -> AsyncIterator[None]:
     app[keys.STATS_READER] = StatsReader(store)
     live = app[keys.LIVE]
     app[keys.METRICS].watch(app[keys.HOLDER], lambda: live.current.max_lag)
-    task = asyncio.create_task(flush_forever(tally, store))
+    app[keys.TASKS].start(FLUSHER, lambda: flush_forever(tally, store))
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await app[keys.TASKS].stop(FLUSHER)
     try:
         await flush(tally, store, time.time())
     except StoreError as e:
