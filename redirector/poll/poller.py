@@ -44,6 +44,7 @@ from redirector.core.trace import (
 )
 from redirector.poll.probe import ProbeError, Tally, fetch
 from redirector.store.base import Store, StoreError
+from redirector.store.history import record_pass
 from redirector.store.lease import Lease
 
 log = logging.getLogger(__name__)
@@ -303,7 +304,22 @@ async def poll_once(
             await store.forget(gone)
     except StoreError as e:
         log.warning("poller cannot write the store: %s", e)
+    await _record_history(store, states, prev_master, master, clock())
     return result
+
+
+async def _record_history(
+    store: Store,
+    states: Sequence[MirrorState],
+    prev_master: MasterState | None,
+    master: MasterState,
+    now: float,
+) -> None:
+    try:
+        await record_pass(store, states, prev_master, master, now)
+    except StoreError as e:
+        # History is for the operators' views; a pass that served its purpose is not undone.
+        log.warning("poller cannot record history: %s", e)
 
 
 async def run_hooks(

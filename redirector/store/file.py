@@ -14,7 +14,9 @@ Layout of the directory:
     name -> the same `encode_state` JSON string Redis holds), ``master``, ``repomd`` and
     ``repodata`` (as in Redis), ``leases`` (name -> [owner, expiry]) and ``counts`` (bucket ->
     [fields, expiry]). Expiries are `time.monotonic()` seconds, one clock for every process of
-    the host (CLOCK_MONOTONIC is system-wide on Linux). ``sync``: as in Redis.
+    the host (CLOCK_MONOTONIC is system-wide on Linux). ``sync``: as in Redis. ``history``
+    (mirror name -> `encode_history` JSON) and ``events`` (a list of `encode_event` JSON,
+    oldest first, trimmed on every append): as in Redis.
 ``lock``
     `flock`ed exclusively around every read-modify-write, so writers from several processes
     never lose each other's updates.
@@ -38,17 +40,23 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from redirector.core.history import MAX_EVENTS, Event, HistoryData, MirrorHistory
 from redirector.core.models import MasterState, MirrorState, RepodataState, SyncInfo
 from redirector.store.base import (
     SCHEMA_VERSION,
     Counts,
     StoreData,
     StoreError,
+    check_keep,
+    decode_event,
+    decode_history,
     decode_master,
     decode_repo_checks,
     decode_repomd_history,
     decode_state,
     decode_sync,
+    encode_event,
+    encode_history,
     encode_master,
     encode_repo_checks,
     encode_repomd_history,
@@ -247,6 +255,9 @@ class FileStore:
         def change(doc: _Doc) -> bool:
             states = doc["states"]
             removed = [n for n in gone if states.pop(n, None) is not None]
+            history = doc.get("history") or {}
+            for n in gone:
+                history.pop(n, None)
             return bool(removed)
 
         self._update(change)
@@ -345,6 +356,47 @@ class FileStore:
                 raise StoreError(f"bad sync info: {name!r} holds the info of {info.name!r}")
             out[name] = info
         return out
+
+    # --- history: "history" and "events", as in Redis ---------------------------------------
+
+    async def load_history(self) -> HistoryData:
+        _, doc = self._read()
+        raw_history = doc.get("history") or {}
+        raw_events = doc.get("events") or []
+        if not isinstance(raw_history, dict) or not isinstance(raw_events, list):
+            raise StoreError(f"file store {self._path}: bad history")
+        mirrors: dict[str, MirrorHistory] = {}
+        for name, raw in raw_history.items():
+            h = decode_history(raw)
+            if h.name != name:
+                raise StoreError(f"bad mirror history: {name!r} holds that of {h.name!r}")
+            mirrors[name] = h
+        return HistoryData(
+            types.MappingProxyType(mirrors), tuple(decode_event(e) for e in raw_events)
+        )
+
+    async def put_history(self, histories: Iterable[MirrorHistory]) -> None:
+        new = {h.name: encode_history(h) for h in histories}
+        if not new:
+            return
+
+        def change(doc: _Doc) -> bool:
+            doc.setdefault("history", {}).update(new)
+            return False  # not mirror state: no snapshot reload for it
+
+        self._update(change)
+
+    async def add_events(self, events: Iterable[Event], keep: int = MAX_EVENTS) -> None:
+        check_keep(keep)
+        raws = [encode_event(e) for e in events]
+        if not raws:
+            return
+
+        def change(doc: _Doc) -> bool:
+            doc["events"] = [*(doc.get("events") or []), *raws][-keep:]
+            return False
+
+        self._update(change)
 
     # --- housekeeping ---------------------------------------------------------------------
 
