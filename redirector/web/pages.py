@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -118,20 +119,53 @@ def mirrorlist(request: web.Request, routed: Routed) -> web.Response:
     )
 
 
+_HOST = re.compile(r"^[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?$")
+
+
+def site_of(request: web.Request, master_url: str) -> str:
+    """The host the page was asked for, for its header; the master's host if the Host header
+    is missing or not a host name (it is the client's own text)."""
+    host = request.headers.get("Host", "")
+    if _HOST.match(host):
+        return host
+    return urlsplit(master_url).hostname or ""
+
+
+def geo_notes(app: web.Application, now: float) -> tuple[tuple[str, ...], str | None]:
+    """What the pages must say of the GeoIP database: its problems, and its licence credit."""
+    reader = app[keys.ROUTER].geo
+    if reader is None:
+        warning = app.get(keys.GEO_WARNING)
+        return ((warning,) if warning else ()), None
+    return reader.warnings(now), reader.attribution
+
+
 async def _report(request: web.Request) -> status.Report:
     app = request.app
     settings = app[keys.ROUTER].settings  # the live config: a reload replaces it there
     holder = app[keys.HOLDER]
     downloads = await app[keys.STATS_READER].get()
+    now = time.time()
+    past, history_error = None, None
+    try:
+        past = await app[keys.STORE].load_history()
+    except StoreError as e:
+        history_error = str(e)
+    notes, credit = geo_notes(app, now)
     return status.build(
         holder.current,
         downloads,
-        now=time.time(),
+        now=now,
         max_lag=settings.max_lag,
         poll_interval=settings.poll_interval,
         master_url=settings.master,
         store_kind=app[keys.STORE].kind,
         store_error=holder.store_error,
+        past=past,
+        history_error=history_error,
+        site=site_of(request, settings.master),
+        geo_notes=notes,
+        geo_credit=credit,
     )
 
 
