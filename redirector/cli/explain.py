@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 from redirector.config.settings import Settings
 from redirector.core.clientip import Client, parse_ip
 from redirector.core.paths import BadPath, tree_path, tree_prefix
-from redirector.geo import open_geo
+from redirector.geo import IPV4_ONLY_NOTE, open_geo
 from redirector.router import Router
 from redirector.snapshot import SnapshotHolder
 from redirector.store.base import open_store
@@ -67,7 +67,12 @@ async def explain_command(
     try:
         router = Router(settings, holder, reader)
         routed = router.route(Client(ip, scheme), path)
-        expl = explain(routed, holder.current.candidates, router.policy, geo_note=warning)
+        if reader is not None and reader.ipv4_only and ip.version == 6:
+            warning = IPV4_ONLY_NOTE
+        credit = reader.attribution if reader is not None else None
+        expl = explain(
+            routed, holder.current.candidates, router.policy, geo_note=warning, credit=credit
+        )
     finally:
         if reader is not None:
             reader.close()

@@ -22,6 +22,7 @@ from aiohttp import web
 from redirector.config.settings import Settings
 from redirector.core.models import Status, SyncInfo
 from redirector.core.synctree import build_tree, master_aliases
+from redirector.geo import IPV4_ONLY_NOTE
 from redirector.poll.poller import PassResult
 from redirector.router import Routed
 from redirector.stats import StatsReader, Tally, flush, flush_forever
@@ -107,8 +108,15 @@ def mirrorlist(request: web.Request, routed: Routed) -> web.Response:
     """The `?mirrorlist` view of a decision: HTML, or JSON when asked (see `explain`)."""
     app = request.app
     router = app[keys.ROUTER]
-    note = app.get(keys.GEO_WARNING) if router.geo is None else None
-    expl = explain.explain(routed, router.holder.current.candidates, router.policy, geo_note=note)
+    reader = router.geo
+    note = app.get(keys.GEO_WARNING) if reader is None else None
+    ip = routed.client.ip
+    if reader is not None and reader.ipv4_only and ip is not None and ip.version == 6:
+        note = IPV4_ONLY_NOTE
+    credit = reader.attribution if reader is not None else None
+    expl = explain.explain(
+        routed, router.holder.current.candidates, router.policy, geo_note=note, credit=credit
+    )
     _, query = request.raw_path.split("?", 1)
     if explain.wants_json(query, request.headers.get("Accept")):
         return _json(explain.dumps(expl), Vary="Accept")
