@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from html import escape
 
 from redirector.config.settings import format_bandwidth
@@ -46,27 +47,51 @@ def _lag_text(n: Node) -> str:
 BOX_W, BOX_H, COL, ROW, PAD = 200, 38, 250, 48, 8
 _FILL = {"master": "#17324d", "mirror": "#ffffff", "external": "#f1f1f1"}
 _TEXT = {"master": "#ffffff", "mirror": "#1d2228", "external": "#555555"}
+# A configured mirror's box by its state on the status page (`status.State` values): a tint
+# to fill it, and the state's own colour for the bar at its left edge.
+_TINT = {
+    "fresh": "#e8f5e9", "syncing": "#e3f2fd", "stale": "#fff3e0", "down": "#ffebee",
+    "broken": "#f3e5f5", "unchecked": "#f5f5f5", "disabled": "#eeeeee",
+}  # fmt: skip
+_BAR = {
+    "fresh": "#2e7d32", "syncing": "#1e88e5", "stale": "#ef8f00", "down": "#c62828",
+    "broken": "#8e24aa", "unchecked": "#9e9e9e", "disabled": "#616161",
+}  # fmt: skip
 
 
-def _node_svg(n: Node, x: int, y: int) -> str:
+def _node_svg(n: Node, x: int, y: int, state: str | None = None) -> str:
+    """One box. `state`: what the status page calls the mirror (fresh, stale, ...), which
+    is what the box is coloured by and its tooltip says; without it, the poller's status."""
     cls = f"node {n.kind} tier-{n.tier}" + (" mismatch" if n.mismatch else "")
+    if state is not None:
+        cls += f" st-{state}"
     stroke = "#c62828" if n.mismatch else ("#8a8f98" if n.kind == "external" else "#17324d")
     tip = [n.label, _lag_text(n)]
     if n.parent is not None:
         tip.append(f"syncs from {n.parent} ({n.via})")
     if n.mismatch:
         tip.append(n.mismatch)
-    if n.status:
-        tip.append(f"state: {n.status}")
+    if state is not None:
+        tip.append(f"state: {state}")
+    elif n.status:
+        tip.append(f"status: {n.status}")
     lag_attr = "" if n.lag is None else f' data-lag="{n.lag:.0f}"'
     added_attr = "" if n.added is None else f' data-added="{n.added:.0f}"'
     flag = "! " if n.mismatch else ""
+    fill = _TINT.get(state or "", _FILL[n.kind])
+    bar = (
+        f'<rect class="state-bar" width="5" height="{BOX_H}" rx="2" fill="{_BAR[state]}"/>'
+        if state in _BAR
+        else ""
+    )
+    state_attr = "" if state is None else f' data-state="{escape(state)}"'
     return (
         f'<g class="{cls}" data-name="{escape(n.key)}" data-tier="{n.tier}"{lag_attr}'
-        f'{added_attr} data-parent="{escape(n.parent or "")}" transform="translate({x},{y})">'
+        f'{added_attr}{state_attr} data-parent="{escape(n.parent or "")}" '
+        f'transform="translate({x},{y})">'
         f"<title>{escape(' - '.join(tip))}</title>"
-        f'<rect width="{BOX_W}" height="{BOX_H}" rx="6" fill="{_FILL[n.kind]}" '
-        f'stroke="{stroke}" stroke-width="{2 if n.mismatch else 1}"/>'
+        f'<rect width="{BOX_W}" height="{BOX_H}" rx="6" fill="{fill}" '
+        f'stroke="{stroke}" stroke-width="{2 if n.mismatch else 1}"/>{bar}'
         f'<text class="label" x="8" y="15" font-size="12" font-weight="600" '
         f'fill="{_TEXT[n.kind]}">{escape(flag + n.label[:30])}</text>'
         f'<text class="lag" x="8" y="31" font-size="11" fill="{_TEXT[n.kind]}">'
@@ -74,8 +99,12 @@ def _node_svg(n: Node, x: int, y: int) -> str:
     )
 
 
-def render_svg(tree: SyncTree) -> str:
-    """The tree drawn left to right: one column per tier, one row per node, depth first."""
+def render_svg(tree: SyncTree, states: Mapping[str, str] | None = None) -> str:
+    """The tree drawn left to right: one column per tier, one row per node, depth first.
+
+    `states`: mirror name -> its state on the status page, to colour the boxes by.
+    """
+    states = states or {}
     pos = {k: (PAD + tree.nodes[k].tier * COL, PAD + i * ROW) for i, k in enumerate(tree.order)}
     width = PAD * 2 + tree.depth * COL + BOX_W
     height = PAD * 2 + (len(tree.order) - 1) * ROW + BOX_H
@@ -93,13 +122,19 @@ def render_svg(tree: SyncTree) -> str:
             f'd="M{x1},{y1} C{mid},{y1} {mid},{y2} {x},{y2}" fill="none" stroke="{colour}" '
             f'stroke-width="1.5"{dash}/>'
         )
-    boxes = [_node_svg(tree.nodes[k], *pos[k]) for k in tree.order]
+    boxes = [
+        _node_svg(tree.nodes[k], *pos[k], _state_of(tree.nodes[k], states)) for k in tree.order
+    ]
     return (
         f'<svg class="synctree" xmlns="http://www.w3.org/2000/svg" role="img" '
         f'viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
         f'aria-label="Sync tree: {len(tree.order) - 1} mirrors in {tree.depth} tiers" '
         f'font-family="system-ui, sans-serif">' + "".join(edges + boxes) + "</svg>"
     )
+
+
+def _state_of(n: Node, states: Mapping[str, str]) -> str | None:
+    return states.get(n.mirror.name) if n.mirror is not None else None
 
 
 def _facts(m: Mirror, email_mode: str) -> str:
@@ -117,8 +152,15 @@ def _facts(m: Mirror, email_mode: str) -> str:
     return ", ".join(parts)
 
 
-def render_html(tree: SyncTree, *, email_mode: str = "obfuscate") -> str:
-    """The status-page fragment: the drawing, lag per tier, the flags, and a text version."""
+def render_html(
+    tree: SyncTree, *, email_mode: str = "obfuscate", states: Mapping[str, str] | None = None
+) -> str:
+    """The status-page fragment: the drawing, lag per tier, the flags, and a text version.
+
+    `states`: mirror name -> its state on the status page (fresh, stale, down...), which
+    colours its box and is what its tooltip and text line say.
+    """
+    states = states or {}
     rows = "".join(
         f'<tr data-tier="{t.tier}"><td>tier {t.tier}</td><td class="num">{t.count}</td>'
         f'<td class="num">{duration(t.median_lag) if t.median_lag is not None else "-"}</td>'
@@ -149,6 +191,9 @@ def render_html(tree: SyncTree, *, email_mode: str = "obfuscate") -> str:
             continue
         up = tree.nodes[n.parent].label if n.parent is not None else "?"
         facts = _facts(n.mirror, email_mode) if n.mirror is not None else "not configured"
+        state = _state_of(n, states)
+        if state is not None:
+            facts = f"{state}, {facts}" if facts else state
         items.append(
             f'<li data-name="{escape(n.key)}" data-tier="{n.tier}">'
             f"{'&nbsp;&nbsp;' * (n.tier - 1)}<b>{escape(n.label)}</b> "
@@ -163,7 +208,7 @@ def render_html(tree: SyncTree, *, email_mode: str = "obfuscate") -> str:
         "one.</small></p>"
     )
     return (
-        f'<div class="synctree-wrap" style="overflow-x:auto">{render_svg(tree)}</div>'
+        f'<div class="synctree-wrap" style="overflow-x:auto">{render_svg(tree, states)}</div>'
         f"{table}{flags}"
         f'<details><summary>As text</summary><ul class="synctree-list">{"".join(items)}'
         f"</ul></details>{legend}"

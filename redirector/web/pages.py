@@ -281,6 +281,9 @@ async def tree_section(app: web.Application) -> Section:
         aliases=master_aliases(settings.master, settings.master_trace),
         now=time.time(),
     )
-    return Section(
-        "sync-tree", "Sync tree", note + render_html(tree, email_mode=settings.status_email)
-    )
+    now = time.time()
+    shown = {
+        c.mirror.name: status.classify(c, now, settings.max_lag)[0].value for c in snap.candidates
+    }
+    html = render_html(tree, email_mode=settings.status_email, states=shown)
+    return Section("sync-tree", "Sync tree", note + html)
