@@ -38,6 +38,7 @@ RESTART_KEYS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("redis_url", ("redis_url",)),
     ("redis_prefix", ("redis_prefix",)),
     ("access_log_path", ("access_log_path",)),
+    ("state_dir", ("state_dir",)),
 )
 
 

@@ -86,6 +86,10 @@ class Settings:
     # stderr, or appended to access_log_path when set.
     access_log: str = "text"
     access_log_path: Path | None = None
+    # Without Redis: the directory the serving processes share state in (a FileStore), so
+    # that `redirector mirrors`, `explain` and `events` read what the workers see. None: a
+    # private directory per run, which no other process can find.
+    state_dir: Path | None = None
     source: Path | None = None  # the file these settings came from
 
     def mirror(self, name: str) -> Mirror | None:
@@ -229,6 +233,7 @@ _REDIRECTOR_KEYS |= {
 _REDIRECTOR_KEYS |= {"status_email"}
 # The access log and reloads.
 _REDIRECTOR_KEYS |= {"access_log", "access_log_path"}
+_REDIRECTOR_KEYS |= {"state_dir"}
 _MIRROR_KEYS |= {
     "contact_name", "contact_email", "bandwidth", "ssh_host", "ssh_port", "ssh_user",
     "upstream", "sync",
@@ -335,6 +340,7 @@ def parse_settings(text: str, path: Path | str = "<config>") -> Settings:
         access_log_path=top_field(
             "access_log_path", lambda v: Path(_str(v)) if _str(v) else None, None
         ),
+        state_dir=top_field("state_dir", lambda v: Path(_str(v)) if _str(v) else None, None),
         source=src,
     )
 
