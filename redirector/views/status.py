@@ -918,13 +918,14 @@ h2{font-size:1.1rem;margin:4px 0 8px}h3{font-size:.92rem;margin:8px 0 4px;color:
 footer{color:var(--muted);font-size:.85rem;margin-top:18px}
 details ul{margin:4px 0;padding-left:18px;font-size:.82rem}
 small{color:var(--muted)}
-.strip{width:111px;height:14px;display:block}.spark{width:100px;height:20px;display:block}
+.strip{width:126px;height:16px;display:block}.spark{width:100px;height:20px;display:block}
 .d-up{fill:#2e7d32}.d-part{fill:#ef8f00}.d-down{fill:#c62828}.d-none{fill:#e0e0e0}
-.avail{color:var(--muted);font-size:.75rem;white-space:nowrap}
+.avail{color:var(--muted);font-size:.75rem}
 .down-since{color:#c62828;font-size:.82rem}
 .ev{display:inline-block;padding:0 6px;border-radius:8px;font-size:.78rem;color:#fff;
-background:#616161}.ev-mirror-down,.ev-config-refused{background:#c62828}
-.ev-mirror-up,.ev-config-reloaded{background:#2e7d32}.ev-master-published{background:#1e88e5}
+background:#616161}.ev.ev-mirror-down,.ev.ev-config-refused{background:#c62828}
+.ev.ev-mirror-up,.ev.ev-config-reloaded{background:#2e7d32}
+.ev.ev-master-published{background:#1e88e5}
 .events td{vertical-align:top;overflow-wrap:anywhere}
 @media (max-width:820px){
  main{padding:8px}
