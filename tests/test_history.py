@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from redirector.core import history as h
-from redirector.core.history import Event, EventKind, MirrorHistory, Phase, Transition
+from redirector.core.history import (
+    Event,
+    EventKind,
+    HistoryData,
+    MirrorHistory,
+    Phase,
+    Transition,
+)
 from redirector.core.models import MasterState, MasterVersion, MirrorState, Status
 from redirector.store.base import (
     MemoryStore,
@@ -21,7 +28,7 @@ from redirector.store.base import (
     encode_history,
 )
 from redirector.store.file import FileStore
-from redirector.store.history import record_pass, record_reload
+from redirector.store.history import HistoryReader, record_pass, record_reload
 
 DAY = 86400.0
 T0 = 1_750_000_000.0 - 1_750_000_000.0 % DAY  # a UTC midnight
@@ -218,3 +225,29 @@ async def test_a_second_file_store_sees_the_history(tmp_path: Path) -> None:
     one, two = FileStore(tmp_path), FileStore(tmp_path)
     await record_reload(one, ok=True, path="/etc/x.toml", detail="2 mirrors changed", now=T0)
     assert [e.kind for e in (await two.load_history()).events] == [EventKind.CONFIG_RELOADED]
+
+
+async def test_the_reader_caches_for_pages_and_rereads_on_a_new_generation(
+    tmp_path: Path,
+) -> None:
+    clock = [100.0]
+    store = FileStore(tmp_path)
+    reader = HistoryReader(store, clock=lambda: clock[0], max_age=5.0)
+    assert await reader.get(1) == (HistoryData({}, ()), None)
+    await record_reload(store, ok=True, path="/etc/x.toml", detail="one", now=T0)
+    assert (await reader.get(1))[0] == HistoryData({}, ())  # cached
+    got, error = await reader.get(2)  # a poller pass wrote: read again
+    assert error is None
+    assert got is not None
+    assert [e.detail for e in got.events] == ["one"]
+    await record_reload(store, ok=True, path="/etc/x.toml", detail="two", now=T0)
+    clock[0] += 6  # too old
+    got, _ = await reader.get(2)
+    assert got is not None
+    assert [e.detail for e in got.events] == ["one", "two"]
+    (tmp_path / "state.json").write_text('{"v": 1, "generation": 3}\n{"events": ["junk"]}')
+    got, error = await reader.get(3)
+    assert got is not None  # the last good one, with why it is not newer
+    assert [e.detail for e in got.events] == ["one", "two"]
+    assert error is not None
+    assert "bad event JSON" in error

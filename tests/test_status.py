@@ -474,6 +474,9 @@ async def test_history_on_the_page() -> None:
     assert '<span class="ev ev-mirror-up">up</span></td><td>ibiblio</td>' in events
     assert "back in service after 20 min" in events
     assert "cannot connect: refused" in events
+    # What a mirror said is text here too, never markup.
+    assert "broken: not a trace: &lt;html&gt; &lt;b&gt;404&lt;/b&gt;" in events
+    assert "<b>404" not in page
 
 
 async def test_a_lag_sparkline_from_the_samples() -> None:

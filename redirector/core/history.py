@@ -20,7 +20,8 @@ from redirector.core.models import MasterState, MirrorState, Status
 
 DAY = 86400.0
 KEEP_SECONDS = 31 * DAY  # a little over the longest availability window (30 d)
-MAX_TRANSITIONS = 1000  # a mirror flapping every pass for days must not grow without end
+MAX_TRANSITIONS = 500  # a mirror flapping every pass for days must not grow without end
+MAX_REASON = 160  # characters of a probe error kept with a transition or in an event
 MAX_LAG_SAMPLES = 288  # a day of passes at the default five-minute interval
 MAX_EVENTS = 500
 WINDOWS: tuple[tuple[str, float], ...] = (("24h", DAY), ("7d", 7 * DAY), ("30d", 30 * DAY))
@@ -153,11 +154,12 @@ def advance(
     transitions = h.transitions
     if phase is not None and phase is not h.phase:
         was_down = down_start(h)
-        transitions = (*transitions, Transition(now, phase, state.error))
+        reason = state.error[:MAX_REASON] if state.error else None
+        transitions = (*transitions, Transition(now, phase, reason))
         if phase is Phase.UP and was_down is not None:
             event = Event(now, EventKind.MIRROR_UP, state.name, "back in service", now - was_down)
         elif phase is not Phase.UP and (h.phase is Phase.UP or h.phase is None):
-            why = state.error or phase.value
+            why = (state.error or phase.value)[:MAX_REASON]
             event = Event(now, EventKind.MIRROR_DOWN, state.name, f"{phase.value}: {why}")
     return trim(replace(h, transitions=transitions, lags=lags), now), event
 
@@ -178,7 +180,7 @@ def master_event(prev: MasterState | None, new: MasterState, now: float) -> Even
 def reload_event(*, ok: bool, path: str, detail: str, now: float) -> Event:
     """The event for a config reload that was applied (`ok`) or refused, with why."""
     kind = EventKind.CONFIG_RELOADED if ok else EventKind.CONFIG_REFUSED
-    return Event(now, kind, path, detail)
+    return Event(now, kind, path, detail[: 4 * MAX_REASON])
 
 
 def record_pass(

@@ -6,11 +6,12 @@ over, and writes the result back. Callers decide what a StoreError means to them
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 
 from redirector.core import history
 from redirector.core.models import MasterState, MirrorState
-from redirector.store.base import Store
+from redirector.store.base import Store, StoreError
 
 
 async def record_pass(
@@ -38,3 +39,50 @@ async def record_reload(store: Store, *, ok: bool, path: str, detail: str, now: 
     `detail` says what changed, or for a refusal the file, line and field that failed.
     """
     await store.add_events([history.reload_event(ok=ok, path=path, detail=detail, now=now)])
+
+
+READ_MAX_AGE = 5.0  # seconds a process reuses the history it read for its status pages
+
+
+class HistoryReader:
+    """Reads the history for status pages at most every `max_age` seconds per process.
+
+    Decoding a month of transitions and a day of lag samples per mirror takes tens of
+    milliseconds, on the event loop that also serves redirects: a page refreshed by many
+    browsers must not pay that once per view. A new snapshot generation (a poller pass
+    wrote) reads again at once, so a page never shows a mirror back up while its history
+    still says down for long. On a store failure the last history read is served with the
+    error; before any success, None with it.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Callable[[], float] = time.monotonic,
+        max_age: float = READ_MAX_AGE,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._max_age = max_age
+        self._last: history.HistoryData | None = None
+        self._read_at = -float("inf")
+        self._generation: int | None = None
+
+    async def get(
+        self, generation: int | None = None
+    ) -> tuple[history.HistoryData | None, str | None]:
+        """The history and, when the store could not be read this time, why.
+
+        `generation`: the snapshot's, to read again when it moved since the last read.
+        """
+        now = self._clock()
+        fresh = now - self._read_at < self._max_age and generation == self._generation
+        if self._last is not None and fresh:
+            return self._last, None
+        try:
+            self._last = await self._store.load_history()
+        except StoreError as e:
+            return self._last, str(e)
+        self._read_at = now
+        self._generation = generation
+        return self._last, None

@@ -27,6 +27,7 @@ from redirector.poll.poller import PassResult
 from redirector.router import Routed
 from redirector.stats import StatsReader, Tally, flush, flush_forever
 from redirector.store.base import StoreError, SyncStore
+from redirector.store.history import HistoryReader
 from redirector.views import explain, status
 from redirector.views.status import Section
 from redirector.views.synctree import render_html
@@ -59,6 +60,7 @@ async def stats_ctx(app: web.Application) -> AsyncIterator[None]:
     """
     store, tally = app[keys.STORE], app[keys.TALLY]
     app[keys.STATS_READER] = StatsReader(store)
+    app[keys.HISTORY_READER] = HistoryReader(store)
     app[keys.METRICS].watch(app[keys.HOLDER], lambda: app[keys.ROUTER].settings.max_lag)
     task = asyncio.create_task(flush_forever(tally, store))
     yield
@@ -154,11 +156,7 @@ async def _report(request: web.Request) -> status.Report:
     holder = app[keys.HOLDER]
     downloads = await app[keys.STATS_READER].get()
     now = time.time()
-    past, history_error = None, None
-    try:
-        past = await app[keys.STORE].load_history()
-    except StoreError as e:
-        history_error = str(e)
+    past, history_error = await app[keys.HISTORY_READER].get(holder.current.generation)
     notes, credit = geo_notes(app, now)
     return status.build(
         holder.current,
