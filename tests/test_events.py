@@ -115,7 +115,7 @@ async def test_without_a_shared_store_the_cli_says_so(farm: Farm, tmp_path: Path
     for args in (("events",), ("mirrors",)):
         r = await cli(*args, "--config", str(cfg))
         assert r.returncode == 1
-        assert "no redis_url and no state_dir in the config" in r.stderr
+        assert "no redis_url in the config, and no state_dir" in r.stderr
         assert "Traceback" not in r.stderr
     gone = await cli("events", "--config", str(cfg), "--state-dir", str(tmp_path / "nope"))
     assert gone.returncode == 1

@@ -35,7 +35,7 @@ def shared_store(settings: Settings, state_dir: Path | None = None) -> Store:
     directory = state_dir or settings.state_dir
     if directory is None:
         raise NoSharedStore(
-            "no redis_url and no state_dir in the config: the state lives inside the serving "
+            "no redis_url in the config, and no state_dir: the state lives inside the serving "
             "process (see its /mirrors page); set state_dir, or pass --state-dir DIR as given "
             "to `redirector serve`"
         )
