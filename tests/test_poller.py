@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 
 from redirector.config.settings import ConfigError, Settings, parse_settings
+from redirector.core.history import EventKind, Phase
 from redirector.core.judge import Rules, backoff_delay, describe, format_lag, judge, status_table
 from redirector.core.models import MasterState, MasterVersion, MirrorState, Status
 from redirector.core.selection import Candidate, Reason, check
@@ -533,3 +534,37 @@ async def test_poll_once_does_not_write_while_another_process_polls(
         assert await store.lease_holder("poller") is None  # released after the pass
     finally:
         await store.close()
+
+
+async def test_each_pass_records_history_and_events(
+    farm: Farm, session: aiohttp.ClientSession, redis_url: str
+) -> None:
+    clock = Clock(T0)
+    farm.set_trace("master", T0 - HOUR)
+    farm.set_trace("m", T0 - HOUR)
+    s = settings_for(farm, ["m"], extra='failures_before_down = 1\npoll_interval = "5m"')
+    store = RedisStore(redis_url, prefix="history-pass:")
+    try:
+        await poll_once(session, s, store, clock)
+        farm.behaviours["m"] = error_500
+        clock.t += 300
+        await poll_once(session, s, store, clock)
+        farm.behaviours.pop("m")
+        farm.set_trace("master", T0 + 500)  # the master publishes meanwhile
+        farm.set_trace("m", T0 + 500)
+        clock.t += 900  # past the backoff
+        await poll_once(session, s, store, clock)
+        past = await store.load_history()
+    finally:
+        await store.close()
+    h = past.mirrors["m"]
+    assert [(t.at, t.phase) for t in h.transitions] == [
+        (T0, Phase.UP), (T0 + 300, Phase.DOWN), (T0 + 1200, Phase.UP),
+    ]  # fmt: skip
+    assert [x.at for x in h.lags] == [T0, T0 + 300, T0 + 1200]
+    assert [(e.kind, e.subject) for e in past.events] == [
+        (EventKind.MIRROR_DOWN, "m"),
+        (EventKind.MASTER_PUBLISHED, None),
+        (EventKind.MIRROR_UP, "m"),
+    ]
+    assert past.events[-1].duration == 900
