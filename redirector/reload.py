@@ -23,7 +23,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from redirector.config.settings import ConfigError, Settings, load_settings
+from redirector.config.live import LiveSettings
+from redirector.config.settings import TOP_KEYS, ConfigError, Settings, load_settings
 from redirector.geo import GeoError, GeoReader, find_database
 
 log = logging.getLogger(__name__)
@@ -31,14 +32,11 @@ log = logging.getLogger(__name__)
 WATCH_INTERVAL = 1.0  # seconds between two looks at the watched files
 GEO_GRACE = 30.0  # seconds a replaced GeoIP reader stays open before it is closed
 
-# Settings that only a restart can change: the listening socket, the store connection and the
-# access log's destination are opened once at startup. (config key, Settings fields)
-RESTART_KEYS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("listen", ("listen_host", "listen_port")),
-    ("redis_url", ("redis_url",)),
-    ("redis_prefix", ("redis_prefix",)),
-    ("access_log_path", ("access_log_path",)),
-    ("state_dir", ("state_dir",)),
+# Settings that only a restart can change: the listening socket, the store connection, the
+# access log's destination, the lease and the file checks' caches are made once at startup.
+# (config key, Settings fields), from the keys declared not reloadable.
+RESTART_KEYS: tuple[tuple[str, tuple[str, ...]], ...] = tuple(
+    (key.name, key.fields) for key in TOP_KEYS if not key.reloadable
 )
 
 
@@ -80,14 +78,16 @@ def keep_running(running: Settings, new: Settings) -> Settings:
 class Reloader:
     """Re-reads one process's config and GeoIP database and hands the new ones over.
 
-    `apply(settings)` is called with every accepted config, restart-only fields kept at their
-    running values. `swap_geo(reader)` (None: GeoIP is not watched here) is called with a newly
-    opened reader, or None when the config turns GeoIP off. Not thread-safe: one event loop.
+    `settings` is the process's live holder (or startup settings, then it makes one): every
+    accepted config replaces `live.current`, restart-only fields kept at their running values,
+    right after `apply(settings)` has been called with it, in the same synchronous step.
+    `swap_geo(reader)` (None: GeoIP is not watched here) is called with a newly opened reader,
+    or None when the config turns GeoIP off. Not thread-safe: one event loop.
     """
 
     def __init__(
         self,
-        settings: Settings,
+        settings: Settings | LiveSettings,
         apply: Callable[[Settings], None],
         *,
         geo: GeoReader | None = None,
@@ -95,7 +95,8 @@ class Reloader:
         grace: float = GEO_GRACE,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.settings = settings
+        self.live = settings if isinstance(settings, LiveSettings) else LiveSettings(settings)
+        startup = self.live.current
         self.geo = geo
         self.reloads = 0  # accepted config reloads
         self.refused = 0  # config reloads refused as invalid
@@ -108,12 +109,12 @@ class Reloader:
         self._retired: list[tuple[float, GeoReader]] = []
         # Only a file that exists at startup is watched: settings parsed from text name a
         # source that may not exist at all.
-        source = settings.source
+        source = startup.source
         self._config_sig = file_signature(source) if source is not None else None
         self._watch_config = self._config_sig is not None
         # The file as it said at startup, before any command-line override, so that --listen
         # is not reported as a change of the file on the first reload.
-        self._file = settings
+        self._file = startup
         if self._watch_config:
             assert source is not None
             with contextlib.suppress(ConfigError):
@@ -123,6 +124,15 @@ class Reloader:
         if geo is None and swap_geo is not None:
             self._geo_path = self._geo_target()
         self._geo_sig = file_signature(self._geo_path) if self._geo_path is not None else None
+
+    @property
+    def settings(self) -> Settings:
+        """The settings in force now: `live.current`."""
+        return self.live.current
+
+    @settings.setter
+    def settings(self, settings: Settings) -> None:
+        self.live.replace(settings)
 
     # -- the config
 
@@ -158,7 +168,7 @@ class Reloader:
             self.last_error = f"applying the new config failed: {e}"
             log.exception("config reload (%s): applying the new config failed", reason)
             return False
-        self.settings = applied
+        self.live.replace(applied)
         self.reloads += 1
         self.last_error = None
         enabled = sum(1 for m in applied.mirrors if m.enabled)
@@ -305,7 +315,7 @@ def unlisten_sighup(reloader: Reloader) -> None:
 
 @contextlib.asynccontextmanager
 async def watching(
-    settings: Settings,
+    settings: Settings | LiveSettings,
     apply: Callable[[Settings], None] | None = None,
     *,
     geo: GeoReader | None = None,
@@ -315,7 +325,7 @@ async def watching(
 ) -> AsyncIterator[Reloader]:
     """A Reloader watching its files and listening for SIGHUP while the block runs.
 
-    Outside an app (the `redirector poll` process) read `reloader.settings` for the live config.
+    Outside an app (the `redirector poll` process) `reloader.live` holds the live config.
     """
     reloader = Reloader(
         settings, apply or (lambda _: None), geo=geo, swap_geo=swap_geo, grace=grace

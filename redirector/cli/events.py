@@ -14,9 +14,9 @@ from typing import Any, TextIO
 from redirector.config.settings import Settings
 from redirector.core import history
 from redirector.core.history import Event, HistoryData
+from redirector.core.humanize import duration, rfc3339, table
 from redirector.store.base import RedisStore, Store, StoreError
 from redirector.store.file import FileStore
-from redirector.views.status import duration, iso
 
 
 class NoSharedStore(Exception):
@@ -47,7 +47,7 @@ def shared_store(settings: Settings, state_dir: Path | None = None) -> Store:
 def event_line(e: Event) -> str:
     who = e.subject or "master"
     after = f" (after {duration(e.duration)})" if e.duration is not None else ""
-    return f"{iso(e.at)}  {e.kind.value:<16}  {who}: {e.detail}{after}"
+    return f"{rfc3339(e.at)}  {e.kind.value:<16}  {who}: {e.detail}{after}"
 
 
 def _ratio(v: float | None) -> str:
@@ -62,13 +62,9 @@ def availability_table(settings: Settings, past: HistoryData, now: float) -> str
         w = history.windows(h, now)
         since = history.down_start(h)
         rows.append(
-            (m.name, _ratio(w["24h"]), _ratio(w["7d"]), _ratio(w["30d"]), iso(since) or "-")
+            (m.name, _ratio(w["24h"]), _ratio(w["7d"]), _ratio(w["30d"]), rfc3339(since) or "-")
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4]
-        for r in rows
-    )
+    return table(rows)
 
 
 def to_json(settings: Settings, past: HistoryData, events: Sequence[Event], now: float) -> str:
@@ -77,14 +73,14 @@ def to_json(settings: Settings, past: HistoryData, events: Sequence[Event], now:
         h = past.mirrors.get(m.name) or history.MirrorHistory(m.name)
         mirrors[m.name] = {
             "availability": history.windows(h, now),
-            "down_since": iso(history.down_start(h)),
+            "down_since": rfc3339(history.down_start(h)),
         }
     doc = {
-        "generated_at": iso(now),
+        "generated_at": rfc3339(now),
         "mirrors": mirrors,
         "events": [
             {
-                "at": iso(e.at),
+                "at": rfc3339(e.at),
                 "kind": e.kind.value,
                 "subject": e.subject,
                 "detail": e.detail,

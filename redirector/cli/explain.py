@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TextIO
 from urllib.parse import urlsplit
@@ -82,7 +83,12 @@ async def explain_command(
             warning = IPV4_ONLY_NOTE
         credit = reader.attribution if reader is not None else None
         expl = explain(
-            routed, holder.current.candidates, router.policy, geo_note=warning, credit=credit
+            routed,
+            holder.current.candidates,
+            router.policy,
+            now=time.time(),
+            geo_note=warning,
+            credit=credit,
         )
     finally:
         if reader is not None:

@@ -9,9 +9,10 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
+from redirector.config.table import Key, keys_of, mirror_key, setting, spec
 from redirector.core.models import Mirror
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -30,73 +31,6 @@ SME_REPOS = (
     "smeos", "smeupdates", "smeupdates-testing", "smeextras", "smeaddons", "smecontribs",
     "smecontribs-testing", "smetest", "smedev",
 )  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """Everything the process needs, built once from the config file."""
-
-    mirrors: tuple[Mirror, ...]
-    master: str
-    master_trace: str = "project/trace/mirror.contribs.org"
-    listen_host: str = "127.0.0.1"
-    listen_port: int = 8080
-    max_lag: float = 8 * 3600
-    poll_interval: float = 300.0
-    probe_timeout: float = 10.0
-    probe_concurrency: int = 32
-    trusted_proxies: tuple[IPNetwork, ...] = field(
-        default_factory=lambda: tuple(ipaddress.ip_network(n) for n in DEFAULT_TRUSTED)
-    )
-    geoip_db: Path | None = None
-    geoip_search: bool = True  # look in the usual places when geoip_db is not set
-    redis_url: str | None = None
-    redis_prefix: str = "redirector:"
-    # Mirrors within max(closeness_km, closeness_ratio * nearest) of the nearest count as
-    # equally close, so load is spread among them by weight instead of all going to one.
-    closeness_km: float = 500.0
-    closeness_ratio: float = 0.25
-    snapshot_interval: float = 0.5
-    # What the poller probes to learn which subtrees a mirror carries: subtree -> a path below
-    # it that always exists (a directory index by default), relative to the tree root.
-    coverage_probes: tuple[tuple[str, str], ...] = DEFAULT_COVERAGE_PROBES
-    coverage_interval: float = 3600.0  # coverage changes rarely: probed this often, not each pass
-    verify_files: bool = True  # HEAD a file on the chosen mirror before sending a client there
-    verify_timeout: float = 1.0  # per HEAD; at most 1 s, a client is waiting
-    verify_ttl: float = 3600.0  # how long "the mirror has it" is believed
-    verify_negative_ttl: float = 300.0  # how long "it has not" (404 or error) is believed
-    failures_before_down: int = 2  # failed probes in a row before a working mirror is down
-    backoff_max: float = 3600.0  # longest wait between probes of a failing mirror
-    lease_ttl: float = 30.0  # the poller lease in Redis; renewed every third of it
-    # How the status page shows a mirror's contact email: "obfuscate", "omit" or "show".
-    status_email: str = "obfuscate"
-    # Mirror lists and metalinks (lists.py): the repos `/mirrorlist/<repo>-<ver>` knows, the
-    # versions it serves, and which of those live under releases/testing/<ver>/ (a beta).
-    repos: tuple[str, ...] = SME_REPOS
-    repo_versions: tuple[str, ...] = ("7", "8", "9", "10", "11", "12")
-    testing_versions: tuple[str, ...] = ()
-    mirrorlist_length: int = 10
-    # The repodata pass (repodata.py): which versions and arches it compares with the master,
-    # how long an earlier master repomd.xml stays acceptable, and a cap on probes per pass.
-    repodata_versions: tuple[str, ...] = ("10", "11", "12")
-    repodata_arches: tuple[str, ...] = ("x86_64",)
-    alternates_window: float = 4 * 86400.0
-    repodata_max_probes: int = 2000
-    # The access log (accesslog.py): "text", "json" (one object per line) or "off"; lines go to
-    # stderr, or appended to access_log_path when set.
-    access_log: str = "text"
-    access_log_path: Path | None = None
-    # Without Redis: the directory the serving processes share state in (a FileStore), so
-    # that `redirector mirrors`, `explain` and `events` read what the workers see. None: a
-    # private directory per run, which no other process can find.
-    state_dir: Path | None = None
-    source: Path | None = None  # the file these settings came from
-
-    def mirror(self, name: str) -> Mirror | None:
-        for m in self.mirrors:
-            if m.name == name:
-                return m
-        return None
 
 
 class ConfigError(ValueError):
@@ -179,254 +113,7 @@ def normalize_subtree(value: object) -> str:
     return "/".join(parts) + "/"
 
 
-class _Lines:
-    """Finds the line a table or key stands on, since tomllib reports none for valid TOML."""
-
-    def __init__(self, text: str) -> None:
-        self.lines = text.splitlines()
-
-    def _table_starts(self, header: re.Pattern[str]) -> list[int]:
-        return [i for i, line in enumerate(self.lines) if header.match(line)]
-
-    def _key_in(self, start: int, key: str) -> int:
-        key_re = re.compile(rf"\s*[\"']?{re.escape(key)}[\"']?\s*=")
-        for i in range(start + 1, len(self.lines)):
-            if re.match(r"\s*\[", self.lines[i]):
-                break
-            if key_re.match(self.lines[i]):
-                return i + 1
-        return start + 1
-
-    def mirror(self, index: int, key: str | None = None) -> int | None:
-        starts = self._table_starts(re.compile(r"\s*\[\[\s*mirror\s*\]\]"))
-        if index >= len(starts):
-            return None
-        return self._key_in(starts[index], key) if key else starts[index] + 1
-
-    def table(self, name: str, key: str | None = None) -> int | None:
-        starts = self._table_starts(re.compile(rf"\s*\[\s*{re.escape(name)}\s*\]"))
-        if not starts:
-            return None
-        return self._key_in(starts[0], key) if key else starts[0] + 1
-
-
-T = TypeVar("T")
-
-_REDIRECTOR_KEYS = {
-    "listen", "master", "master_trace", "max_lag", "poll_interval", "probe_timeout",
-    "probe_concurrency", "trusted_proxies", "geoip_db", "redis_url", "redis_prefix",
-    "closeness_km", "closeness_ratio",
-    "repos", "repo_versions", "testing_versions", "mirrorlist_length", "repodata_versions",
-    "repodata_arches", "alternates_window", "repodata_max_probes",
-}  # fmt: skip
-_MIRROR_KEYS = {
-    "name", "http", "https", "country", "latitude", "longitude", "weight", "exclude",
-    "ipv6", "enabled", "trace_name",
-}  # fmt: skip
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
-# Coverage, never-a-404, backoff and the poller lease.
-_REDIRECTOR_KEYS |= {
-    "coverage_probes", "coverage_interval", "verify_files", "verify_timeout", "verify_ttl",
-    "verify_negative_ttl", "failures_before_down", "backoff_max", "lease_ttl",
-}  # fmt: skip
-# The mirror request fields of the wiki; see _mirror_request below.
-_REDIRECTOR_KEYS |= {"status_email"}
-# The access log and reloads.
-_REDIRECTOR_KEYS |= {"access_log", "access_log_path"}
-_REDIRECTOR_KEYS |= {"state_dir"}
-_MIRROR_KEYS |= {
-    "contact_name", "contact_email", "bandwidth", "ssh_host", "ssh_port", "ssh_user",
-    "upstream", "sync",
-}  # fmt: skip
-
-
-def load_settings(path: str | Path) -> Settings:
-    """Read and validate a config file; ConfigError names the file, line and field on any fault."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(p, None, "", f"cannot read: {e.strerror or e}") from e
-    except UnicodeDecodeError as e:
-        raise ConfigError(p, None, "", "not UTF-8 text") from e
-    return parse_settings(text, p)
-
-
-def parse_settings(text: str, path: Path | str = "<config>") -> Settings:
-    """Validate config text; `path` is only used in error messages."""
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        m = re.search(r"line (\d+)", str(e))
-        raise ConfigError(path, int(m.group(1)) if m else None, "", f"not valid TOML: {e}") from e
-    lines = _Lines(text)
-    src = Path(path)
-
-    def fail(line: int | None, where: str, message: str) -> ConfigError:
-        return ConfigError(src, line, where, message)
-
-    for key in doc:
-        if key not in {"redirector", "mirror"}:
-            raise fail(
-                lines.table(key), key, "unknown table (expected [redirector] and [[mirror]])"
-            )
-    top = doc.get("redirector", {})
-    if not isinstance(top, dict):
-        raise fail(None, "redirector", "must be a table")
-
-    def top_field(key: str, conv: Callable[[Any], T], default: T) -> T:
-        if key not in top:
-            return default
-        try:
-            return conv(top[key])
-        except (ValueError, TypeError) as e:
-            raise fail(lines.table("redirector", key), f"[redirector] field '{key}'", str(e)) from e
-
-    for key in top:
-        if key not in _REDIRECTOR_KEYS:
-            raise fail(lines.table("redirector", key), f"[redirector] field '{key}'", "unknown key")
-    if "master" not in top:
-        raise fail(lines.table("redirector"), "[redirector] field 'master'", "is required")
-    master = top_field("master", lambda v: normalize_base_url(v, ("http", "https")), "")
-    listen = top_field("listen", lambda v: parse_listen(_str(v)), ("127.0.0.1", 8080))
-    trace = top_field("master_trace", _relpath, "project/trace/mirror.contribs.org")
-    redis_url = top_field("redis_url", _redis_url, None)
-    geoip = top_field("geoip_db", lambda v: Path(_str(v)) if _str(v) else None, None)
-    return Settings(
-        mirrors=_mirrors(doc.get("mirror", []), lines, fail),
-        master=master,
-        master_trace=trace,
-        listen_host=listen[0],
-        listen_port=listen[1],
-        max_lag=top_field("max_lag", _positive_duration, 8 * 3600.0),
-        poll_interval=top_field("poll_interval", _positive_duration, 300.0),
-        probe_timeout=top_field("probe_timeout", _positive_duration, 10.0),
-        probe_concurrency=top_field("probe_concurrency", lambda v: _int(v, 1, 1024), 32),
-        trusted_proxies=top_field(
-            "trusted_proxies",
-            _networks,
-            tuple(ipaddress.ip_network(n) for n in DEFAULT_TRUSTED),
-        ),
-        geoip_db=geoip,
-        # An explicit empty geoip_db = "" turns the search off: location-blind on purpose.
-        geoip_search="geoip_db" not in top,
-        redis_url=redis_url,
-        redis_prefix=top_field("redis_prefix", _str, "redirector:"),
-        closeness_km=top_field("closeness_km", lambda v: _float(v, 0.0, 20040.0), 500.0),
-        closeness_ratio=top_field("closeness_ratio", lambda v: _float(v, 0.0, 10.0), 0.25),
-        coverage_probes=top_field("coverage_probes", _coverage_probes, DEFAULT_COVERAGE_PROBES),
-        coverage_interval=top_field("coverage_interval", _positive_duration, 3600.0),
-        verify_files=top_field("verify_files", _bool, True),
-        verify_timeout=top_field("verify_timeout", _verify_timeout, 1.0),
-        verify_ttl=top_field("verify_ttl", _positive_duration, 3600.0),
-        verify_negative_ttl=top_field("verify_negative_ttl", _positive_duration, 300.0),
-        failures_before_down=top_field("failures_before_down", lambda v: _int(v, 1, 100), 2),
-        backoff_max=top_field("backoff_max", _positive_duration, 3600.0),
-        lease_ttl=top_field("lease_ttl", _positive_duration, 30.0),
-        status_email=top_field("status_email", _email_mode, "obfuscate"),
-        repos=top_field("repos", lambda v: _tokens(v, _REPO), SME_REPOS),
-        repo_versions=top_field(
-            "repo_versions", lambda v: _tokens(v, _VERSION), ("7", "8", "9", "10", "11", "12")
-        ),
-        testing_versions=top_field("testing_versions", lambda v: _tokens(v, _VERSION), ()),
-        mirrorlist_length=top_field("mirrorlist_length", lambda v: _int(v, 1, 100), 10),
-        repodata_versions=top_field(
-            "repodata_versions", lambda v: _tokens(v, _VERSION), ("10", "11", "12")
-        ),
-        repodata_arches=top_field("repodata_arches", lambda v: _tokens(v, _ARCH), ("x86_64",)),
-        alternates_window=top_field("alternates_window", parse_duration, 4 * 86400.0),
-        repodata_max_probes=top_field("repodata_max_probes", lambda v: _int(v, 0, 1_000_000), 2000),
-        access_log=top_field("access_log", _access_log, "text"),
-        access_log_path=top_field(
-            "access_log_path", lambda v: Path(_str(v)) if _str(v) else None, None
-        ),
-        state_dir=top_field("state_dir", lambda v: Path(_str(v)) if _str(v) else None, None),
-        source=src,
-    )
-
-
-def _mirrors(
-    raw: object, lines: _Lines, fail: Callable[[int | None, str, str], ConfigError]
-) -> tuple[Mirror, ...]:
-    if not isinstance(raw, list):
-        raise fail(lines.table("mirror"), "mirror", "use [[mirror]] tables, one per mirror")
-    out: list[Mirror] = []
-    seen: dict[str, int] = {}
-    for i, entry in enumerate(raw):
-        label = f"mirror #{i + 1}"
-        if not isinstance(entry, dict):
-            raise fail(lines.mirror(i), label, "must be a table")
-        name = entry.get("name")
-        if isinstance(name, str) and name:
-            label = f"mirror '{name}'"
-        for key in entry:
-            if key not in _MIRROR_KEYS:
-                raise fail(lines.mirror(i, key), f"{label} field '{key}'", "unknown key")
-        out.append(_mirror(entry, i, label, lines, fail))
-        if out[-1].name in seen:
-            raise fail(
-                lines.mirror(i, "name"),
-                f"{label} field 'name'",
-                f"duplicate name (also mirror #{seen[out[-1].name] + 1})",
-            )
-        seen[out[-1].name] = i
-    _check_upstreams(out, lines, fail)
-    return tuple(out)
-
-
-def _mirror(
-    entry: Mapping[str, Any],
-    i: int,
-    label: str,
-    lines: _Lines,
-    fail: Callable[[int | None, str, str], ConfigError],
-) -> Mirror:
-    def get(key: str, conv: Callable[[Any], T], default: T | None = None) -> T:
-        if key not in entry:
-            if default is None:
-                raise fail(lines.mirror(i), f"{label} field '{key}'", "is required")
-            return default
-        try:
-            return conv(entry[key])
-        except (ValueError, TypeError) as e:
-            raise fail(lines.mirror(i, key), f"{label} field '{key}'", str(e)) from e
-
-    def opt_url(key: str) -> str | None:
-        if key not in entry:
-            return None
-        return get(key, lambda v: normalize_base_url(v, (key,)))
-
-    name = get("name", _name)
-    http, https = opt_url("http"), opt_url("https")
-    enabled = get("enabled", _bool, True)
-    if http is None and https is None:
-        raise fail(lines.mirror(i), f"{label} field 'http'", "an http or https URL is required")
-    request = _mirror_request(get, i, label, lines, fail)
-    return Mirror(
-        name=name,
-        http=http,
-        https=https,
-        country=get("country", _country),
-        latitude=get("latitude", lambda v: _float(v, -90.0, 90.0)),
-        longitude=get("longitude", lambda v: _float(v, -180.0, 180.0)),
-        weight=get(
-            "weight",
-            lambda v: _int(v, 0, 1_000_000),
-            weight_from_bandwidth(request.bandwidth) if request.bandwidth else 100,
-        ),
-        exclude=get("exclude", _subtrees, ()),
-        ipv6=get("ipv6", _bool, False),
-        enabled=enabled,
-        trace_name=get("trace_name", _trace_name, "") or None,
-        contact_name=request.contact_name,
-        contact_email=request.contact_email,
-        bandwidth=request.bandwidth,
-        ssh_host=request.ssh_host,
-        ssh_port=request.ssh_port,
-        ssh_user=request.ssh_user,
-        upstream=request.upstream,
-        sync=request.sync,
-    )
 
 
 def _str(v: object) -> str:
@@ -627,74 +314,6 @@ def format_bandwidth(bits_per_second: int) -> str:
     return f"{bits_per_second} bit/s"
 
 
-@dataclass(frozen=True, slots=True)
-class _MirrorRequest:
-    contact_name: str | None
-    contact_email: str | None
-    bandwidth: int | None
-    ssh_host: str | None
-    ssh_port: int
-    ssh_user: str | None
-    upstream: str | None
-    sync: str | None
-
-
-def _mirror_request(
-    get: Callable[..., Any],
-    i: int,
-    label: str,
-    lines: _Lines,
-    fail: Callable[[int | None, str, str], ConfigError],
-) -> _MirrorRequest:
-    """The contact, bandwidth, ssh and upstream fields; `upstream` names are checked later."""
-    sync: str | None = get("sync", _sync_mode, "") or None
-    ssh_host: str | None = get("ssh_host", _ssh_host, "") or None
-    if sync == "push" and ssh_host is None:
-        raise fail(
-            lines.mirror(i, "sync"),
-            f"{label} field 'ssh_host'",
-            "a push mirror needs ssh_host (where the upstream triggers ftpsync over ssh)",
-        )
-    bandwidth: int = get("bandwidth", parse_bandwidth, 0)
-    return _MirrorRequest(
-        contact_name=get("contact_name", _contact_name, "") or None,
-        contact_email=get("contact_email", _email, "") or None,
-        bandwidth=bandwidth or None,
-        ssh_host=ssh_host,
-        ssh_port=get("ssh_port", lambda v: _int(v, 1, 65535), 22),
-        ssh_user=get("ssh_user", _ssh_user, "") or None,
-        upstream=get("upstream", _name, "") or None,
-        sync=sync,
-    )
-
-
-def _check_upstreams(
-    mirrors: list[Mirror], lines: _Lines, fail: Callable[[int | None, str, str], ConfigError]
-) -> None:
-    """Every `upstream` names "master" or a configured mirror, never itself, and no loop."""
-    index = {m.name: i for i, m in enumerate(mirrors)}
-    for i, m in enumerate(mirrors):
-        if m.upstream is None or m.upstream == MASTER_UPSTREAM:
-            continue
-        where = f"mirror '{m.name}' field 'upstream'"
-        if m.upstream == m.name:
-            raise fail(lines.mirror(i, "upstream"), where, "a mirror cannot sync from itself")
-        if m.upstream not in index:
-            raise fail(
-                lines.mirror(i, "upstream"),
-                where,
-                f'{m.upstream!r} is no configured mirror (use a mirror name or "master")',
-            )
-        seen = [m.name]
-        up: str | None = m.upstream
-        while up is not None and up != MASTER_UPSTREAM and up in index:
-            if up in seen:
-                loop = " -> ".join([*seen, up])
-                raise fail(lines.mirror(i, "upstream"), where, f"upstream loop: {loop}")
-            seen.append(up)
-            up = mirrors[index[up]].upstream
-
-
 def _sync_mode(v: object) -> str:
     s = _str(v)
     if s not in SYNC_MODES:
@@ -739,3 +358,541 @@ def _ssh_user(v: object) -> str:
     if not _USER.fullmatch(s):
         raise ValueError(f"{s!r} is not a user name (letters, digits, '_', '.', '-'; at most 32)")
     return s
+
+
+def _optional_path(v: object) -> Path | None:
+    s = _str(v)
+    return Path(s) if s else None
+
+
+def _listen(v: object) -> tuple[str, int]:
+    return parse_listen(_str(v))
+
+
+def _networks_default() -> tuple[IPNetwork, ...]:
+    return tuple(ipaddress.ip_network(n) for n in DEFAULT_TRUSTED)
+
+
+_DURATION_KIND = "duration > 0"
+_NAMES_KIND = "list of names"
+
+
+# --- the settings, each key declared once on its field ------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the process needs, built once from the config file.
+
+    Each field set by a config key declares that key here (table.py): its parser, its doc
+    line, its section in docs/configuration.md and whether a reload may change it. A new key
+    is one `setting(...)` field; then run dev/config_docs.py to update the reference.
+    """
+
+    mirrors: tuple[Mirror, ...]
+    master: str = field(
+        metadata=spec(
+            lambda v: normalize_base_url(v, ("http", "https")),
+            "http or https URL",
+            "master",
+            "The master tree: the trace every mirror is compared with, and where a client goes"
+            " when no mirror will do.",
+        )
+    )
+    master_trace: str = setting(
+        "project/trace/mirror.contribs.org",
+        _relpath,
+        "relative path",
+        "master",
+        "The master's ftpsync trace file, relative to every tree root.",
+    )
+    listen_host: str = setting(
+        "127.0.0.1",
+        _listen,
+        "host:port",
+        "service",
+        "Where to listen: 'host:port', '[v6]:port', or ':port' for every address.",
+        reloadable=False,
+        name="listen",
+        fields=("listen_host", "listen_port"),
+        shown='"127.0.0.1:8080"',
+    )
+    listen_port: int = 8080  # set by the listen key, with listen_host
+    max_lag: float = setting(
+        8 * 3600.0,
+        _positive_duration,
+        _DURATION_KIND,
+        "master",
+        "A mirror further behind the master than this gets no clients.",
+    )
+    poll_interval: float = setting(
+        300.0,
+        _positive_duration,
+        _DURATION_KIND,
+        "poller",
+        "How often every mirror's trace is fetched.",
+    )
+    probe_timeout: float = setting(
+        10.0, _positive_duration, _DURATION_KIND, "poller", "The time limit of one probe request."
+    )
+    probe_concurrency: int = setting(
+        32,
+        lambda v: _int(v, 1, 1024),
+        "whole number 1..1024",
+        "poller",
+        "Probe requests in flight at once.",
+    )
+    trusted_proxies: tuple[IPNetwork, ...] = setting(
+        _networks_default(),
+        _networks,
+        "list of IP networks",
+        "service",
+        "Peers whose X-Forwarded-For (read right to left) and X-Forwarded-Proto are believed.",
+    )
+    geoip_db: Path | None = setting(
+        None,
+        _optional_path,
+        "file path",
+        "geoip",
+        'The GeoLite2 or GeoIP2 City database. Unset: look in the usual places; "": none,'
+        " location-blind on purpose.",
+    )
+    geoip_search: bool = True  # look in the usual places when geoip_db is not set
+    redis_url: str | None = setting(
+        None,
+        _redis_url,
+        "redis://, rediss:// or unix:// URL",
+        "store",
+        "Where the mirrors' state is shared. Unset: kept in this process only.",
+        reloadable=False,
+    )
+    redis_prefix: str = setting(
+        "redirector:", _str, "string", "store", "Put before every Redis key.", reloadable=False
+    )
+    # Mirrors within max(closeness_km, closeness_ratio * nearest) of the nearest count as
+    # equally close, so load is spread among them by weight instead of all going to one.
+    closeness_km: float = setting(
+        500.0,
+        lambda v: _float(v, 0.0, 20040.0),
+        "number 0..20040",
+        "selection",
+        "Mirrors within this many km of the nearest one count as equally close; load is spread"
+        " among them by weight.",
+    )
+    closeness_ratio: float = setting(
+        0.25,
+        lambda v: _float(v, 0.0, 10.0),
+        "number 0..10",
+        "selection",
+        "Or within this share of the nearest one's distance, when that is more.",
+    )
+    snapshot_interval: float = 0.5
+    # What the poller probes to learn which subtrees a mirror carries: subtree -> a path below
+    # it that always exists (a directory index by default), relative to the tree root.
+    coverage_probes: tuple[tuple[str, str], ...] = setting(
+        DEFAULT_COVERAGE_PROBES,
+        _coverage_probes,
+        "table: subtree = path",
+        "poller",
+        "What is asked for (HEAD) to learn which subtrees a mirror carries: subtree = a path"
+        ' below it that always exists, merged over the default; "" stops probing a subtree.'
+        " The file checks keep the startup paths until a restart.",
+    )
+    coverage_interval: float = setting(
+        3600.0,
+        _positive_duration,
+        _DURATION_KIND,
+        "poller",
+        "How often each mirror's subtrees are probed; coverage changes rarely.",
+    )
+    verify_files: bool = setting(
+        True,
+        _bool,
+        "true or false",
+        "verify",
+        "HEAD the file on the chosen mirror before sending a client there. A reload can turn"
+        " it off, and on again only if it was on at startup.",
+    )
+    verify_timeout: float = setting(
+        1.0,
+        _verify_timeout,
+        "duration, at most 1s",
+        "verify",
+        "The time limit of one HEAD: a client is waiting for it.",
+        reloadable=False,
+    )
+    verify_ttl: float = setting(
+        3600.0,
+        _positive_duration,
+        _DURATION_KIND,
+        "verify",
+        'How long "the mirror has it" is believed.',
+        reloadable=False,
+    )
+    verify_negative_ttl: float = setting(
+        300.0,
+        _positive_duration,
+        _DURATION_KIND,
+        "verify",
+        'How long "it has not" (a 404, an error or a timeout) is believed.',
+        reloadable=False,
+    )
+    failures_before_down: int = setting(
+        2,
+        lambda v: _int(v, 1, 100),
+        "whole number 1..100",
+        "poller",
+        "Failed probes in a row before a working mirror counts as down.",
+    )
+    backoff_max: float = setting(
+        3600.0,
+        _positive_duration,
+        _DURATION_KIND,
+        "poller",
+        "A failing mirror is probed again after poll_interval x 2^(n-1), at most this long.",
+    )
+    lease_ttl: float = setting(
+        30.0,
+        _positive_duration,
+        _DURATION_KIND,
+        "store",
+        "The poller lease in a shared store (only its holder polls); renewed every third of it.",
+        reloadable=False,
+    )
+    status_email: str = setting(
+        "obfuscate",
+        _email_mode,
+        '"obfuscate", "omit" or "show"',
+        "status",
+        "How the status page shows a mirror's contact email.",
+    )
+    repos: tuple[str, ...] = setting(
+        SME_REPOS,
+        lambda v: _tokens(v, _REPO),
+        _NAMES_KIND,
+        "lists",
+        "The yum repositories /mirrorlist and /metalink answer for.",
+    )
+    repo_versions: tuple[str, ...] = setting(
+        ("7", "8", "9", "10", "11", "12"),
+        lambda v: _tokens(v, _VERSION),
+        "list of versions",
+        "lists",
+        "The SME Server versions they answer for.",
+    )
+    testing_versions: tuple[str, ...] = setting(
+        (),
+        lambda v: _tokens(v, _VERSION),
+        "list of versions",
+        "lists",
+        "Versions whose repositories live under releases/testing/<ver>/ (a beta).",
+    )
+    mirrorlist_length: int = setting(
+        10,
+        lambda v: _int(v, 1, 100),
+        "whole number 1..100",
+        "lists",
+        "Mirrors in one list at most; the master alone when none will do.",
+    )
+    repodata_versions: tuple[str, ...] = setting(
+        ("10", "11", "12"),
+        lambda v: _tokens(v, _VERSION),
+        "list of versions",
+        "repodata",
+        "Versions whose repomd.xml files the repodata pass compares with the master's.",
+    )
+    repodata_arches: tuple[str, ...] = setting(
+        ("x86_64",),
+        lambda v: _tokens(v, _ARCH),
+        _NAMES_KIND,
+        "repodata",
+        "Architectures it compares.",
+    )
+    alternates_window: float = setting(
+        4 * 86400.0,
+        parse_duration,
+        "duration",
+        "repodata",
+        "How long an earlier master repomd.xml stays acceptable (a metalink's alternates).",
+    )
+    repodata_max_probes: int = setting(
+        2000,
+        lambda v: _int(v, 0, 1_000_000),
+        "whole number 0..1000000",
+        "repodata",
+        "repomd.xml requests per repodata pass, the master's included.",
+    )
+    access_log: str = setting(
+        "text",
+        _access_log,
+        '"text", "json" or "off"',
+        "service",
+        'One line per request: "text", "json" (one object per line) or "off".',
+    )
+    access_log_path: Path | None = setting(
+        None,
+        _optional_path,
+        "file path",
+        "service",
+        "The file access log lines are appended to, reopened once logrotate moves it."
+        " Unset: stderr (the journal).",
+        reloadable=False,
+    )
+    state_dir: Path | None = setting(
+        None,
+        _optional_path,
+        "directory path",
+        "store",
+        "Without Redis: the directory the serving processes share state in, so that"
+        " `redirector mirrors`, `explain` and `events` read what the workers see (also"
+        " `serve --state-dir`). Unset: a private directory per run, which no other process"
+        " can find.",
+        reloadable=False,
+    )
+    source: Path | None = None  # the file these settings came from
+
+    def mirror(self, name: str) -> Mirror | None:
+        for m in self.mirrors:
+            if m.name == name:
+                return m
+        return None
+
+
+# The fields no key sets: the mirrors come from [[mirror]] tables, geoip_search from whether
+# geoip_db is given at all, source from where the text was read; snapshot_interval is fixed.
+NOT_FROM_KEYS = frozenset({"mirrors", "geoip_search", "snapshot_interval", "source"})
+# Every [redirector] key, in field order.
+TOP_KEYS = keys_of(Settings)
+TOP_ALLOWED = frozenset(k.name for k in TOP_KEYS)
+
+
+def _mkey(
+    name: str, parse: Callable[[Any], Any], kind: str, doc: str, *, required: bool = False
+) -> Key:
+    return mirror_key(Mirror, name, parse, kind, doc, required=required)
+
+
+# Every [[mirror]] field, each declared once; the defaults are those of core.models.Mirror.
+MIRROR_KEYS: tuple[Key, ...] = (
+    _mkey("name", _name, "letters, digits, '.', '_', '-'", "Unique: names it in logs, metrics"
+          " and the status page.", required=True),
+    _mkey("http", lambda v: normalize_base_url(v, ("http",)), "http URL",
+          "The root of its smeserver tree over http. At least one of http and https."),
+    _mkey("https", lambda v: normalize_base_url(v, ("https",)), "https URL",
+          "The same tree over https."),
+    _mkey("country", _country, "ISO 3166 two-letter code", "Where it is.", required=True),
+    _mkey("latitude", lambda v: _float(v, -90.0, 90.0), "number -90..90",
+          "Where it is, for the distance to a client.", required=True),
+    _mkey("longitude", lambda v: _float(v, -180.0, 180.0), "number -180..180",
+          "Where it is, for the distance to a client.", required=True),
+    _mkey("weight", lambda v: _int(v, 0, 1_000_000), "whole number 0..1000000",
+          "Relative capacity. Unset: bandwidth / 10 Mbit/s when bandwidth is given."),
+    _mkey("exclude", _subtrees, "list of subtrees",
+          'Subtrees it does not carry, e.g. ["obsolete/"].'),
+    _mkey("ipv6", _bool, "true or false", "Whether it answers over IPv6."),
+    _mkey("enabled", _bool, "true or false", "false keeps it configured but sends nobody there."),
+    _mkey("trace_name", _trace_name, "file name",
+          "Its own ftpsync trace under project/trace/. Unset: its host name."),
+    _mkey("contact_name", _contact_name, "text", "Who runs it (the wiki's mirror request)."),
+    _mkey("contact_email", _email, "email address",
+          "How to reach them; the status page shows it as status_email says."),
+    _mkey("bandwidth", parse_bandwidth, "number and unit",
+          "What it offers: '1Gbit', '100 Mbit/s', '12.5 MB/s' (bytes, x8); a bare number is"
+          " refused."),
+    _mkey("sync", _sync_mode, '"push" or "pull"',
+          '"push": the upstream triggers ftpsync over ssh; "pull": it syncs from cron.'),
+    _mkey("ssh_host", _ssh_host, "host name or IP address",
+          "Where the upstream reaches it over ssh; required for a push mirror."),
+    _mkey("ssh_port", lambda v: _int(v, 1, 65535), "whole number 1..65535", "Its ssh port."),
+    _mkey("ssh_user", _ssh_user, "user name", "The ssh user ftpsync runs as."),
+    _mkey("upstream", _name, '"master" or a mirror name',
+          'What it syncs from: "master" or the name of a configured mirror.'),
+)  # fmt: skip
+MIRROR_ALLOWED = frozenset(k.name for k in MIRROR_KEYS)
+
+
+class _Lines:
+    """Finds the line a table or key stands on, since tomllib reports none for valid TOML."""
+
+    def __init__(self, text: str) -> None:
+        self.lines = text.splitlines()
+
+    def _table_starts(self, header: re.Pattern[str]) -> list[int]:
+        return [i for i, line in enumerate(self.lines) if header.match(line)]
+
+    def _key_in(self, start: int, key: str) -> int:
+        key_re = re.compile(rf"\s*[\"']?{re.escape(key)}[\"']?\s*=")
+        for i in range(start + 1, len(self.lines)):
+            if re.match(r"\s*\[", self.lines[i]):
+                break
+            if key_re.match(self.lines[i]):
+                return i + 1
+        return start + 1
+
+    def mirror(self, index: int, key: str | None = None) -> int | None:
+        starts = self._table_starts(re.compile(r"\s*\[\[\s*mirror\s*\]\]"))
+        if index >= len(starts):
+            return None
+        return self._key_in(starts[index], key) if key else starts[index] + 1
+
+    def table(self, name: str, key: str | None = None) -> int | None:
+        starts = self._table_starts(re.compile(rf"\s*\[\s*{re.escape(name)}\s*\]"))
+        if not starts:
+            return None
+        return self._key_in(starts[0], key) if key else starts[0] + 1
+
+
+def load_settings(path: str | Path) -> Settings:
+    """Read and validate a config file; ConfigError names the file, line and field on any fault."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(p, None, "", f"cannot read: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(p, None, "", "not UTF-8 text") from e
+    return parse_settings(text, p)
+
+
+Fail = Callable[[int | None, str, str], ConfigError]
+
+
+def parse_settings(text: str, path: Path | str = "<config>") -> Settings:
+    """Validate config text; `path` is only used in error messages."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        m = re.search(r"line (\d+)", str(e))
+        raise ConfigError(path, int(m.group(1)) if m else None, "", f"not valid TOML: {e}") from e
+    lines = _Lines(text)
+    src = Path(path)
+
+    def fail(line: int | None, where: str, message: str) -> ConfigError:
+        return ConfigError(src, line, where, message)
+
+    for key in doc:
+        if key not in {"redirector", "mirror"}:
+            raise fail(
+                lines.table(key), key, "unknown table (expected [redirector] and [[mirror]])"
+            )
+    top = doc.get("redirector", {})
+    if not isinstance(top, dict):
+        raise fail(None, "redirector", "must be a table")
+    for name in top:
+        if name not in TOP_ALLOWED:
+            raise fail(
+                lines.table("redirector", name), f"[redirector] field '{name}'", "unknown key"
+            )
+    values = _read(
+        TOP_KEYS,
+        top,
+        lambda name: fail(lines.table("redirector"), f"[redirector] field '{name}'", "is required"),
+        lambda name, message: fail(
+            lines.table("redirector", name), f"[redirector] field '{name}'", message
+        ),
+    )
+    return Settings(
+        mirrors=_mirrors(doc.get("mirror", []), lines, fail),
+        # An explicit empty geoip_db = "" turns the search off: location-blind on purpose.
+        geoip_search="geoip_db" not in top,
+        source=src,
+        **values,
+    )
+
+
+def _read(
+    keys: tuple[Key, ...],
+    table: Mapping[str, Any],
+    missing: Callable[[str], ConfigError],
+    bad: Callable[[str, str], ConfigError],
+) -> dict[str, Any]:
+    """The fields `table` sets, by field name; a key it leaves out keeps its default."""
+    values: dict[str, Any] = {}
+    for key in keys:
+        if key.name not in table:
+            if key.required:
+                raise missing(key.name)
+            continue
+        try:
+            parsed = key.parse(table[key.name])
+        except (ValueError, TypeError) as e:
+            raise bad(key.name, str(e)) from e
+        values.update(key.values(parsed))
+    return values
+
+
+def _mirrors(raw: object, lines: _Lines, fail: Fail) -> tuple[Mirror, ...]:
+    if not isinstance(raw, list):
+        raise fail(lines.table("mirror"), "mirror", "use [[mirror]] tables, one per mirror")
+    out: list[Mirror] = []
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(raw):
+        label = f"mirror #{i + 1}"
+        if not isinstance(entry, dict):
+            raise fail(lines.mirror(i), label, "must be a table")
+        name = entry.get("name")
+        if isinstance(name, str) and name:
+            label = f"mirror '{name}'"
+        for key in entry:
+            if key not in MIRROR_ALLOWED:
+                raise fail(lines.mirror(i, key), f"{label} field '{key}'", "unknown key")
+        out.append(_mirror(entry, i, label, lines, fail))
+        if out[-1].name in seen:
+            raise fail(
+                lines.mirror(i, "name"),
+                f"{label} field 'name'",
+                f"duplicate name (also mirror #{seen[out[-1].name] + 1})",
+            )
+        seen[out[-1].name] = i
+    _check_upstreams(out, lines, fail)
+    return tuple(out)
+
+
+def _mirror(entry: Mapping[str, Any], i: int, label: str, lines: _Lines, fail: Fail) -> Mirror:
+    values = _read(
+        MIRROR_KEYS,
+        entry,
+        lambda name: fail(lines.mirror(i), f"{label} field '{name}'", "is required"),
+        lambda name, message: fail(lines.mirror(i, name), f"{label} field '{name}'", message),
+    )
+    if values.get("http") is None and values.get("https") is None:
+        raise fail(lines.mirror(i), f"{label} field 'http'", "an http or https URL is required")
+    if values.get("sync") == "push" and values.get("ssh_host") is None:
+        raise fail(
+            lines.mirror(i, "sync"),
+            f"{label} field 'ssh_host'",
+            "a push mirror needs ssh_host (where the upstream triggers ftpsync over ssh)",
+        )
+    bandwidth = values.get("bandwidth")
+    if "weight" not in values and bandwidth is not None:
+        values["weight"] = weight_from_bandwidth(bandwidth)
+    # http and https have no default in Mirror: a mirror states which it has.
+    defaults: dict[str, Any] = {k.name: k.default for k in MIRROR_KEYS if not k.required}
+    return Mirror(**(defaults | values))
+
+
+def _check_upstreams(
+    mirrors: list[Mirror], lines: _Lines, fail: Callable[[int | None, str, str], ConfigError]
+) -> None:
+    """Every `upstream` names "master" or a configured mirror, never itself, and no loop."""
+    index = {m.name: i for i, m in enumerate(mirrors)}
+    for i, m in enumerate(mirrors):
+        if m.upstream is None or m.upstream == MASTER_UPSTREAM:
+            continue
+        where = f"mirror '{m.name}' field 'upstream'"
+        if m.upstream == m.name:
+            raise fail(lines.mirror(i, "upstream"), where, "a mirror cannot sync from itself")
+        if m.upstream not in index:
+            raise fail(
+                lines.mirror(i, "upstream"),
+                where,
+                f'{m.upstream!r} is no configured mirror (use a mirror name or "master")',
+            )
+        seen = [m.name]
+        up: str | None = m.upstream
+        while up is not None and up != MASTER_UPSTREAM and up in index:
+            if up in seen:
+                loop = " -> ".join([*seen, up])
+                raise fail(lines.mirror(i, "upstream"), where, f"upstream loop: {loop}")
+            seen.append(up)
+            up = mirrors[index[up]].upstream

@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from html import escape
 
 from redirector.config.settings import format_bandwidth
+from redirector.core.humanize import duration
 from redirector.core.models import Mirror
 from redirector.core.synctree import Node, SyncTree
-
-
-def duration(seconds: float) -> str:
-    """3725 -> '1h02m', 90 -> '1m30s', negative -> '-1m30s'."""
-    sign, s = ("-" if seconds < 0 else ""), int(abs(seconds))
-    if s >= 86400:
-        return f"{sign}{s // 86400}d{s % 86400 // 3600:02d}h"
-    if s >= 3600:
-        return f"{sign}{s // 3600}h{s % 3600 // 60:02d}m"
-    if s >= 60:
-        return f"{sign}{s // 60}m{s % 60:02d}s"
-    return f"{sign}{s}s"
 
 
 def shown_email(email: str | None, mode: str) -> str | None:
@@ -47,8 +35,8 @@ def _lag_text(n: Node) -> str:
 BOX_W, BOX_H, COL, ROW, PAD = 200, 38, 250, 48, 8
 _FILL = {"master": "#17324d", "mirror": "#ffffff", "external": "#f1f1f1"}
 _TEXT = {"master": "#ffffff", "mirror": "#1d2228", "external": "#555555"}
-# A configured mirror's box by its state on the status page (`status.State` values): a tint
-# to fill it, and the state's own colour for the bar at its left edge.
+# A configured mirror's box by its condition, as on the status page: a tint to fill it, and
+# the condition's own colour for the bar at its left edge.
 _TINT = {
     "fresh": "#e8f5e9", "syncing": "#e3f2fd", "stale": "#fff3e0", "down": "#ffebee",
     "broken": "#f3e5f5", "unchecked": "#f5f5f5", "disabled": "#eeeeee",
@@ -59,22 +47,17 @@ _BAR = {
 }  # fmt: skip
 
 
-def _node_svg(n: Node, x: int, y: int, state: str | None = None) -> str:
-    """One box. `state`: what the status page calls the mirror (fresh, stale, ...), which
-    is what the box is coloured by and its tooltip says; without it, the poller's status."""
+def _node_svg(n: Node, x: int, y: int) -> str:
+    state = n.condition.value if n.condition is not None else None
     cls = f"node {n.kind} tier-{n.tier}" + (" mismatch" if n.mismatch else "")
-    if state is not None:
-        cls += f" st-{state}"
     stroke = "#c62828" if n.mismatch else ("#8a8f98" if n.kind == "external" else "#17324d")
     tip = [n.label, _lag_text(n)]
     if n.parent is not None:
         tip.append(f"syncs from {n.parent} ({n.via})")
     if n.mismatch:
         tip.append(n.mismatch)
-    if state is not None:
-        tip.append(f"state: {state}")
-    elif n.status:
-        tip.append(f"status: {n.status}")
+    if n.condition is not None:
+        tip.append(f"state: {n.condition.value}")
     lag_attr = "" if n.lag is None else f' data-lag="{n.lag:.0f}"'
     added_attr = "" if n.added is None else f' data-added="{n.added:.0f}"'
     flag = "! " if n.mismatch else ""
@@ -84,7 +67,7 @@ def _node_svg(n: Node, x: int, y: int, state: str | None = None) -> str:
         if state in _BAR
         else ""
     )
-    state_attr = "" if state is None else f' data-state="{escape(state)}"'
+    state_attr = "" if state is None else f' data-state="{state}"'
     return (
         f'<g class="{cls}" data-name="{escape(n.key)}" data-tier="{n.tier}"{lag_attr}'
         f'{added_attr}{state_attr} data-parent="{escape(n.parent or "")}" '
@@ -99,12 +82,8 @@ def _node_svg(n: Node, x: int, y: int, state: str | None = None) -> str:
     )
 
 
-def render_svg(tree: SyncTree, states: Mapping[str, str] | None = None) -> str:
-    """The tree drawn left to right: one column per tier, one row per node, depth first.
-
-    `states`: mirror name -> its state on the status page, to colour the boxes by.
-    """
-    states = states or {}
+def render_svg(tree: SyncTree) -> str:
+    """The tree drawn left to right: one column per tier, one row per node, depth first."""
     pos = {k: (PAD + tree.nodes[k].tier * COL, PAD + i * ROW) for i, k in enumerate(tree.order)}
     width = PAD * 2 + tree.depth * COL + BOX_W
     height = PAD * 2 + (len(tree.order) - 1) * ROW + BOX_H
@@ -122,19 +101,13 @@ def render_svg(tree: SyncTree, states: Mapping[str, str] | None = None) -> str:
             f'd="M{x1},{y1} C{mid},{y1} {mid},{y2} {x},{y2}" fill="none" stroke="{colour}" '
             f'stroke-width="1.5"{dash}/>'
         )
-    boxes = [
-        _node_svg(tree.nodes[k], *pos[k], _state_of(tree.nodes[k], states)) for k in tree.order
-    ]
+    boxes = [_node_svg(tree.nodes[k], *pos[k]) for k in tree.order]
     return (
         f'<svg class="synctree" xmlns="http://www.w3.org/2000/svg" role="img" '
         f'viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
         f'aria-label="Sync tree: {len(tree.order) - 1} mirrors in {tree.depth} tiers" '
         f'font-family="system-ui, sans-serif">' + "".join(edges + boxes) + "</svg>"
     )
-
-
-def _state_of(n: Node, states: Mapping[str, str]) -> str | None:
-    return states.get(n.mirror.name) if n.mirror is not None else None
 
 
 def _facts(m: Mirror, email_mode: str) -> str:
@@ -152,15 +125,8 @@ def _facts(m: Mirror, email_mode: str) -> str:
     return ", ".join(parts)
 
 
-def render_html(
-    tree: SyncTree, *, email_mode: str = "obfuscate", states: Mapping[str, str] | None = None
-) -> str:
-    """The status-page fragment: the drawing, lag per tier, the flags, and a text version.
-
-    `states`: mirror name -> its state on the status page (fresh, stale, down...), which
-    colours its box and is what its tooltip and text line say.
-    """
-    states = states or {}
+def render_html(tree: SyncTree, *, email_mode: str = "obfuscate") -> str:
+    """The status-page fragment: the drawing, lag per tier, the flags, and a text version."""
     rows = "".join(
         f'<tr data-tier="{t.tier}"><td>tier {t.tier}</td><td class="num">{t.count}</td>'
         f'<td class="num">{duration(t.median_lag) if t.median_lag is not None else "-"}</td>'
@@ -191,9 +157,6 @@ def render_html(
             continue
         up = tree.nodes[n.parent].label if n.parent is not None else "?"
         facts = _facts(n.mirror, email_mode) if n.mirror is not None else "not configured"
-        state = _state_of(n, states)
-        if state is not None:
-            facts = f"{state}, {facts}" if facts else state
         items.append(
             f'<li data-name="{escape(n.key)}" data-tier="{n.tier}">'
             f"{'&nbsp;&nbsp;' * (n.tier - 1)}<b>{escape(n.label)}</b> "
@@ -208,7 +171,7 @@ def render_html(
         "one.</small></p>"
     )
     return (
-        f'<div class="synctree-wrap" style="overflow-x:auto">{render_svg(tree, states)}</div>'
+        f'<div class="synctree-wrap" style="overflow-x:auto">{render_svg(tree)}</div>'
         f"{table}{flags}"
         f'<details><summary>As text</summary><ul class="synctree-list">{"".join(items)}'
         f"</ul></details>{legend}"

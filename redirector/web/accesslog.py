@@ -24,6 +24,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from redirector.config.settings import Settings
+from redirector.core.humanize import rfc3339
 from redirector.router import Routed, Router
 from redirector.web import keys
 
@@ -50,12 +51,6 @@ class AccessEntry:
     decision_seconds: float | None  # the selection alone
     seconds: float  # the whole request, as aiohttp measured it
     user_agent: str
-
-
-def _iso(ts: float) -> str:
-    whole = int(ts)
-    ms = int((ts - whole) * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{ms:03d}Z"
 
 
 def _clean(value: str) -> str:
@@ -86,7 +81,8 @@ def format_text(e: AccessEntry) -> str:
     with `-` for what is unknown.
     """
     return (
-        f"{_iso(e.time)} {e.client or '-'} {e.country or '-'} {e.scheme} {_clean(e.host) or '-'}"
+        f"{rfc3339(e.time, ms=True)} {e.client or '-'} {e.country or '-'} {e.scheme} "
+        f"{_clean(e.host) or '-'}"
         f' "{_clean(e.method)} {_clean(e.path)}" {e.status} {e.mirror or "-"}'
         f' {_us(e.decision_seconds)} {e.seconds * 1000:.2f}ms "{_clean(e.user_agent)}"'
     )
@@ -95,7 +91,7 @@ def format_text(e: AccessEntry) -> str:
 def format_json(e: AccessEntry) -> str:
     """One JSON object on one line; keys as in AccessEntry, times in ISO 8601 and microseconds."""
     doc: dict[str, Any] = {
-        "time": _iso(e.time),
+        "time": rfc3339(e.time, ms=True),
         "client": e.client,
         "country": e.country,
         "scheme": e.scheme,
@@ -171,16 +167,21 @@ def mirror_of(routed: Routed, target: str | None) -> str:
     return "master"
 
 
-def router_of(request: web.BaseRequest) -> Router | None:
-    """The app's router; None for a request aiohttp refused before routing (a malformed one),
+def app_of(request: web.BaseRequest) -> web.Application | None:
+    """The request's app; None for a request aiohttp refused before routing (a malformed one),
     which has no app to give: its `app` asserts, or fails under -O."""
     if not isinstance(request, web.Request):
         return None
     try:
-        app = request.app
+        return request.app
     except (AssertionError, AttributeError):
         return None
-    return app.get(keys.ROUTER)
+
+
+def router_of(request: web.BaseRequest) -> Router | None:
+    """The app's router, or None (see `app_of`)."""
+    app = app_of(request)
+    return None if app is None else app.get(keys.ROUTER)
 
 
 class AccessLogger(AbstractAccessLogger):
@@ -191,9 +192,10 @@ class AccessLogger(AbstractAccessLogger):
     seen_format = "text"
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        router = router_of(request)
-        if router is not None:
-            AccessLogger.seen_format = router.settings.access_log
+        app = app_of(request)
+        live = None if app is None else app.get(keys.LIVE)
+        if live is not None:
+            AccessLogger.seen_format = live.current.access_log
         fmt = AccessLogger.seen_format
         if fmt == "off":
             return

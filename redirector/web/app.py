@@ -9,10 +9,11 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 from aiohttp import web
 
+from redirector.config.live import LiveSettings
 from redirector.config.settings import Settings
 from redirector.geo import GeoReader, open_geo
 from redirector.poll.filecheck import Verifier, open_check_session
-from redirector.poll.poller import PassHook, PassResult, run_poller
+from redirector.poll.poller import PassHook, PassResult, run_poller, stop_task
 from redirector.poll.probe import open_session
 from redirector.poll.repodata import make_repodata_pass
 from redirector.poll.syncread import sync_hook
@@ -28,17 +29,6 @@ from redirector.web import yum as lists
 from redirector.web.limits import HTTP_LIMITS, quiet_bad_requests
 
 log = logging.getLogger(__name__)
-
-
-async def _stop(task: asyncio.Task[None]) -> None:
-    """Cancel `task` and wait until it has ended. The cancel is repeated every second: one
-    swallowed on its way (by an extension or a library under it) must not hang the shutdown,
-    and a cancel of the shutdown itself still goes through."""
-    while not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=1.0)
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        log.error("background task %s failed", task.get_name(), exc_info=exc)
 
 
 def _poller_ctx(settings: Settings) -> Callable[[web.Application], AsyncIterator[None]]:
@@ -64,13 +54,13 @@ def _poller_ctx(settings: Settings) -> Callable[[web.Application], AsyncIterator
                     settings,
                     st,
                     on_pass=after_pass,
-                    current=lambda: app[keys.ROUTER].settings,  # reloads reach the poller
+                    current=app[keys.LIVE].get,  # reloads reach the poller
                     hooks=hooks,
                     lease=lease,
                 )
             )
             yield
-            await _stop(task)
+            await stop_task(task)
 
     return poller_ctx
 
@@ -87,7 +77,7 @@ def _verify_ctx(settings: Settings) -> Callable[[web.Application], AsyncIterator
             session,
             app[keys.HOLDER],
             vouchers=vouchers,
-            current=lambda: app[keys.ROUTER].settings,
+            current=app[keys.LIVE].get,
         )
         app[keys.VERIFIER] = verifier
         yield
@@ -103,9 +93,9 @@ def reload_ctx(
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     """A cleanup_ctx that reloads the app's config and GeoIP database while it runs.
 
-    Needs keys.ROUTER and keys.HOLDER, so it goes after the context that makes them. The live
-    settings are `app[keys.ROUTER].settings` from then on (app[keys.SETTINGS] is the startup
-    config: an application's keys cannot change once it runs), and the live GeoIP reader is
+    Needs keys.ROUTER and keys.HOLDER, so it goes after the context that makes them. A reload
+    replaces `app[keys.LIVE].current` (app[keys.SETTINGS] stays the startup config: an
+    application's keys cannot change once it runs), and the live GeoIP reader is
     `app[keys.ROUTER].geo`. `watch_geo` is False when the reader was injected rather than
     opened from the settings.
     """
@@ -114,12 +104,13 @@ def reload_ctx(
         router, holder = app[keys.ROUTER], app[keys.HOLDER]
 
         def apply(new: Settings) -> None:
-            # One synchronous step: no request runs between the two assignments.
+            # One synchronous step with the replacing of app[keys.LIVE].current that follows
+            # it: no request runs between these assignments.
             holder.set_mirrors(new.mirrors)
             router.reconfigure(new)
 
         async with watching(
-            router.settings,
+            app[keys.LIVE],
             apply,
             geo=router.geo,
             swap_geo=router.swap_geo if watch_geo else None,
@@ -133,11 +124,11 @@ def reload_ctx(
 
 def _add_pass_hooks(app: web.Application) -> None:
     """After every poller pass (only where the poller runs): the mirrors' repomd.xml against
-    the master's, and their sync info, drawn as the status page's sync tree. The store and the
-    live settings are looked up when a pass runs: both exist only once the app has started."""
+    the master's, and their sync info, drawn as the status page's sync tree. The store is looked
+    up when a pass runs (it exists only once the app has started), the settings in the live
+    holder, which a reload replaces."""
 
-    def live() -> Settings:
-        return app[keys.ROUTER].settings
+    live = app[keys.LIVE].get
 
     def store() -> Store:
         return app[keys.STORE]
@@ -167,6 +158,7 @@ def create_app(
     # Request-line and header limits (limits.py): a longer request is a 400 before any handler.
     app = web.Application(middlewares=[handlers.errors], handler_args=HTTP_LIMITS)
     app[keys.SETTINGS] = settings
+    app[keys.LIVE] = LiveSettings(settings)
     # Live lists: others append pass hooks and vouchers after create_app, before startup.
     app[keys.PASS_HOOKS] = list(pass_hooks)
     app[keys.VOUCHERS] = []
@@ -210,7 +202,7 @@ def create_app(
             refresh_forever(holder, app[keys.STORE], settings.snapshot_interval)
         )
         yield
-        await _stop(task)
+        await stop_task(task)
 
     app.cleanup_ctx.append(geo_ctx)
     app.cleanup_ctx.append(store_ctx)

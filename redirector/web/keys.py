@@ -5,6 +5,7 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
+from redirector.config.live import LiveSettings
 from redirector.config.settings import Settings
 from redirector.geo import GeoReader
 from redirector.poll.filecheck import Verifier, Voucher
@@ -18,7 +19,9 @@ from redirector.store.lease import Lease
 from redirector.views.status import SectionProvider
 from redirector.web.metrics import Metrics
 
+# The startup settings; the ones in force now, replaced by each reload, are LIVE's `current`.
 SETTINGS = web.AppKey("settings", Settings)
+LIVE = web.AppKey("live", LiveSettings)
 STORE = web.AppKey("store", Store)
 HOLDER = web.AppKey("holder", SnapshotHolder)
 GEO = web.AppKey[GeoReader | None]("geo")

@@ -60,8 +60,9 @@ async def stats_ctx(app: web.Application) -> AsyncIterator[None]:
     """
     store, tally = app[keys.STORE], app[keys.TALLY]
     app[keys.STATS_READER] = StatsReader(store)
+    live = app[keys.LIVE]
     app[keys.HISTORY_READER] = HistoryReader(store)
-    app[keys.METRICS].watch(app[keys.HOLDER], lambda: app[keys.ROUTER].settings.max_lag)
+    app[keys.METRICS].watch(app[keys.HOLDER], lambda: live.current.max_lag)
     task = asyncio.create_task(flush_forever(tally, store))
     yield
     task.cancel()
@@ -117,7 +118,12 @@ def mirrorlist(request: web.Request, routed: Routed) -> web.Response:
         note = IPV4_ONLY_NOTE
     credit = reader.attribution if reader is not None else None
     expl = explain.explain(
-        routed, router.holder.current.candidates, router.policy, geo_note=note, credit=credit
+        routed,
+        router.holder.current.candidates,
+        router.policy,
+        now=time.time(),
+        geo_note=note,
+        credit=credit,
     )
     _, query = request.raw_path.split("?", 1)
     if explain.wants_json(query, request.headers.get("Accept")):
@@ -152,7 +158,7 @@ def geo_notes(app: web.Application, now: float) -> tuple[tuple[str, ...], str | 
 
 async def _report(request: web.Request) -> status.Report:
     app = request.app
-    settings = app[keys.ROUTER].settings  # the live config: a reload replaces it there
+    settings = app[keys.LIVE].current  # read per request: a reload replaces it
     holder = app[keys.HOLDER]
     downloads = await app[keys.STATS_READER].get()
     now = time.time()
@@ -213,7 +219,7 @@ async def schema(request: web.Request) -> web.Response:
 async def ready(request: web.Request) -> web.Response:
     """Readiness for load balancers: 200 (ready or degraded) or 503, with the reasons."""
     app = request.app
-    settings = app[keys.ROUTER].settings
+    settings = app[keys.LIVE].current
     store_error = None
     try:
         await app[keys.STORE].ping()
@@ -260,7 +266,7 @@ def observe_pass(app: web.Application, result: PassResult) -> None:
 
 async def tree_section(app: web.Application) -> Section:
     """The status page's sync tree, from the store's sync info and the current snapshot."""
-    settings = app[keys.ROUTER].settings
+    settings = app[keys.LIVE].current
     st = app[keys.STORE]
     infos: dict[str, SyncInfo] = {}
     note = ""
@@ -278,10 +284,8 @@ async def tree_section(app: web.Application) -> Section:
         master_label=urlsplit(settings.master).hostname or "master",
         aliases=master_aliases(settings.master, settings.master_trace),
         now=time.time(),
+        max_lag=settings.max_lag,
     )
-    now = time.time()
-    shown = {
-        c.mirror.name: status.classify(c, now, settings.max_lag)[0].value for c in snap.candidates
-    }
-    html = render_html(tree, email_mode=settings.status_email, states=shown)
-    return Section("sync-tree", "Sync tree", note + html)
+    return Section(
+        "sync-tree", "Sync tree", note + render_html(tree, email_mode=settings.status_email)
+    )

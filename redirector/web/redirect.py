@@ -6,12 +6,12 @@ import json
 import os
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 
 from aiohttp import web
 
+from redirector.core.condition import assess
+from redirector.core.humanize import rfc3339
 from redirector.core.paths import BadPath, split_target
-from redirector.core.selection import check
 from redirector.views.explain import wants_mirrorlist
 from redirector.web import keys, pages
 from redirector.web.link import link_header
@@ -69,22 +69,14 @@ async def redirect(request: web.Request) -> web.StreamResponse:
     return web.Response(status=302, headers=out)
 
 
-def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
-
-
 async def health(request: web.Request) -> web.Response:
     """Fresh-mirror count, poller age and store status; 503 when there is nowhere to send anyone."""
     app = request.app
-    settings = app[keys.ROUTER].settings  # the live config: a reload replaces it there
+    settings = app[keys.LIVE].current  # read per request: a reload replaces it
     holder = app[keys.HOLDER]
     snap = holder.current
     now = time.time()
-    fresh = sum(
-        1 for c in snap.candidates if check(c, "", "http", False, now, settings.max_lag) is None
-    )
+    fresh = sum(1 for c in snap.candidates if assess(c, now, settings.max_lag).condition.served)
     master = snap.master
     master_down = master is not None and master.error is not None
     geo = app[keys.ROUTER].geo  # the live reader: a replaced database is swapped there
@@ -102,7 +94,7 @@ async def health(request: web.Request) -> web.Response:
             "fresh": fresh,
         },
         "poller": {
-            "last_pass": _iso(master.checked_at if master else None),
+            "last_pass": rfc3339(master.checked_at if master else None, ms=True),
             "age_seconds": round(now - master.checked_at, 1) if master else None,
             "interval_seconds": settings.poll_interval,
         },
@@ -110,7 +102,7 @@ async def health(request: web.Request) -> web.Response:
             "url": settings.master,
             "reachable": None if master is None else master.error is None,
             "error": master.error if master else None,
-            "current": _iso(master.current.date if master and master.current else None),
+            "current": rfc3339(master.current.date if master and master.current else None, ms=True),
         },
         "store": {
             "kind": app[keys.STORE].kind,

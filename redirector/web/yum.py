@@ -41,7 +41,7 @@ METALINK_TYPE = "application/metalink+xml"
 
 def _lookup(request: web.Request, name: str) -> RepoRef:
     """The repo `name` names; a 404 listing the names we serve when it names none."""
-    s = request.app[keys.ROUTER].settings  # the router's: a reloaded config reaches it
+    s = request.app[keys.LIVE].current  # read per request: a reload replaces it
     ref = resolve(name, s.repos, s.repo_versions, s.testing_versions)
     if ref is None:
         shown = name if name.isprintable() and len(name) <= 100 else "that name"
@@ -107,7 +107,7 @@ async def _mirrorlist(request: web.Request, name: str, arch: str) -> web.Respons
     ref = _lookup(request, name)
     router, routed = _route(request, ref, arch)
     ranked = _usable(router, routed, ref, arch)
-    s = router.settings
+    s = request.app[keys.LIVE].current
     body = mirrorlist_text(
         ref,
         arch,
@@ -148,7 +148,7 @@ async def metalink(request: web.Request) -> web.Response:
     arch = _arch(request, required=True)
     ref = _lookup(request, name)
     router, routed = _route(request, ref, arch)
-    s = router.settings
+    s = request.app[keys.LIVE].current
     now = router.clock()
     repodata = router.holder.current.repodata
     history = repodata.repos.get(ref.arch_dir(arch)) if repodata is not None else None
