@@ -65,6 +65,16 @@ _PROBE_RECORDS: Final = 64
 _DBIP_ATTRIBUTION: Final = "IP Geolocation by DB-IP (https://db-ip.com), CC BY 4.0"
 
 
+# Older than this, a database has moved enough networks (reassigned blocks, new allocations)
+# for routing to suffer; the free databases are rebuilt weekly or monthly.
+MAX_AGE: Final = 60 * 86400.0
+
+IPV4_ONLY_NOTE: Final = (
+    "the GeoIP database holds IPv4 networks only: IPv6 clients get no location "
+    "and are spread by weight only"
+)
+
+
 class GeoError(Exception):
     """A GeoIP database that cannot be used; the message names the file and the problem."""
 
@@ -184,6 +194,26 @@ class GeoReader:
         if "dbip" in self.database_type.lower() or "dbip" in self.path.name.lower():
             return _DBIP_ATTRIBUTION
         return None
+
+    @property
+    def ipv4_only(self) -> bool:
+        """The file has no IPv6 tree: every IPv6 client is without a location."""
+        return self._ipv4_only
+
+    def warnings(self, now: float, max_age: float = MAX_AGE) -> tuple[str, ...]:
+        """What an operator should know of this file at `now`: too old, IPv4 only."""
+        out = []
+        age = now - self.build_epoch
+        if age > max_age:
+            built = day(self.build_epoch)
+            out.append(
+                f"the GeoIP database {self.path} was built {built}, {age / 86400:.0f} days ago "
+                f"(more than {max_age / 86400:.0f}): update it, locations go wrong as "
+                "networks move"
+            )
+        if self._ipv4_only:
+            out.append(IPV4_ONLY_NOTE)
+        return tuple(out)
 
     @property
     def cached(self) -> int:

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import TextIO
 from urllib.parse import urlsplit
 
+from redirector.cli.events import NoSharedStore, shared_store
 from redirector.config.settings import Settings
 from redirector.core.clientip import Client, parse_ip
 from redirector.core.paths import BadPath, tree_path, tree_prefix
-from redirector.geo import open_geo
+from redirector.geo import IPV4_ONLY_NOTE, open_geo
 from redirector.router import Router
 from redirector.snapshot import SnapshotHolder
-from redirector.store.base import open_store
+from redirector.store.base import Store
 from redirector.views.explain import explain, render_text
 
 
@@ -31,13 +33,21 @@ def cli_path(text: str) -> str:
 
 
 async def explain_command(
-    settings: Settings, ip_text: str, path_text: str, scheme: str, out: TextIO, err: TextIO
+    settings: Settings,
+    ip_text: str,
+    path_text: str,
+    scheme: str,
+    out: TextIO,
+    err: TextIO,
+    *,
+    state_dir: Path | None = None,
 ) -> int:
     """`redirector explain`: the decision for a client and path, from the store's state.
 
-    With Redis the state is the one every serving process uses. Without `redis_url` the state
-    lives only inside the serving process, so this command sees every mirror as not checked
-    yet (and says so): ask the server instead, with ``?mirrorlist`` on the URL.
+    The state is the one every serving process uses: Redis, or without `redis_url` the file
+    store in `state_dir` (else the config's `state_dir`). With neither, the state lives only
+    inside the serving process, so this command sees every mirror as not checked yet (and
+    says so): ask the server instead, with ``?mirrorlist`` on the URL.
     Exit status 0 when a mirror would be chosen, 1 for the master or an unreachable store,
     2 for a bad address or path.
     """
@@ -51,12 +61,13 @@ async def explain_command(
         print(f"refused path {path_text!r}: {e}", file=err)
         return 2
     holder = SnapshotHolder(settings.mirrors)
-    if settings.redis_url is None:
-        print("no redis_url in the config: the state lives inside the serving process, so "
-              "every mirror shows as not checked yet here; ask the server instead: "
+    try:
+        store: Store | None = shared_store(settings, state_dir)
+    except NoSharedStore as e:
+        store = None
+        print(f"{e}; so every mirror shows as not checked yet here. Ask the server instead: "
               "append ?mirrorlist to the URL", file=err)  # fmt: skip
-    else:
-        store = open_store(settings.redis_url, prefix=settings.redis_prefix)
+    if store is not None:
         try:
             await holder.refresh(store)
         finally:
@@ -68,8 +79,16 @@ async def explain_command(
     try:
         router = Router(settings, holder, reader)
         routed = router.route(Client(ip, scheme), path)
+        if reader is not None and reader.ipv4_only and ip.version == 6:
+            warning = IPV4_ONLY_NOTE
+        credit = reader.attribution if reader is not None else None
         expl = explain(
-            routed, holder.current.candidates, router.policy, now=time.time(), geo_note=warning
+            routed,
+            holder.current.candidates,
+            router.policy,
+            now=time.time(),
+            geo_note=warning,
+            credit=credit,
         )
     finally:
         if reader is not None:

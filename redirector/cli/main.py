@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from redirector.config.settings import ConfigError, Settings, load_settings
 from redirector.core.humanize import table
@@ -71,7 +71,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "config %s, %d mirrors", settings.source, len(settings.mirrors)
     )
     workers = args.workers if args.workers is not None else default_workers()
-    state_dir = Path(args.state_dir) if args.state_dir else None
+    state_dir = Path(args.state_dir) if args.state_dir else settings.state_dir
     try:
         return serve(settings, workers=workers, poll=not args.no_poll, state_dir=state_dir)
     except OSError as e:  # the address is taken, or the state directory unusable
@@ -135,17 +135,18 @@ def cmd_mirrors(args: argparse.Namespace) -> int:
     import asyncio
     import time
 
+    from redirector.cli.events import NoSharedStore, shared_store
     from redirector.snapshot import Snapshot
-    from redirector.store.base import StoreData, StoreError, open_store
+    from redirector.store.base import StoreData, StoreError
 
     settings = _load(args.config)
-    if settings.redis_url is None:
-        print("no redis_url in the config: the state lives inside the serving process "
-              "(see its /mirrors page)", file=sys.stderr)  # fmt: skip
+    try:
+        store = shared_store(settings, _dir_arg(args.state_dir))
+    except NoSharedStore as e:
+        print(e, file=sys.stderr)
         return EXIT_FAIL
 
     async def load() -> StoreData:
-        store = open_store(settings.redis_url, prefix=settings.redis_prefix)
         try:
             return await store.load()
         finally:
@@ -297,7 +298,45 @@ def cmd_explain(args: argparse.Namespace) -> int:
     scheme = "https" if args.https else "http"
     settings = _load(args.config)
     return asyncio.run(
-        explain_command(settings, args.ip, args.path, scheme, sys.stdout, sys.stderr)
+        explain_command(
+            settings,
+            args.ip,
+            args.path,
+            scheme,
+            sys.stdout,
+            sys.stderr,
+            state_dir=_dir_arg(args.state_dir),
+        )
+    )
+
+
+def _dir_arg(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    import asyncio
+    import time
+
+    from redirector.cli.events import NoSharedStore, events_command, shared_store
+
+    settings = _load(args.config)
+    try:
+        store = shared_store(settings, _dir_arg(args.state_dir))
+    except NoSharedStore as e:
+        print(e, file=sys.stderr)
+        return EXIT_FAIL
+    return asyncio.run(
+        events_command(
+            settings,
+            store,
+            sys.stdout,
+            sys.stderr,
+            now=time.time(),
+            limit=args.limit,
+            mirror=args.mirror,
+            as_json=args.json,
+        )
     )
 
 
@@ -309,6 +348,31 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number from 1 up, got {text!r}")
     return value
+
+
+def _state_dir_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--state-dir",
+        help="without Redis: the directory `redirector serve` shares state in (default: the "
+        "config's state_dir)",
+    )
+
+
+def _add_store_readers(sub: Any) -> None:
+    """The commands that read the store the serving processes share: mirrors and events."""
+    ms = sub.add_parser("mirrors", help="each mirror's state, read from the shared store")
+    ms.add_argument("--config", help="TOML config naming the store (redis_url or state_dir)")
+    _state_dir_option(ms)
+    ms.set_defaults(func=cmd_mirrors)
+    ev = sub.add_parser("events", help="the event log and availability, from the shared store")
+    ev.add_argument("--config", help="TOML config naming the store (redis_url or state_dir)")
+    _state_dir_option(ev)
+    ev.add_argument("--mirror", help="only this mirror's events")
+    ev.add_argument(
+        "--limit", type=_positive_int, default=50, help="the last N events (default 50)"
+    )
+    ev.add_argument("--json", action="store_true", help="one JSON document instead of lines")
+    ev.set_defaults(func=cmd_events)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -328,7 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--state-dir",
         help="without Redis: the directory the workers share state in, kept across restarts "
-        "(default: under $STATE_DIRECTORY or ~/.local/state/redirector)",
+        "(default: the config's state_dir, else under $STATE_DIRECTORY or "
+        "~/.local/state/redirector)",
     )
     s.set_defaults(func=cmd_serve)
 
@@ -343,9 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--db", help="an MMDB file (overrides the config)")
     g.set_defaults(func=cmd_locate)
 
-    ms = sub.add_parser("mirrors", help="each mirror's state, read from the store (Redis)")
-    ms.add_argument("--config", help="TOML config naming the store (redis_url)")
-    ms.set_defaults(func=cmd_mirrors)
+    _add_store_readers(sub)
     cm = sub.add_parser("check-mirror", help="check a candidate mirror before it joins")
     cm.add_argument("url", help="the base URL of its smeserver tree")
     cm.add_argument("--master", help="the master tree to compare with (default: the config's)")
@@ -388,7 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("explain", help="where a client is sent for a path, and why")
     ex.add_argument("ip", help="the client's address")
     ex.add_argument("path", help="a URL, /smeserver/... path, or a path below the tree root")
-    ex.add_argument("--config", help="TOML config whose store (redis_url) to read")
+    ex.add_argument("--config", help="TOML config whose store (redis_url or state_dir) to read")
+    _state_dir_option(ex)
     ex.add_argument("--https", action="store_true", help="as an https request")
     ex.set_defaults(func=cmd_explain)
     return p

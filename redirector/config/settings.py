@@ -638,6 +638,17 @@ class Settings:
         " Unset: stderr (the journal).",
         reloadable=False,
     )
+    state_dir: Path | None = setting(
+        None,
+        _optional_path,
+        "directory path",
+        "store",
+        "Without Redis: the directory the serving processes share state in, so that"
+        " `redirector mirrors`, `explain` and `events` read what the workers see (also"
+        " `serve --state-dir`). Unset: a private directory per run, which no other process"
+        " can find.",
+        reloadable=False,
+    )
     source: Path | None = None  # the file these settings came from
 
     def mirror(self, name: str) -> Mirror | None:

@@ -55,6 +55,7 @@ from redirector.core.trace import (
 )
 from redirector.poll.probe import ProbeError, Tally, fetch
 from redirector.store.base import Store, StoreError
+from redirector.store.history import record_pass
 from redirector.store.lease import Lease
 from redirector.supervise import Tasks
 
@@ -468,6 +469,7 @@ async def poll_once(
             await store.forget(gone)
     except StoreError as e:
         log.warning("poller cannot write the store: %s", e)
+    await _record_history(store, states, prev_master, master, clock())
     return result
 
 
@@ -480,6 +482,20 @@ def _sane_backoff(state: MirrorState, now: float, settings: Settings) -> MirrorS
     ):
         return state
     return dataclasses.replace(state, retry_at=None)
+
+
+async def _record_history(
+    store: Store,
+    states: Sequence[MirrorState],
+    prev_master: MasterState | None,
+    master: MasterState,
+    now: float,
+) -> None:
+    try:
+        await record_pass(store, states, prev_master, master, now)
+    except StoreError as e:
+        # History is for the operators' views; a pass that served its purpose is not undone.
+        log.warning("poller cannot record history: %s", e)
 
 
 async def run_hooks(

@@ -33,6 +33,13 @@ Key schema (every key starts with the store's `prefix`, by default ``redirector:
     `Upstream-mirror:` of its trace and its ``_hierarchy`` lines. Written by the sync-tree pass
     hook (`put_sync`), read by the status page (`load_sync`); not part of ``gen``, since no
     redirect depends on it.
+``{prefix}history``
+    Hash: mirror name -> its `MirrorHistory` as JSON (see `encode_history`): transitions and
+    lag samples, bounded by `core.history`. Written by the poller after each pass
+    (`put_history`); not part of ``gen``: no redirect depends on it.
+``{prefix}events``
+    List: the network's event log, one `encode_event` JSON per item, oldest first; appended
+    and trimmed to its bound in one ``MULTI`` (`add_events`), so any process may log.
 ``{prefix}lease:{name}``
     String: the owner id of lease `name` (e.g. ``poller``) with a ``PX`` expiry. Taken,
     renewed and released only by Lua scripts that read the holder first, atomically, so an
@@ -75,6 +82,16 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.typing import EncodableT, FieldT
 
+from redirector.core.history import (
+    MAX_EVENTS,
+    Event,
+    EventKind,
+    HistoryData,
+    LagSample,
+    MirrorHistory,
+    Phase,
+    Transition,
+)
 from redirector.core.judge import FUTURE_SLACK
 from redirector.core.models import (
     HierarchyEntry,
@@ -196,6 +213,18 @@ class Store(Protocol):
 
     async def get_counts(self, buckets: Iterable[str]) -> dict[str, dict[str, int]]:
         """The counters of these buckets; a missing or expired bucket reads as an empty dict."""
+        ...
+
+    async def load_history(self) -> HistoryData:
+        """Every mirror's history and the event log (empty before the first pass)."""
+        ...
+
+    async def put_history(self, histories: Iterable[MirrorHistory]) -> None:
+        """Insert or replace these mirrors' histories (last wins per name)."""
+        ...
+
+    async def add_events(self, events: Iterable[Event], keep: int = MAX_EVENTS) -> None:
+        """Append to the event log, then keep only its last `keep` events, atomically."""
         ...
 
     async def ping(self) -> None:
@@ -484,6 +513,142 @@ def decode_repo_checks(
     return out, _date(obj, "checked_at", what, now)
 
 
+# --- history -------------------------------------------------------------------------------
+
+
+def encode_history(h: MirrorHistory) -> str:
+    """`h` as a JSON object with ``"v": 1``; `decode_history` reverses it exactly."""
+    return _dumps(
+        {
+            "v": SCHEMA_VERSION,
+            "name": h.name,
+            "transitions": [[t.at, t.phase.value, t.reason] for t in h.transitions],
+            "lags": [[x.at, x.lag] for x in h.lags],
+        }
+    )
+
+
+def _pair_number(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise StoreError(f"bad {what}: {value!r} is not a number")
+    return float(value)
+
+
+_MAX_SPAN = 100 * 365 * 86400.0  # a lag or an outage longer than this was not measured by us
+
+
+def _plausible(value: float, what: str, now: float | None, *, span: bool = False) -> float:
+    """`value` as a date within [0, now + FUTURE_SLACK], or (`span`) a duration within
+    [0, 100 years]: the views format both, and 1e308 must not reach a formatter."""
+    upper = _MAX_SPAN if span else (now + FUTURE_SLACK if now is not None else math.inf)
+    if not 0.0 <= value <= upper:
+        raise StoreError(f"bad {what}: {value!r} is out of range")
+    return value
+
+
+def decode_history(raw: str | bytes, now: float | None = None) -> MirrorHistory:
+    """Parse `encode_history` output; unknown keys are ignored, anything else wrong is
+    StoreError. With `now`, dates past now + FUTURE_SLACK are wrong too."""
+    what = "mirror history"
+    obj = _load_object(raw, what)
+    transitions = obj.get("transitions", [])
+    lags = obj.get("lags", [])
+    if not isinstance(transitions, list) or not isinstance(lags, list):
+        raise StoreError(f"bad {what}: transitions and lags must be lists")
+    ts = []
+    for t in transitions:
+        if not isinstance(t, list) or len(t) != 3:
+            raise StoreError(f"bad {what}: a transition must be [at, phase, reason]")
+        try:
+            phase = Phase(t[1])
+        except ValueError as exc:
+            raise StoreError(f"bad {what}: unknown phase {t[1]!r}") from exc
+        if t[2] is not None and not isinstance(t[2], str):
+            raise StoreError(f"bad {what}: a transition's reason must be a string or null")
+        ts.append(Transition(_plausible(_pair_number(t[0], what), what, now), phase, t[2]))
+    samples = []
+    for x in lags:
+        if not isinstance(x, list) or len(x) != 2:
+            raise StoreError(f"bad {what}: a lag sample must be [at, lag]")
+        lag = None if x[1] is None else _plausible(_pair_number(x[1], what), what, now, span=True)
+        samples.append(LagSample(_plausible(_pair_number(x[0], what), what, now), lag))
+    return MirrorHistory(_string(obj, "name", what), tuple(ts), tuple(samples))
+
+
+def encode_event(e: Event) -> str:
+    """`e` as a JSON object with ``"v": 1``; `decode_event` reverses it exactly."""
+    return _dumps(
+        {
+            "v": SCHEMA_VERSION,
+            "at": e.at,
+            "kind": e.kind.value,
+            "subject": e.subject,
+            "detail": e.detail,
+            "duration": e.duration,
+        }
+    )
+
+
+def decode_event(raw: str | bytes, now: float | None = None) -> Event:
+    """Parse `encode_event` output; unknown keys are ignored, anything else wrong is StoreError.
+    With `now`, a date past now + FUTURE_SLACK is wrong too."""
+    what = "event"
+    obj = _load_object(raw, what)
+    try:
+        kind = EventKind(obj.get("kind"))
+    except ValueError as exc:
+        raise StoreError(f"bad {what}: unknown kind {obj.get('kind')!r}") from exc
+    duration = None if obj.get("duration") is None else _number(obj, "duration", what)
+    return Event(
+        at=_date(obj, "at", what, now),
+        kind=kind,
+        subject=_optional_string(obj, "subject", what),
+        detail=_string(obj, "detail", what),
+        duration=None if duration is None else _plausible(duration, what, now, span=True),
+    )
+
+
+def _named_history(name: object, raw: object, now: float) -> MirrorHistory:
+    if not isinstance(name, str) or not isinstance(raw, str | bytes):
+        raise StoreError("bad mirror history: not a string")
+    h = decode_history(raw, now)
+    if h.name != name:
+        raise StoreError(f"bad mirror history: {name!r} holds that of {h.name!r}")
+    return h
+
+
+def _event(raw: object, now: float) -> Event:
+    if not isinstance(raw, str | bytes):
+        raise StoreError("bad event: not a string")
+    return decode_event(raw, now)
+
+
+def decode_histories(
+    raw_history: Mapping[Any, Any], raw_events: Iterable[Any], now: float, poisoned: list[Poison]
+) -> HistoryData:
+    """Every mirror history and event that reads, as of `now`; each one that does not is
+    listed in `poisoned` and dropped, so one bad entry costs only itself."""
+    mirrors: dict[str, MirrorHistory] = {}
+    for raw_name, raw in raw_history.items():
+        name = raw_name.decode("utf-8", "replace") if isinstance(raw_name, bytes) else raw_name
+        try:
+            mirrors[name] = _named_history(name, raw, now)
+        except StoreError as e:
+            poisoned.append(Poison("history", str(name)[:80], str(e)))
+    events = []
+    for raw in raw_events:
+        try:
+            events.append(_event(raw, now))
+        except StoreError as e:
+            poisoned.append(Poison("events", None, str(e)))
+    return HistoryData(types.MappingProxyType(mirrors), tuple(events))
+
+
+def check_keep(keep: int) -> None:
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ValueError(f"keep must be a whole number from 1 up, got {keep!r}")
+
+
 # --- the sync tree ------------------------------------------------------------------
 
 
@@ -693,6 +858,8 @@ class MemoryStore:
         self._leases: dict[str, _Lease] = {}
         self._counts: dict[str, tuple[dict[str, int], float]] = {}  # bucket -> (fields, expiry)
         self._sync: dict[str, SyncInfo] = {}  # how each mirror says it syncs
+        self._history: dict[str, MirrorHistory] = {}
+        self._events: list[Event] = []
 
     async def load(self) -> StoreData:
         return StoreData(
@@ -720,9 +887,23 @@ class MemoryStore:
         self._generation += 1
 
     async def forget(self, names: Iterable[str]) -> None:
-        removed = [n for n in set(names) if self._states.pop(n, None) is not None]
+        gone = set(names)
+        removed = [n for n in gone if self._states.pop(n, None) is not None]
+        for n in gone:
+            self._history.pop(n, None)
         if removed:
             self._generation += 1
+
+    async def load_history(self) -> HistoryData:
+        return HistoryData(types.MappingProxyType(dict(self._history)), tuple(self._events))
+
+    async def put_history(self, histories: Iterable[MirrorHistory]) -> None:
+        self._history.update({h.name: h for h in histories})
+
+    async def add_events(self, events: Iterable[Event], keep: int = MAX_EVENTS) -> None:
+        check_keep(keep)
+        self._events.extend(events)
+        del self._events[:-keep]
 
     def _live_lease(self, name: str) -> _Lease | None:
         lease = self._leases.get(name)
@@ -982,6 +1163,8 @@ class RedisStore:
         self._repomd_key = f"{prefix}repomd"
         self._repodata_key = f"{prefix}repodata"
         self._sync_key = f"{prefix}sync"
+        self._history_key = f"{prefix}history"
+        self._events_key = f"{prefix}events"
         self._acquire = self._client.register_script(_ACQUIRE_LUA)
         self._release = self._client.register_script(_RELEASE_LUA)
         self._forget = self._client.register_script(_FORGET_LUA)
@@ -1073,6 +1256,37 @@ class RedisStore:
                 # surrogate escapes back to the bytes they stand for (see field_name)
                 args=[_generation_seed(), *(n.encode("utf-8", "surrogateescape") for n in args)],
             )
+            await self._client.hdel(
+                self._history_key, *(n.encode("utf-8", "surrogateescape") for n in args)
+            )
+
+    async def load_history(self) -> HistoryData:
+        async with _translated("load_history"), self._client.pipeline(transaction=True) as pipe:
+            pipe.hgetall(self._history_key)
+            pipe.lrange(self._events_key, 0, -1)
+            raw_history, raw_events = await pipe.execute(raise_on_error=False)
+        poisoned: list[Poison] = []
+        raw_history = _reply(raw_history, "history", poisoned) or {}
+        raw_events = _reply(raw_events, "events", poisoned) or []
+        out = decode_histories(raw_history, raw_events, time.time(), poisoned)
+        self._poison_log.report("history", poisoned)
+        return out
+
+    async def put_history(self, histories: Iterable[MirrorHistory]) -> None:
+        mapping: dict[FieldT, EncodableT] = {h.name: encode_history(h) for h in histories}
+        if mapping:
+            async with _translated("put_history"):
+                await self._client.hset(self._history_key, mapping=mapping)
+
+    async def add_events(self, events: Iterable[Event], keep: int = MAX_EVENTS) -> None:
+        check_keep(keep)
+        raws = [encode_event(e) for e in events]
+        if not raws:
+            return
+        async with _translated("add_events"), self._client.pipeline(transaction=True) as pipe:
+            pipe.rpush(self._events_key, *raws)
+            pipe.ltrim(self._events_key, -keep, -1)
+            await pipe.execute()
 
     async def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
         _check_ttl(ttl)

@@ -21,6 +21,8 @@ Layout of the directory:
     read this copy instead, so a worker starting meanwhile still serves from the mirrors'
     states. Every part of either file of the wrong shape is dropped on reading (listed in
     `StoreData.poisoned`) and the next write replaces it.
+``history`` (mirror name -> `encode_history` JSON) and ``events`` (a list of `encode_event`
+    JSON, oldest first, trimmed on every append): as in Redis.
 ``lock``
     `flock`ed exclusively around every read-modify-write, so writers from several processes
     never lose each other's updates.
@@ -44,6 +46,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from redirector.core.history import MAX_EVENTS, Event, HistoryData, MirrorHistory
 from redirector.core.models import MasterState, MirrorState, RepodataState, SyncInfo
 from redirector.store.base import (
     POISONED_GENERATION,
@@ -53,10 +56,14 @@ from redirector.store.base import (
     PoisonLog,
     StoreData,
     StoreError,
+    check_keep,
+    decode_histories,
     decode_master_entry,
     decode_repodata,
     decode_states,
     decode_syncs,
+    encode_event,
+    encode_history,
     encode_master,
     encode_repo_checks,
     encode_repomd_history,
@@ -84,6 +91,8 @@ def _empty() -> _Doc:
         "leases": {},
         "counts": {},
         "sync": {},
+        "history": {},
+        "events": [],
     }
 
 
@@ -108,7 +117,7 @@ def _sanitize(doc: Any, now: float, poisoned: list[Poison]) -> _Doc:
     if not isinstance(doc, dict):
         poisoned.append(Poison("file", "body", "body is not an object"))
         return full
-    for key in ("states", "repomd", "sync"):
+    for key in ("states", "repomd", "sync", "history"):
         value = doc.get(key, {})
         if isinstance(value, dict):
             full[key] = value
@@ -120,6 +129,11 @@ def _sanitize(doc: Any, now: float, poisoned: list[Poison]) -> _Doc:
             full[key] = value
         else:
             poisoned.append(Poison(key, None, f"not a JSON string: {type(value).__name__}"))
+    events = doc.get("events", [])
+    if isinstance(events, list):
+        full["events"] = events
+    else:
+        poisoned.append(Poison("events", None, f"not a list: {type(events).__name__}"))
     leases = doc.get("leases", {})
     if not isinstance(leases, dict):
         poisoned.append(Poison("leases", None, "not an object"))
@@ -356,6 +370,9 @@ class FileStore:
         def change(doc: _Doc) -> bool:
             states = doc["states"]
             removed = [n for n in gone if states.pop(n, None) is not None]
+            history = doc.get("history") or {}
+            for n in gone:
+                history.pop(n, None)
             return bool(removed)
 
         self._update(change)
@@ -460,6 +477,37 @@ class FileStore:
         out = decode_syncs(doc["sync"], self._wall(), poisoned)
         self._poison_log.report("sync", poisoned)
         return out
+
+    # --- history: "history" and "events", as in Redis ---------------------------------------
+
+    async def load_history(self) -> HistoryData:
+        _, doc, poisoned = self._read()
+        out = decode_histories(doc["history"], doc["events"], self._wall(), poisoned)
+        self._poison_log.report("history", poisoned)
+        return out
+
+    async def put_history(self, histories: Iterable[MirrorHistory]) -> None:
+        new = {h.name: encode_history(h) for h in histories}
+        if not new:
+            return
+
+        def change(doc: _Doc) -> bool:
+            doc.setdefault("history", {}).update(new)
+            return False  # not mirror state: no snapshot reload for it
+
+        self._update(change)
+
+    async def add_events(self, events: Iterable[Event], keep: int = MAX_EVENTS) -> None:
+        check_keep(keep)
+        raws = [encode_event(e) for e in events]
+        if not raws:
+            return
+
+        def change(doc: _Doc) -> bool:
+            doc["events"] = [*(doc.get("events") or []), *raws][-keep:]
+            return False
+
+        self._update(change)
 
     # --- housekeeping ---------------------------------------------------------------------
 

@@ -81,6 +81,7 @@ class Explanation:
     nearest_km: float | None
     tier_limit_km: float | None
     entries: tuple[Entry, ...]
+    credit: str | None = None  # the GeoIP database's licence credit (DB-IP Lite), if any
 
 
 def _network(routed: Routed) -> str | None:
@@ -98,9 +99,11 @@ def explain(
     *,
     now: float,
     geo_note: str | None = None,
+    credit: str | None = None,
 ) -> Explanation:
     """The story of one decision made at `now`. `geo_note` says why there is no location (no
-    database...)."""
+    database...); `credit` is what the GeoIP database's licence asks to show beside its
+    results."""
     loc = routed.location
     decision = routed.decision
     ranked = decision.ranked
@@ -183,6 +186,7 @@ def explain(
         nearest_km=nearest,
         tier_limit_km=limit,
         entries=tuple(entries),
+        credit=credit,
     )
 
 
@@ -216,6 +220,7 @@ def to_json(e: Explanation) -> dict[str, Any]:
         "outcome": "master" if e.fallback else "mirror",
         "nearest_km": _km(e.nearest_km),
         "tier_limit_km": _km(e.tier_limit_km),
+        "geoip_credit": e.credit,
         "mirrors": [
             {
                 "name": x.name,
@@ -269,6 +274,8 @@ def render_text(e: Explanation) -> str:
         rank = str(x.rank) if x.rank else "-"
         rows.append((rank, x.name, x.country, km, str(x.weight), x.condition or "-", x.why))
     lines.append(table(rows))
+    if e.credit:
+        lines.append(e.credit)
     return "\n".join(lines) + "\n"
 
 
@@ -284,8 +291,11 @@ th,td{padding:6px 8px;border-bottom:1px solid #e3e6ea;text-align:left;vertical-a
 th{font-size:.78rem;text-transform:uppercase;color:#6b7480}
 tr.chosen td{background:#e8f5e9;font-weight:600}tr.rejected td{color:#6b7480}
 .num{text-align:right}code{overflow-wrap:anywhere}a{color:#0b5cad}
+td a,td small{overflow-wrap:anywhere;word-break:break-word}.credit{color:#6b7480}
 @media (max-width:700px){table,tbody,tr,td{display:block}thead{display:none}
-tr{border:1px solid #e3e6ea;border-radius:8px;margin:8px 0}td{border:0;padding:2px 10px}}
+tr{border:1px solid #e3e6ea;border-radius:8px;margin:8px 0}
+td{border:0;padding:2px 10px;display:grid;grid-template-columns:5.5em minmax(0,1fr);gap:8px}
+td.num{text-align:left}td::before{content:attr(data-label);color:#6b7480;font-size:.8rem}}
 """
 
 
@@ -298,10 +308,14 @@ def render_html(e: Explanation) -> str:
         url = f'<a href="{escape(x.url)}">{escape(x.url)}</a>' if x.url else ""
         rows.append(
             f'<tr class="{cls}" data-mirror="{escape(x.name)}" '
-            f'data-reason="{escape(x.reason or "")}"><td>{x.rank or "&ndash;"}</td>'
-            f"<td>{escape(x.name)}</td><td>{escape(x.country)}</td><td class=num>{km}</td>"
-            f'<td class=num>{x.weight}</td><td class="state">{x.condition or "&ndash;"}</td>'
-            f"<td>{escape(x.why)}<br><small>{url}</small></td></tr>"
+            f'data-reason="{escape(x.reason or "")}">'
+            f'<td data-label="Rank">{x.rank or "&ndash;"}</td>'
+            f'<td data-label="Mirror">{escape(x.name)}</td>'
+            f'<td data-label="Country">{escape(x.country)}</td>'
+            f'<td data-label="km" class=num>{km}</td>'
+            f'<td data-label="Weight" class=num>{x.weight}</td>'
+            f'<td data-label="State" class="state">{x.condition or "&ndash;"}</td>'
+            f'<td data-label="Why">{escape(x.why)}<br><small>{url}</small></td></tr>'
         )
     tier = ""
     if e.tier_limit_km is not None and e.nearest_km is not None:
@@ -311,6 +325,7 @@ def render_html(e: Explanation) -> str:
         )
     fallback = " (the master: no mirror is eligible)" if e.fallback else ""
     v = "IPv6" if e.ipv6 else "IPv4"
+    credit = f'<p class="credit"><small>{escape(e.credit)}</small></p>' if e.credit else ""
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
@@ -324,5 +339,5 @@ def render_html(e: Explanation) -> str:
         "<table><thead><tr><th>Rank</th><th>Mirror</th><th>CC</th><th>km</th><th>Weight</th>"
         f"<th>State</th><th>Why</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
         '<p><a href="/mirrors">All mirrors</a> · the same as JSON: add <code>&amp;json</code>'
-        "</p></main></body></html>\n"
+        f"</p>{credit}</main></body></html>\n"
     )

@@ -14,13 +14,16 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from functools import cache
 from html import escape
 from pathlib import Path
 from typing import Any
 
+from redirector.core import history
 from redirector.core.condition import Condition, assess
-from redirector.core.humanize import ago, duration, rfc3339, when
+from redirector.core.history import Day, Event, EventKind, HistoryData, LagSample, MirrorHistory
+from redirector.core.humanize import ago, day, duration, rfc3339, when
 from redirector.core.models import MasterState, Status
 from redirector.snapshot import Snapshot
 from redirector.stats import DownloadStats
@@ -32,6 +35,18 @@ SCHEMA_VERSION = 1
 SCHEMA_ID = "mirrors-v1"
 SCHEMA_PATH = "/schema/mirrors-v1.json"  # where the server publishes the schema
 
+
+# The order of the mirror table: what needs an operator first, so on a phone the problems are
+# on the first screen and not 2,500 px down. Config order within one state.
+PROBLEMS_FIRST = (
+    Condition.DOWN,
+    Condition.BROKEN,
+    Condition.STALE,
+    Condition.UNCHECKED,
+    Condition.SYNCING,
+    Condition.FRESH,
+    Condition.DISABLED,
+)
 
 COLOURS = {
     Condition.FRESH: "#2e7d32",
@@ -79,6 +94,11 @@ class MirrorRow:
     redirects_day: int
     share_hour: float | None
     share_day: float | None
+    # From the store's history (core.history); empty before the first recorded pass.
+    availability: Mapping[str, float | None] = dataclass_field(default_factory=dict)
+    down_since: float | None = None  # out of service (down or broken) since; None: in service
+    days: tuple[Day, ...] = ()  # the last 14 UTC days, oldest first
+    lags: tuple[LagSample, ...] = ()  # lag per pass, oldest first
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +122,11 @@ class Report:
     store_error: str | None
     downloads: DownloadStats
     repodata_checked_at: float | None
+    events: tuple[Event, ...] = ()  # newest first, at most `EVENTS_SHOWN`
+    history_error: str | None = None  # why the history could not be read
+    site: str = ""  # the host the page is served at, for its header
+    geo_notes: tuple[str, ...] = ()  # what is wrong with the GeoIP database, in words
+    geo_credit: str | None = None  # the credit line its licence asks for (DB-IP Lite)
 
     def count(self, state: Condition) -> int:
         return sum(1 for r in self.mirrors if r.state is state)
@@ -135,13 +160,21 @@ def build(
     master_url: str,
     store_kind: str,
     store_error: str | None,
+    past: HistoryData | None = None,
+    history_error: str | None = None,
+    site: str = "",
+    geo_notes: Sequence[str] = (),
+    geo_credit: str | None = None,
 ) -> Report:
-    """The whole report: one row per configured mirror, in config order."""
+    """The whole report: one row per configured mirror, problems first (`PROBLEMS_FIRST`),
+    config order within a state; `past` is the store's history, if it could be read."""
     verdicts = snap.repodata.mirrors if snap.repodata is not None else None
+    kept = past.mirrors if past is not None else {}
     rows = []
     for c in snap.candidates:
         m, s = c.mirror, c.state
         state, reason = classify(c, now, max_lag)
+        h = kept.get(m.name) or MirrorHistory(m.name)
         repo: Mapping[str, str] | None = None
         if verdicts is not None:
             repo = {d: v.value for d, v in sorted(verdicts.get(m.name, {}).items())}
@@ -175,8 +208,14 @@ def build(
                 redirects_day=downloads.day.mirrors.get(m.name, 0),
                 share_hour=downloads.hour.share(m.name),
                 share_day=downloads.day.share(m.name),
+                availability=history.windows(h, now),
+                down_since=history.down_start(h) if m.enabled else None,
+                days=history.strip(h, now),
+                lags=h.lags,
             )
         )
+    rows.sort(key=lambda r: PROBLEMS_FIRST.index(r.state))
+    events = past.events[::-1][:EVENTS_SHOWN] if past is not None else ()
     return Report(
         generated_at=now,
         max_lag=max_lag,
@@ -187,7 +226,15 @@ def build(
         store_error=store_error,
         downloads=downloads,
         repodata_checked_at=snap.repodata.checked_at if snap.repodata is not None else None,
+        events=events,
+        history_error=history_error,
+        site=site,
+        geo_notes=tuple(geo_notes),
+        geo_credit=geo_credit,
     )
+
+
+EVENTS_SHOWN = 50
 
 
 # --- readiness -------------------------------------------------------------------------------
@@ -300,6 +347,23 @@ def _mirror_json(r: MirrorRow) -> dict[str, Any]:
             "hour": None if r.share_hour is None else round(r.share_hour, 4),
             "day": None if r.share_day is None else round(r.share_day, 4),
         },
+        "availability": {k: _ratio(v) for k, v in r.availability.items()},
+        "down_since": rfc3339(r.down_since),
+        "days": [{"date": day(d.start), "up": _ratio(d.up)} for d in r.days],
+    }
+
+
+def _ratio(v: float | None) -> float | None:
+    return None if v is None else round(v, 4)
+
+
+def _event_json(e: Event) -> dict[str, Any]:
+    return {
+        "at": rfc3339(e.at),
+        "kind": e.kind.value,
+        "subject": e.subject,
+        "detail": e.detail,
+        "duration_seconds": None if e.duration is None else round(e.duration, 1),
     }
 
 
@@ -334,6 +398,9 @@ def to_json(report: Report) -> dict[str, Any]:
         },
         "repodata_checked_at": rfc3339(report.repodata_checked_at),
         "mirrors": [_mirror_json(r) for r in report.mirrors],
+        "events": [_event_json(e) for e in report.events],
+        "history_error": report.history_error,
+        "geoip": {"notes": list(report.geo_notes), "credit": report.geo_credit},
         "downloads": {
             "error": d.error,
             "hour": {
@@ -537,6 +604,67 @@ def _lag_cell(r: MirrorRow) -> str:
     return f'<span class="muted">{text}</span>' if r.lag is None else text
 
 
+def _strip(r: MirrorRow) -> str:
+    """The last 14 days as a row of squares, one per UTC day, coloured by the time up."""
+    cells = []
+    for i, d in enumerate(r.days):
+        if d.up is None:
+            cls, words = "d-none", "not known"
+        else:
+            cls = "d-up" if d.up >= 0.999 else "d-part" if d.up >= 0.95 else "d-down"
+            words = f"{d.up * 100:.1f} % up"
+            if d.down_seconds >= 1:
+                words += f", out of service {duration(d.down_seconds)}"
+        up = "" if d.up is None else f' data-up="{d.up:.4f}"'
+        cells.append(
+            f'<rect class="day {cls}"{up} x="{i * 8}" y="0" width="7" height="14" rx="1.5">'
+            f"<title>{day(d.start)}: {escape(words)}</title></rect>"
+        )
+    svg = (
+        f'<svg class="strip" viewBox="0 0 {max(1, len(r.days)) * 8 - 1} 14" role="img" '
+        f'aria-label="availability per day, last {len(r.days)} days" '
+        f'xmlns="http://www.w3.org/2000/svg">{"".join(cells)}</svg>'
+    )
+    figures = " · ".join(
+        f"{k} {'&ndash;' if v is None else f'{v * 100:.1f} %'}" for k, v in r.availability.items()
+    )
+    return f'{svg}<div class="avail">{figures}</div>'
+
+
+def _sparkline(lags: Sequence[LagSample]) -> str:
+    """The lag per pass as a line; gaps where it was unknown. Empty with fewer than 2 known."""
+    known = [x for x in lags if x.lag is not None]
+    if len(known) < 2:
+        return ""
+    t0, t1 = lags[0].at, lags[-1].at
+    top = max(60.0, *(x.lag or 0.0 for x in known))  # a flat line for lags under a minute
+    span = max(t1 - t0, 1.0)
+    runs: list[list[str]] = [[]]
+    for x in lags:
+        if x.lag is None:
+            runs.append([])
+            continue
+        runs[-1].append(f"{(x.at - t0) / span * 100:.1f},{18 - x.lag / top * 16:.1f}")
+    paths = "".join(f"M{'L'.join(run)}" for run in runs if run)
+    title = f"lag over the last {len(lags)} passes; highest {duration(top)}"
+    return (
+        '<svg class="spark" viewBox="0 0 100 20" preserveAspectRatio="none" role="img" '
+        f'aria-label="{escape(title)}" xmlns="http://www.w3.org/2000/svg">'
+        f"<title>{escape(title)}</title>"
+        f'<path d="{paths}" fill="none" stroke="#0b5cad" stroke-width="1.5" '
+        'vector-effect="non-scaling-stroke"/></svg>'
+    )
+
+
+def _down_since(r: MirrorRow, now: float) -> str:
+    if r.down_since is None or r.state not in (Condition.DOWN, Condition.BROKEN):
+        return ""
+    return (
+        f'<div class="down-since">out of service since <time datetime="{rfc3339(r.down_since)}">'
+        f"{when(r.down_since)}</time> ({escape(duration(now - r.down_since))})</div>"
+    )
+
+
 def _row(r: MirrorRow, now: float, repo_checked: bool) -> str:
     url = r.https or r.http or ""
     ip6 = ' <span class="tag" title="reachable over IPv6">v6</span>' if r.ipv6 else ""
@@ -549,9 +677,10 @@ def _row(r: MirrorRow, now: float, repo_checked: bool) -> str:
         (
             "State",
             f'<span class="badge s-{r.state.value}">{r.state.value}</span>'
-            f'<div class="reason">{escape(r.reason + failures)}</div>',
+            f'<div class="reason">{escape(r.reason + failures)}</div>{_down_since(r, now)}',
         ),
-        ("Lag", _lag_cell(r)),
+        ("Lag", _lag_cell(r) + _sparkline(r.lags)),
+        ("Last 14 days", _strip(r)),
         ("Last complete sync", _time_cell(r.last_sync, now)),
         ("Last check", _time_cell(r.last_check, now)),
         ("Subtrees", _subtrees(r, now)),
@@ -589,9 +718,43 @@ def _summary(report: Report) -> str:
             f'<p class="warn">State store unreachable, showing the last state read: '
             f"{escape(report.store_error)}</p>"
         )
+    if report.history_error is not None:
+        store += f'<p class="warn">History unavailable: {escape(report.history_error)}</p>'
+    store += "".join(f'<p class="warn geo">{escape(n)}</p>' for n in report.geo_notes)
     return (
         f'<p class="summary"><strong id="fresh-count">{fresh} of {report.enabled}</strong> '
         f"mirrors fresh · {master}</p>{store}"
+    )
+
+
+_EVENT_WORDS = {
+    EventKind.MIRROR_DOWN: "down",
+    EventKind.MIRROR_UP: "up",
+    EventKind.MASTER_PUBLISHED: "published",
+    EventKind.CONFIG_RELOADED: "reloaded",
+    EventKind.CONFIG_REFUSED: "refused",
+}
+
+
+def _events(report: Report) -> str:
+    """The network's event log, newest first."""
+    if not report.events:
+        return '<section id="events"><h2>Events</h2><p class="muted">none yet</p></section>'
+    now = report.generated_at
+    rows = []
+    for e in report.events:
+        detail = e.detail
+        if e.duration is not None:
+            detail += f" after {duration(e.duration)}"
+        rows.append(
+            f'<tr class="ev-{e.kind.value}"><td>{_time_cell(e.at, now)}</td>'
+            f'<td><span class="ev ev-{e.kind.value}">{_EVENT_WORDS[e.kind]}</span></td>'
+            f"<td>{escape(e.subject or 'master')}</td><td>{escape(detail)}</td></tr>"
+        )
+    return (
+        '<section id="events"><h2>Events</h2><table class="mini events">'
+        f"<tr><th>when</th><th>what</th><th>who</th><th>detail</th></tr>{''.join(rows)}"
+        "</table></section>"
     )
 
 
@@ -692,6 +855,15 @@ h2{font-size:1.1rem;margin:4px 0 8px}h3{font-size:.92rem;margin:8px 0 4px;color:
 footer{color:var(--muted);font-size:.85rem;margin-top:18px}
 details ul{margin:4px 0;padding-left:18px;font-size:.82rem}
 small{color:var(--muted)}
+.strip{width:126px;height:16px;display:block}.spark{width:100px;height:20px;display:block}
+.d-up{fill:#2e7d32}.d-part{fill:#ef8f00}.d-down{fill:#c62828}.d-none{fill:#e0e0e0}
+.avail{color:var(--muted);font-size:.75rem}
+.down-since{color:#c62828;font-size:.82rem}
+.ev{display:inline-block;padding:0 6px;border-radius:8px;font-size:.78rem;color:#fff;
+background:#616161}.ev.ev-mirror-down,.ev.ev-config-refused{background:#c62828}
+.ev.ev-mirror-up,.ev.ev-config-reloaded{background:#2e7d32}
+.ev.ev-master-published{background:#1e88e5}
+.events td{vertical-align:top;overflow-wrap:anywhere}
 @media (max-width:820px){
  main{padding:8px}
  .maps{grid-template-columns:1fr}
@@ -706,8 +878,8 @@ small{color:var(--muted)}
 """ + "".join(f".s-{s.value}{{background:{c};fill:{c}}}" for s, c in COLOURS.items())
 
 HEADERS = (
-    "Mirror", "Country", "State", "Lag", "Last complete sync", "Last check", "Subtrees",
-    "Repodata", "Weight", "Share 1h", "Share 24h",
+    "Mirror", "Country", "State", "Lag", "Last 14 days", "Last complete sync", "Last check",
+    "Subtrees", "Repodata", "Weight", "Share 1h", "Share 24h",
 )  # fmt: skip
 
 
@@ -721,6 +893,10 @@ def render_html(report: Report, sections: Sequence[Section] = ()) -> str:
         f'<section class="card" id="{escape(s.id)}"><h2>{escape(s.title)}</h2>{s.html}</section>'
         for s in sections
     )
+    site = f"{escape(report.site)} · " if report.site else ""
+    credit = ""
+    if report.geo_credit:
+        credit = f" <span class='geo-credit'>{escape(report.geo_credit)}</span>"
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
@@ -731,18 +907,19 @@ def render_html(report: Report, sections: Sequence[Section] = ()) -> str:
         '<link rel="alternate" type="application/json" href="/mirrors.json">'
         "</head><body>"
         "<header><h1>SME Server download mirrors</h1>"
-        f"<p>mirror.contribs.org · state as of {when(now)} · "
+        f"<p>{site}state as of {when(now)} · "
         f"fresh means at most {duration(report.max_lag)} behind the master</p></header>"
         "<main>"
         f'<div class="card">{_summary(report)}</div>'
         f'<div class="card">{_map(report)}<div class="legend">{_legend(report)}</div></div>'
         f'<div class="card" style="padding:0;overflow-x:auto">'
         f'<table class="mirrors"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>'
+        f'<div class="card">{_events(report)}</div>'
         f'<div class="card">{_downloads(report)}</div>'
         f"{extra}"
         '<footer>Machine-readable: <a href="/mirrors.json">/mirrors.json</a> '
         f'(<a href="{SCHEMA_PATH}">schema</a>) · <a href="/metrics">/metrics</a> · '
         '<a href="/health/ready">/health/ready</a>. Why did a download go where it went? '
-        "Append <code>?mirrorlist</code> to its URL.</footer>"
+        f"Append <code>?mirrorlist</code> to its URL.{credit}</footer>"
         "</main></body></html>\n"
     )

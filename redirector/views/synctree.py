@@ -35,9 +35,20 @@ def _lag_text(n: Node) -> str:
 BOX_W, BOX_H, COL, ROW, PAD = 200, 38, 250, 48, 8
 _FILL = {"master": "#17324d", "mirror": "#ffffff", "external": "#f1f1f1"}
 _TEXT = {"master": "#ffffff", "mirror": "#1d2228", "external": "#555555"}
+# A configured mirror's box by its condition, as on the status page: a tint to fill it, and
+# the condition's own colour for the bar at its left edge.
+_TINT = {
+    "fresh": "#e8f5e9", "syncing": "#e3f2fd", "stale": "#fff3e0", "down": "#ffebee",
+    "broken": "#f3e5f5", "unchecked": "#f5f5f5", "disabled": "#eeeeee",
+}  # fmt: skip
+_BAR = {
+    "fresh": "#2e7d32", "syncing": "#1e88e5", "stale": "#ef8f00", "down": "#c62828",
+    "broken": "#8e24aa", "unchecked": "#9e9e9e", "disabled": "#616161",
+}  # fmt: skip
 
 
 def _node_svg(n: Node, x: int, y: int) -> str:
+    state = n.condition.value if n.condition is not None else None
     cls = f"node {n.kind} tier-{n.tier}" + (" mismatch" if n.mismatch else "")
     stroke = "#c62828" if n.mismatch else ("#8a8f98" if n.kind == "external" else "#17324d")
     tip = [n.label, _lag_text(n)]
@@ -50,12 +61,20 @@ def _node_svg(n: Node, x: int, y: int) -> str:
     lag_attr = "" if n.lag is None else f' data-lag="{n.lag:.0f}"'
     added_attr = "" if n.added is None else f' data-added="{n.added:.0f}"'
     flag = "! " if n.mismatch else ""
+    fill = _TINT.get(state or "", _FILL[n.kind])
+    bar = (
+        f'<rect class="state-bar" width="5" height="{BOX_H}" rx="2" fill="{_BAR[state]}"/>'
+        if state in _BAR
+        else ""
+    )
+    state_attr = "" if state is None else f' data-state="{state}"'
     return (
         f'<g class="{cls}" data-name="{escape(n.key)}" data-tier="{n.tier}"{lag_attr}'
-        f'{added_attr} data-parent="{escape(n.parent or "")}" transform="translate({x},{y})">'
+        f'{added_attr}{state_attr} data-parent="{escape(n.parent or "")}" '
+        f'transform="translate({x},{y})">'
         f"<title>{escape(' - '.join(tip))}</title>"
-        f'<rect width="{BOX_W}" height="{BOX_H}" rx="6" fill="{_FILL[n.kind]}" '
-        f'stroke="{stroke}" stroke-width="{2 if n.mismatch else 1}"/>'
+        f'<rect width="{BOX_W}" height="{BOX_H}" rx="6" fill="{fill}" '
+        f'stroke="{stroke}" stroke-width="{2 if n.mismatch else 1}"/>{bar}'
         f'<text class="label" x="8" y="15" font-size="12" font-weight="600" '
         f'fill="{_TEXT[n.kind]}">{escape(flag + n.label[:30])}</text>'
         f'<text class="lag" x="8" y="31" font-size="11" fill="{_TEXT[n.kind]}">'

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 
 from aiohttp import web
@@ -183,6 +184,8 @@ def create_app(
         else:
             assert reader is not None
             log.info("GeoIP: %s", reader.describe())
+            for note in reader.warnings(time.time()):
+                log.warning("%s", note)
         app[keys.GEO] = reader
         yield
         if reader is not None and geo is None:

@@ -14,6 +14,7 @@ from redirector.router import Routed, Router
 from redirector.snapshot import SnapshotHolder
 from redirector.stats import StatsReader, Tally
 from redirector.store.base import Store
+from redirector.store.history import HistoryReader
 from redirector.store.lease import Lease
 from redirector.supervise import Tasks
 from redirector.views.status import SectionProvider
@@ -42,6 +43,7 @@ TASKS = web.AppKey("tasks", Tasks)  # the supervised background tasks (supervise
 METRICS = web.AppKey("metrics", Metrics)
 TALLY = web.AppKey("tally", Tally)
 STATS_READER = web.AppKey("stats_reader", StatsReader)
+HISTORY_READER = web.AppKey("history_reader", HistoryReader)
 STATUS_SECTIONS = web.AppKey[list[SectionProvider]]("status_sections")
 
 # Per request: what the redirect handler decided and how long the decision took, for the

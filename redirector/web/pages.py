@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -19,10 +20,12 @@ from aiohttp import web
 from redirector.config.settings import Settings
 from redirector.core.models import Status, SyncInfo
 from redirector.core.synctree import build_tree, master_aliases
+from redirector.geo import IPV4_ONLY_NOTE
 from redirector.poll.poller import PassResult
 from redirector.router import Routed
 from redirector.stats import StatsReader, Tally, flush, flush_forever
 from redirector.store.base import StoreError, SyncStore
+from redirector.store.history import HistoryReader
 from redirector.views import explain, status
 from redirector.views.status import Section
 from redirector.views.synctree import render_html
@@ -58,6 +61,7 @@ async def stats_ctx(app: web.Application) -> AsyncIterator[None]:
     store, tally = app[keys.STORE], app[keys.TALLY]
     app[keys.STATS_READER] = StatsReader(store)
     live = app[keys.LIVE]
+    app[keys.HISTORY_READER] = HistoryReader(store)
     app[keys.METRICS].watch(app[keys.HOLDER], lambda: live.current.max_lag)
     app[keys.TASKS].start(FLUSHER, lambda: flush_forever(tally, store))
     yield
@@ -105,9 +109,19 @@ def mirrorlist(request: web.Request, routed: Routed) -> web.Response:
     """The `?mirrorlist` view of a decision: HTML, or JSON when asked (see `explain`)."""
     app = request.app
     router = app[keys.ROUTER]
-    note = app.get(keys.GEO_WARNING) if router.geo is None else None
+    reader = router.geo
+    note = app.get(keys.GEO_WARNING) if reader is None else None
+    ip = routed.client.ip
+    if reader is not None and reader.ipv4_only and ip is not None and ip.version == 6:
+        note = IPV4_ONLY_NOTE
+    credit = reader.attribution if reader is not None else None
     expl = explain.explain(
-        routed, router.holder.current.candidates, router.policy, now=time.time(), geo_note=note
+        routed,
+        router.holder.current.candidates,
+        router.policy,
+        now=time.time(),
+        geo_note=note,
+        credit=credit,
     )
     _, query = request.raw_path.split("?", 1)
     if explain.wants_json(query, request.headers.get("Accept")):
@@ -119,20 +133,49 @@ def mirrorlist(request: web.Request, routed: Routed) -> web.Response:
     )
 
 
+_HOST = re.compile(r"^[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?$")
+
+
+def site_of(request: web.Request, master_url: str) -> str:
+    """The host the page was asked for, for its header; the master's host if the Host header
+    is missing or not a host name (it is the client's own text)."""
+    host = request.headers.get("Host", "")
+    if _HOST.match(host):
+        return host
+    return urlsplit(master_url).hostname or ""
+
+
+def geo_notes(app: web.Application, now: float) -> tuple[tuple[str, ...], str | None]:
+    """What the pages must say of the GeoIP database: its problems, and its licence credit."""
+    reader = app[keys.ROUTER].geo
+    if reader is None:
+        warning = app.get(keys.GEO_WARNING)
+        return ((warning,) if warning else ()), None
+    return reader.warnings(now), reader.attribution
+
+
 async def _report(request: web.Request) -> status.Report:
     app = request.app
     settings = app[keys.LIVE].current  # read per request: a reload replaces it
     holder = app[keys.HOLDER]
     downloads = await app[keys.STATS_READER].get()
+    now = time.time()
+    past, history_error = await app[keys.HISTORY_READER].get(holder.current.generation)
+    notes, credit = geo_notes(app, now)
     return status.build(
         holder.current,
         downloads,
-        now=time.time(),
+        now=now,
         max_lag=settings.max_lag,
         poll_interval=settings.poll_interval,
         master_url=settings.master,
         store_kind=app[keys.STORE].kind,
         store_error=holder.store_error,
+        past=past,
+        history_error=history_error,
+        site=site_of(request, settings.master),
+        geo_notes=notes,
+        geo_credit=credit,
     )
 
 

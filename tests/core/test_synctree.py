@@ -34,6 +34,7 @@ from redirector.views.synctree import render_html, shown_email
 from redirector.web.app import create_app
 from tests.farm import MASTER_TRACE, Farm, date_u, trace_c
 from tests.support import ROOT
+from tests.support.world import STATUS, fill
 
 FIXTURES = ROOT / "tests" / "fixtures" / "hierarchy"
 H = 3600.0
@@ -465,3 +466,27 @@ async def test_status_page_draws_the_three_tier_tree_in_chromium(
     assert "mismatch" in nodes["gamma"]["class"].split()
     assert "mismatch" not in nodes["alpha"]["class"].split()
     assert "configured to sync from alpha, its trace says mirror.contribs.org" in dom
+
+
+async def test_status_page_tree_is_coloured_by_state_and_a_stale_mirror_is_not_up(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    store = MemoryStore()
+    await fill(store)
+    client = await aiohttp_client(
+        create_app(STATUS.config(), poll=False, store=store, use_geo_settings=False)
+    )
+    page = await (await client.get("/mirrors")).text()
+    tree = page[page.index('<svg class="synctree"') :]
+    tree = tree[: tree.index("</svg>")]
+    boxes = dict(
+        re.findall(r'<g class="node mirror[^"]*" data-name="([\w-]+)"[^>]*?>(.*?)</g>', tree)
+    )
+    stale = boxes["pialasse"]  # the poller says up; it is 9 h behind
+    assert "state: stale" in stale
+    assert "state: up" not in stale
+    assert 'fill="#fff3e0"' in stale
+    assert '<rect class="state-bar"' in stale
+    assert 'fill="#ffebee"' in boxes["contribs-fr"]
+    assert "state: fresh" in boxes["nluug"]
+    assert re.search(r'data-name="pialasse"[^>]*data-state="stale"', tree)

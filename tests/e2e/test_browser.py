@@ -12,15 +12,21 @@ import struct
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
+from redirector.config.settings import parse_settings
+from redirector.core.models import MasterState, MasterVersion, MirrorState, Status
 from redirector.stats import flush
 from redirector.store.base import MemoryStore
+from redirector.store.history import record_pass
 from redirector.web import keys
 from redirector.web.app import create_app
+from tests.cli.test_workers import config as workers_config
+from tests.farm import Farm, error_500
 from tests.support import ROOT
 from tests.support.world import (
     EXPECTED,
@@ -159,3 +165,94 @@ async def test_explain_page_screenshot(server: TestServer, tmp_path: Path) -> No
     assert len(re.findall(r'<tr class="(?:chosen|eligible|rejected)"', dom)) == len(EXPECTED)
     await chromium(tmp_path, f"--screenshot={shot}", "--window-size=1100,900", url)
     assert png_size(shot) == (1100, 900)
+
+
+# --- history after a scripted outage -----------------------------------------------------------
+
+
+async def mirror_json(srv: TestServer, name: str) -> dict[str, Any]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(srv.make_url("/mirrors.json")) as resp,
+    ):
+        doc = await resp.json()
+    found: dict[str, Any] = next(m for m in doc["mirrors"] if m["name"] == name)
+    return found
+
+
+async def until_state(srv: TestServer, name: str, states: set[str], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while (await mirror_json(srv, name))["state"] not in states:
+        assert time.monotonic() < deadline, f"{name} never became {states}"
+        await asyncio.sleep(0.2)
+
+
+async def test_a_scripted_outage_shows_strip_down_since_and_events(
+    farm: Farm, tmp_path: Path
+) -> None:
+    now = time.time()
+    for name in ("master", "nl", "us"):
+        farm.set_trace(name, now - 600)
+    text = workers_config(farm, 8080).replace(
+        "[redirector]\n", '[redirector]\nbackoff_max = "1s"\n', 1
+    )
+    settings = parse_settings(text, "outage.toml")
+    store = MemoryStore()
+    # Earlier days, written through the same API the poller uses: nl was out for 6 hours
+    # three days ago, so the strip has a day that is not all green.
+    master = MasterState((MasterVersion(now - 600, now - 600),), now - 600)
+    for at, status in ((now - 10 * 86400, Status.UP), (now - 3 * 86400, Status.DOWN),
+                       (now - 3 * 86400 + 6 * 3600, Status.UP)):  # fmt: skip
+        down = status is Status.DOWN
+        states = [MirrorState(n, status if n == "nl" else Status.UP, at, master_date=at,
+                              error="timed out after 10 s" if down and n == "nl" else None)
+                  for n in ("nl", "us")]  # fmt: skip
+        await record_pass(store, states, master, master, at)
+    app = create_app(settings, poll=True, store=store, use_geo_settings=False)
+    srv = TestServer(app, host="127.0.0.1")
+    await srv.start_server()
+    ARTIFACTS.mkdir(exist_ok=True)
+    url = str(srv.make_url("/mirrors"))
+    try:
+        await until_state(srv, "nl", {"fresh"})
+        farm.behaviours["nl"] = error_500
+        await until_state(srv, "nl", {"down"})
+        await asyncio.sleep(1.2)  # a little while out of service
+        during = (await chromium(tmp_path, "--dump-dom", url)).decode()
+        shot = ARTIFACTS / "outage-down.png"
+        await chromium(tmp_path, f"--screenshot={shot}", "--window-size=1366,1400", url)
+        farm.behaviours.pop("nl")
+        await until_state(srv, "nl", {"fresh"})
+        after = (await chromium(tmp_path, "--dump-dom", url)).decode()
+        shot = ARTIFACTS / "outage-back.png"
+        await chromium(tmp_path, f"--screenshot={shot}", "--window-size=1366,1400", url)
+        phone = ARTIFACTS / "outage-phone.png"
+        await chromium(tmp_path, f"--screenshot={phone}", "--window-size=412,1400", url)
+    finally:
+        await srv.close()
+
+    # While down: first in the table, out of service since, the strip.
+    rows = re.findall(r'<tr id="mirror-([\w.-]+)" data-state="(\w+)">', during)
+    assert rows[0] == ("nl", "down")
+    row = during[during.index('<tr id="mirror-nl"') :]
+    row = row[: row.index("</tr>")]
+    assert re.search(r'<div class="down-since">out of service since <time datetime="[^"]+">', row)
+    assert len(re.findall(r'<rect class="day ', row)) == 14
+    assert len(re.findall(r'<rect class="day d-down"', row)) >= 1  # three days ago
+    events = during[during.index('<section id="events">') :]
+    assert re.search(r'<span class="ev ev-mirror-down">down</span></td><td>nl</td>', events)
+
+    # After: back in service, in the log with how long it was out; no "down since" any more.
+    row = after[after.index('<tr id="mirror-nl"') :]
+    row = row[: row.index("</tr>")]
+    assert 'data-state="fresh"' in row
+    assert "down-since" not in row
+    events = after[after.index('<section id="events">') :]
+    events = events[: events.index("</section>")]
+    assert re.search(
+        r'<span class="ev ev-mirror-up">up</span></td><td>nl</td><td>back in service after '
+        r"[\d.]+s</td>",
+        events,
+    )
+    assert events.index("ev-mirror-up") < events.index("ev-mirror-down")  # newest first
+    assert png_size(ARTIFACTS / "outage-down.png") == (1366, 1400)

@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 
 from redirector.config.settings import ConfigError, Settings, parse_settings
+from redirector.core.history import EventKind, Phase
 from redirector.core.humanize import duration
 from redirector.core.judge import Rules, backoff_delay, judge
 from redirector.core.models import MasterState, MasterVersion, MirrorState, Status
@@ -554,3 +555,37 @@ def test_a_lost_master_history_is_rebuilt_from_the_mirrors_states() -> None:
     assert behind_since(T0 - 4 * day, history) == T0 - 3 * day
     assert behind_since(T0 - 2 * day, history) == T0 - 5 * 3600
     assert history_from_states([MirrorState("new", Status.UNKNOWN, T0)]) == ()
+
+
+async def test_each_pass_records_history_and_events(
+    farm: Farm, session: aiohttp.ClientSession, redis_url: str
+) -> None:
+    clock = Clock(T0)
+    farm.set_trace("master", T0 - HOUR)
+    farm.set_trace("m", T0 - HOUR)
+    s = settings_for(farm, ["m"], extra='failures_before_down = 1\npoll_interval = "5m"')
+    store = RedisStore(redis_url, prefix="history-pass:")
+    try:
+        await poll_once(session, s, store, clock)
+        farm.behaviours["m"] = error_500
+        clock.t += 300
+        await poll_once(session, s, store, clock)
+        farm.behaviours.pop("m")
+        farm.set_trace("master", T0 + 500)  # the master publishes meanwhile
+        farm.set_trace("m", T0 + 500)
+        clock.t += 900  # past the backoff
+        await poll_once(session, s, store, clock)
+        past = await store.load_history()
+    finally:
+        await store.close()
+    h = past.mirrors["m"]
+    assert [(t.at, t.phase) for t in h.transitions] == [
+        (T0, Phase.UP), (T0 + 300, Phase.DOWN), (T0 + 1200, Phase.UP),
+    ]  # fmt: skip
+    assert [x.at for x in h.lags] == [T0, T0 + 300, T0 + 1200]
+    assert [(e.kind, e.subject) for e in past.events] == [
+        (EventKind.MIRROR_DOWN, "m"),
+        (EventKind.MASTER_PUBLISHED, None),
+        (EventKind.MIRROR_UP, "m"),
+    ]
+    assert past.events[-1].duration == 900

@@ -43,10 +43,18 @@ NETWORKS: Mapping[str, CityRecord] = {
 
 
 def city_db(
-    path: Path, networks: Mapping[str, CityRecord] = NETWORKS, *, build_epoch: int | None = None
+    path: Path,
+    networks: Mapping[str, CityRecord] = NETWORKS,
+    *,
+    build_epoch: int | None = None,
+    database_type: str = "GeoLite2-City",
+    ip_version: int = 6,
 ) -> Path:
-    """A GeoLite2-City file at `path` placing `networks` (the clients above by default)."""
-    return write_city_mmdb(path, networks, build_epoch=build_epoch)
+    """A GeoLite2-City file at `path` placing `networks` (the clients above by default);
+    `database_type` "DBIP-City-Lite" makes it DB-IP's, `ip_version` 4 an IPv4-only file."""
+    return write_city_mmdb(
+        path, networks, build_epoch=build_epoch, database_type=database_type, ip_version=ip_version
+    )
 
 
 def geo(tmp_path: Path, networks: Mapping[str, CityRecord] = NETWORKS) -> GeoReader:

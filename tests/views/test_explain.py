@@ -28,12 +28,14 @@ from redirector.core.models import (
 )
 from redirector.core.paths import BadPath
 from redirector.core.selection import Reason
+from redirector.geo import GeoReader
 from redirector.store.base import MemoryStore, RedisStore, Store
 from redirector.views.explain import prefers_json, wants_json, wants_mirrorlist
 from redirector.web.app import create_app
 from redirector.web.link import LINK_MAX_BYTES
 from tests.farm import Farm, raw_get, status_of
-from tests.support.world import NL6_CLIENT, NL_CLIENT, REPOMD, geo
+from tests.mmdb_build import CityRecord
+from tests.support.world import NL6_CLIENT, NL_CLIENT, REPOMD, STATUS, city_db, fill, geo
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 Client = TestClient[web.Request, web.Application]
@@ -490,3 +492,86 @@ async def test_link_and_counts_follow_the_verified_target(
     assert "Link" not in resp.headers
     scrape = await (await client.get("/metrics")).text()
     assert 'redirector_redirects_total{mirror="",outcome="master"} 1.0' in scrape
+
+
+# --- what the pages say of the GeoIP database ----------------------------------------------
+
+V4_NETWORKS = {"145.100.0.0/16": CityRecord("NL", "EU", 52.37, 4.90)}
+DBIP_CREDIT = "IP Geolocation by DB-IP (https://db-ip.com), CC BY 4.0"
+
+
+async def served(aiohttp_client: ClientFactory, reader: GeoReader) -> Client:
+    store = MemoryStore()
+    await fill(store)
+    return await aiohttp_client(create_app(STATUS.config(), poll=False, store=store, geo=reader))
+
+
+async def test_dbip_credit_on_every_page_that_shows_its_results(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    db = city_db(tmp_path / "dbip-city-lite.mmdb", V4_NETWORKS,
+                         database_type="DBIP-City-Lite")  # fmt: skip
+    client = await served(aiohttp_client, GeoReader.open(db))
+    page = await (await client.get("/mirrors")).text()
+    assert DBIP_CREDIT in page
+    explained = await client.get(
+        f"/smeserver/{REPOMD}?mirrorlist", headers={"X-Forwarded-For": NL_CLIENT}
+    )
+    assert f'<p class="credit"><small>{DBIP_CREDIT}</small></p>' in await explained.text()
+    doc = await (await client.get("/mirrors.json")).json()
+    assert doc["geoip"]["credit"] == DBIP_CREDIT
+
+
+async def test_a_geolite_file_carries_no_credit_line(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    client = await served(aiohttp_client, geo(tmp_path))
+    assert "db-ip.com" not in await (await client.get("/mirrors")).text()
+
+
+async def test_an_old_database_is_warned_about(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    built = int(time.time()) - 400 * 86400
+    db = city_db(tmp_path / "city.mmdb", V4_NETWORKS, build_epoch=built)
+    client = await served(aiohttp_client, GeoReader.open(db))
+    page = await (await client.get("/mirrors")).text()
+    assert re.search(
+        r'<p class="warn geo">the GeoIP database \S+ was built \S+, 400 days ago', page
+    )
+    notes = (await (await client.get("/mirrors.json")).json())["geoip"]["notes"]
+    assert any("400 days ago" in n for n in notes)
+
+
+async def test_an_ipv4_only_database_says_why_ipv6_clients_have_no_location(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    db = city_db(tmp_path / "city.mmdb", V4_NETWORKS, ip_version=4)
+    client = await served(aiohttp_client, GeoReader.open(db))
+    assert "IPv4 networks only" in await (await client.get("/mirrors")).text()
+    resp = await client.get(
+        f"/smeserver/{REPOMD}?mirrorlist&json", headers={"X-Forwarded-For": NL6_CLIENT}
+    )
+    doc = await resp.json()
+    assert doc["client"]["location"] is None
+    assert "IPv4 networks only" in doc["client"]["location_note"]
+    v4 = await client.get(
+        f"/smeserver/{REPOMD}?mirrorlist&json", headers={"X-Forwarded-For": NL_CLIENT}
+    )
+    assert (await v4.json())["client"]["location"] is not None
+
+
+async def test_explain_cards_are_labelled_and_urls_wrap(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    client = await served(aiohttp_client, geo(tmp_path))
+    resp = await client.get(
+        f"/smeserver/{REPOMD}?mirrorlist", headers={"X-Forwarded-For": NL_CLIENT}
+    )
+    page = await resp.text()
+    row = page[page.index('<tr class="chosen"') :]
+    row = row[: row.index("</tr>")]
+    for label in ("Rank", "Mirror", "Country", "km", "Weight", "Why"):
+        assert f'<td data-label="{label}"' in row
+    assert "td::before{content:attr(data-label)" in page
+    assert "overflow-wrap:anywhere" in page

@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -30,6 +31,8 @@ from redirector.core.selection import Candidate
 from redirector.snapshot import Snapshot
 from redirector.stats import DownloadStats, Window, summarize
 from redirector.store.base import MemoryStore, RedisStore, StoreData
+from redirector.store.file import FileStore
+from redirector.store.history import record_pass
 from redirector.views.condition import classify
 from redirector.views.status import (
     Section,
@@ -392,3 +395,145 @@ async def test_health_ready_degraded_while_redis_is_down(
             await asyncio.sleep(0.05)
         validate(doc)
         assert {m["name"]: m["state"] for m in doc["mirrors"]} == EXPECTED
+
+
+# --- history, order, header and GeoIP on the page ------------------------------------------
+
+
+async def history_report(**kw: Any) -> Any:
+    """The known snapshot with two passes of history in a MemoryStore: contribs-fr went
+    down an hour ago after being up, ibiblio came back after 20 minutes."""
+    store = MemoryStore()
+    await fill(store, NOW)
+    data = await store.load()
+    master = data.master
+    assert master is not None
+    up = [replace(s, status=Status.UP, error=None) for s in data.states.values()]
+    await record_pass(store, up, None, master, NOW - 3 * 86400)
+    await record_pass(store, list(data.states.values()), master, master, NOW - 3600)
+    back = replace(data.states["ibiblio"], status=Status.DOWN, error="timed out")
+    await record_pass(store, [back], master, master, NOW - 1800)
+    await record_pass(store, [data.states["ibiblio"]], master, master, NOW - 600)
+    snap = snapshot_of(data)
+    defaults: dict[str, Any] = {
+        "now": NOW, "max_lag": MAX_LAG, "poll_interval": 300.0,
+        "master_url": "http://127.0.0.1:9/master/", "store_kind": "memory",
+        "store_error": None, "past": await store.load_history(),
+    }  # fmt: skip
+    defaults.update(kw)
+    return build(snap, summarize({}, NOW), **defaults)
+
+
+async def test_rows_come_problems_first_config_order_within_a_state() -> None:
+    rep = await history_report()
+    assert [r.name for r in rep.mirrors] == [
+        "contribs-fr", "pacific", "pialasse", "voxteneo", "opencare", "nluug", "mirrorservice",
+        "ibiblio", "is-co-za",
+    ]  # fmt: skip
+    page = render_html(rep)
+    assert page.index('id="mirror-contribs-fr"') < page.index('id="mirror-nluug"')
+    assert [m["name"] for m in to_json(rep)["mirrors"]][:2] == ["contribs-fr", "pacific"]
+
+
+async def test_history_in_the_json() -> None:
+    doc = to_json(await history_report())
+    validate(doc)
+    by = {m["name"]: m for m in doc["mirrors"]}
+    fr = by["contribs-fr"]
+    assert fr["down_since"] == "2026-09-21T13:13:20Z"  # NOW - 3600
+    assert len(fr["days"]) == 14
+    assert fr["days"][-1]["up"] is not None
+    assert fr["days"][0]["up"] is None  # 14 days ago nothing was known
+    assert fr["availability"]["24h"] == pytest.approx(1 - 3600 / 86400, abs=1e-4)
+    assert by["nluug"]["availability"] == {"24h": 1.0, "7d": 1.0, "30d": 1.0}
+    assert by["nluug"]["down_since"] is None
+    assert by["voxteneo"]["availability"] == {"24h": None, "7d": None, "30d": None}
+    kinds = [(e["kind"], e["subject"]) for e in doc["events"]]
+    assert kinds[0] == ("mirror-up", "ibiblio")  # newest first
+    assert doc["events"][0]["duration_seconds"] == 1200
+    assert ("mirror-down", "contribs-fr") in kinds
+    assert ("mirror-down", "pacific") in kinds
+    assert doc["history_error"] is None
+
+
+async def test_history_on_the_page() -> None:
+    page = render_html(await history_report())
+    row = page[page.index('<tr id="mirror-contribs-fr"') :]
+    row = row[: row.index("</tr>")]
+    assert 'class="down-since">out of service since <time datetime="2026-09-21T13:13:20Z">' in row
+    assert row.count('<rect class="day') == 14
+    assert 'data-label="Last 14 days"' in row
+    nluug = page[page.index('<tr id="mirror-nluug"') :]
+    assert "down-since" not in nluug[: nluug.index("</tr>")]
+    events = page[page.index('<section id="events">') :]
+    assert '<span class="ev ev-mirror-up">up</span></td><td>ibiblio</td>' in events
+    assert "back in service after 20m00s" in events
+    assert "cannot connect: refused" in events
+    # What a mirror said is text here too, never markup.
+    assert "broken: not a trace: &lt;html&gt; &lt;b&gt;404&lt;/b&gt;" in events
+    assert "<b>404" not in page
+
+
+async def test_a_lag_sparkline_from_the_samples() -> None:
+    store = MemoryStore()
+    await fill(store, NOW)
+    data = await store.load()
+    assert data.master is not None
+    for k in range(5):
+        s = replace(data.states["pialasse"], behind_since=NOW - 9 * 3600 - 300 * (4 - k))
+        await record_pass(store, [s], data.master, data.master, NOW - 300 * (4 - k))
+    rep = build(snapshot_of(data), summarize({}, NOW), now=NOW, max_lag=MAX_LAG,
+                poll_interval=300.0, master_url="http://m/", store_kind="memory",
+                store_error=None, past=await store.load_history())  # fmt: skip
+    page = render_html(rep)
+    row = page[page.index('<tr id="mirror-pialasse"') :]
+    row = row[: row.index("</tr>")]
+    assert '<svg class="spark"' in row
+    assert "lag over the last 5 passes" in row
+
+
+async def test_the_header_names_the_host_served_not_a_fixed_one() -> None:
+    page = render_html(await history_report(site="mirrors.example.net"))
+    header = page[page.index("<header>") : page.index("</header>")]
+    assert "mirrors.example.net" in header
+    assert "mirror.contribs.org" not in header
+
+
+async def test_geo_notes_and_credit_on_the_page_and_in_the_json() -> None:
+    credit = "IP Geolocation by DB-IP (https://db-ip.com), CC BY 4.0"
+    rep = await history_report(geo_notes=["the GeoIP database <x> is old"], geo_credit=credit)
+    page = render_html(rep)
+    assert '<p class="warn geo">the GeoIP database &lt;x&gt; is old</p>' in page
+    assert f"<span class='geo-credit'>{credit}</span>" in page
+    doc = to_json(rep)
+    validate(doc)
+    assert doc["geoip"] == {"notes": ["the GeoIP database <x> is old"], "credit": credit}
+
+
+async def test_a_file_store_report_matches_the_schema() -> None:
+    validate(to_json(await history_report(store_kind="file")))
+
+
+async def test_an_unreadable_history_entry_is_dropped_not_a_5xx(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    store = FileStore(tmp_path)
+    await fill(store)
+    # A damaged history entry, as a bad write or an older incompatible writer would leave.
+    path = tmp_path / "state.json"
+    head, body = path.read_text().split("\n", 1)
+    doc = json.loads(body)
+    doc["history"] = {"nluug": json.dumps({"v": 9, "name": "nluug"})}
+    path.write_text(head + "\n" + json.dumps(doc))
+    client = await aiohttp_client(
+        create_app(STATUS.config(), poll=False, store=store, use_geo_settings=False)
+    )
+    resp = await client.get("/mirrors", headers={"Host": "mirrors.example.net"})
+    assert resp.status == 200
+    page = await resp.text()
+    assert "mirrors.example.net · state as of" in page
+    got = await (await client.get("/mirrors.json")).json()
+    validate(got)
+    # The bad entry is dropped alone (and counted as poisoned); the others' history stands.
+    assert got["history_error"] is None
+    assert (await store.load_history()).mirrors.get("nluug") is None
