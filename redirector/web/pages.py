@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import json
 import logging
 import time
@@ -228,7 +229,11 @@ async def tree_section(app: web.Application) -> Section:
         try:
             infos = await st.load_sync()
         except StoreError as e:
-            note = f"<p><small>Sync info unavailable ({e}); drawn from the config.</small></p>"
+            # The error quotes what the store holds, which whoever can write the store chose.
+            note = (
+                f"<p><small>Sync info unavailable ({html.escape(str(e))}); drawn from the "
+                "config.</small></p>"
+            )
     snap = app[keys.HOLDER].current
     states = {c.mirror.name: c.state for c in snap.candidates if c.state is not None}
     tree = build_tree(

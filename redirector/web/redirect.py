@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
+from redirector.core.clientip import joined
 from redirector.core.paths import BadPath, split_target
 from redirector.core.selection import check
 from redirector.views.explain import wants_mirrorlist
@@ -49,8 +50,8 @@ async def redirect(request: web.Request) -> web.StreamResponse:
     # One call: the client, its location and the decision all come from the router's caches.
     routed = router.resolve(
         request.remote,
-        headers.get("X-Forwarded-For"),
-        headers.get("X-Forwarded-Proto"),
+        joined(headers.getall("X-Forwarded-For", ())),
+        joined(headers.getall("X-Forwarded-Proto", ())),
         request.scheme,
         path,
     )
@@ -67,6 +68,12 @@ async def redirect(request: web.Request) -> web.StreamResponse:
     if link is not None:
         out["Link"] = link
     return web.Response(status=302, headers=out)
+
+
+async def nosniff(request: web.Request, response: web.StreamResponse) -> None:
+    """On every answer (an `on_response_prepare` hook): a text error that quotes the client's
+    path or name must never be read as HTML by a browser that sniffs content types."""
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
 
 
 def _iso(ts: float | None) -> str | None:
