@@ -16,6 +16,7 @@ from redirector.store.base import Store
 from redirector.store.lease import Lease
 from redirector.views.status import SectionProvider
 from redirector.web.metrics import Metrics
+from redirector.web.viewcache import Views
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
@@ -38,6 +39,7 @@ METRICS = web.AppKey("metrics", Metrics)
 TALLY = web.AppKey("tally", Tally)
 STATS_READER = web.AppKey("stats_reader", StatsReader)
 STATUS_SECTIONS = web.AppKey[list[SectionProvider]]("status_sections")
+VIEWS = web.AppKey("views", Views)  # the views rendered once per state (viewcache.py)
 
 # Per request: what the redirect handler decided and how long the decision took, for the
 # access log (accesslog.py).

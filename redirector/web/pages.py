@@ -2,7 +2,9 @@
 
 Thin aiohttp adapters over the pure `status`, `explain` and `metrics` modules, plus the
 per-request bookkeeping the redirect handler calls (`record`) and the wiring of the metrics,
-download statistics and their flusher (`setup`, `stats_ctx`).
+download statistics and their flusher (`setup`, `stats_ctx`). The status page, its JSON and
+the state part of /metrics come from `viewcache.Views`: rendered once per state (snapshot,
+live settings, store health, download figures) and at most every `viewcache.MAX_AGE` seconds.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,14 +27,16 @@ from redirector.core.models import Status, SyncInfo
 from redirector.core.synctree import build_tree, master_aliases
 from redirector.poll.poller import PassResult
 from redirector.router import Routed
-from redirector.stats import StatsReader, Tally, flush, flush_forever
+from redirector.snapshot import Snapshot
+from redirector.stats import DownloadStats, StatsReader, Tally, flush, flush_forever
 from redirector.store.base import StoreError, SyncStore
 from redirector.views import explain, status
 from redirector.views.status import Section
 from redirector.views.synctree import render_html
 from redirector.web import keys
 from redirector.web.link import sent_to
-from redirector.web.metrics import Metrics, multiprocess_dir
+from redirector.web.metrics import Metrics, join_scrape, multiprocess_dir
+from redirector.web.viewcache import Page, Views
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +52,14 @@ def setup(app: web.Application, settings: Settings) -> None:
     app[keys.METRICS] = Metrics((m.name for m in settings.mirrors), multiprocess_dir())
     app[keys.TALLY] = Tally()
     app[keys.STATUS_SECTIONS] = []
+    app[keys.VIEWS] = Views()
+    app.on_cleanup.append(_close_views)
     app.cleanup_ctx.append(stats_ctx)
     add_routes(app)
+
+
+async def _close_views(app: web.Application) -> None:
+    await app[keys.VIEWS].close()
 
 
 async def stats_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -119,48 +130,118 @@ def mirrorlist(request: web.Request, routed: Routed) -> web.Response:
     )
 
 
-async def _report(request: web.Request) -> status.Report:
-    app = request.app
-    settings = app[keys.ROUTER].settings  # the live config: a reload replaces it there
+@dataclass(frozen=True, slots=True)
+class _Shown:
+    """What the status views show; any change in it means a new rendering."""
+
+    snapshot: Snapshot
+    settings: Settings
+    store_kind: str
+    store_error: str | None
+    downloads: DownloadStats
+
+    @property
+    def key(self) -> tuple[object, ...]:
+        return (self.snapshot, self.settings, self.store_error, self.downloads)
+
+    def report(self) -> status.Report:
+        """The report as of now: pure over immutable values, so it runs in the views' thread."""
+        s = self.settings
+        return status.build(
+            self.snapshot,
+            self.downloads,
+            now=time.time(),
+            max_lag=s.max_lag,
+            poll_interval=s.poll_interval,
+            master_url=s.master,
+            store_kind=self.store_kind,
+            store_error=self.store_error,
+        )
+
+
+async def _shown(app: web.Application) -> _Shown:
     holder = app[keys.HOLDER]
-    downloads = await app[keys.STATS_READER].get()
-    return status.build(
+    return _Shown(
         holder.current,
-        downloads,
-        now=time.time(),
-        max_lag=settings.max_lag,
-        poll_interval=settings.poll_interval,
-        master_url=settings.master,
-        store_kind=app[keys.STORE].kind,
-        store_error=holder.store_error,
+        app[keys.ROUTER].settings,  # the live config: a reload replaces it there
+        app[keys.STORE].kind,
+        holder.store_error,
+        await app[keys.STATS_READER].get(),
     )
+
+
+def _page_response(
+    request: web.Request, page: Page, content_type: str, cache: str, vary: str
+) -> web.Response:
+    """`page` as it is, or gzipped for a client that takes gzip (done once per rendering)."""
+    headers = {"Cache-Control": cache, "Vary": vary}
+    gz = _takes_gzip(request.headers.get("Accept-Encoding", ""))
+    if gz:
+        headers["Content-Encoding"] = "gzip"
+    return web.Response(
+        body=page.gzipped if gz else page.body,
+        content_type=content_type,
+        charset="utf-8",
+        headers=headers,
+    )
+
+
+def _takes_gzip(accept_encoding: str) -> bool:
+    """Whether an Accept-Encoding value takes gzip; a q of 0 (or junk) refuses it."""
+    for item in accept_encoding.lower().split(","):
+        coding, *params = (part.strip() for part in item.split(";"))
+        if coding not in ("gzip", "x-gzip"):
+            continue
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip() == "q":
+                try:
+                    return float(value) > 0
+                except ValueError:
+                    return False
+        return True
+    return False
+
+
+async def _status_json(app: web.Application) -> Page:
+    shown = await _shown(app)
+    views = app[keys.VIEWS]
+
+    async def make() -> Page:
+        return await views.run(lambda: Page.of(status.dumps(status.to_json(shown.report()))))
+
+    return await views.get("status.json", shown.key, make)
 
 
 async def mirrors(request: web.Request) -> web.Response:
     """The status page, or its JSON for clients that ask for application/json."""
-    report = await _report(request)
+    app = request.app
+    vary = "Accept, Accept-Encoding"
     if explain.prefers_json(request.headers.get("Accept")):
-        return _json(status.dumps(status.to_json(report)), Vary="Accept")
-    sections: list[status.Section] = []
-    for provider in request.app[keys.STATUS_SECTIONS]:
-        try:
-            section = await provider()
-        except Exception:  # one broken section must not take the page down
-            log.exception("status page section failed")
-            continue
-        if section is not None:
-            sections.append(section)
-    resp = web.Response(
-        text=status.render_html(report, sections),
-        content_type="text/html",
-        headers={"Cache-Control": "no-cache", "Vary": "Accept"},
-    )
-    resp.enable_compression()  # the inline maps make it ~50 kB; gzip takes it to a third
-    return resp
+        return _page_response(request, await _status_json(app), JSON_TYPE, NO_STORE, vary)
+    shown = await _shown(app)
+    views = app[keys.VIEWS]
+
+    async def make() -> Page:
+        sections: list[status.Section] = []
+        for provider in app[keys.STATUS_SECTIONS]:
+            try:
+                section = await provider()
+            except Exception:  # one broken section must not take the page down
+                log.exception("status page section failed")
+                continue
+            if section is not None:
+                sections.append(section)
+        # The inline maps make the page large; gzip, done once here, takes it to a third.
+        return await views.run(lambda: Page.of(status.render_html(shown.report(), sections)))
+
+    page = await views.get("status.html", shown.key, make)
+    return _page_response(request, page, "text/html", "no-cache", vary)
 
 
 async def mirrors_json(request: web.Request) -> web.Response:
-    return _json(status.dumps(status.to_json(await _report(request))))
+    page = await _status_json(request.app)
+    return _page_response(request, page, JSON_TYPE, NO_STORE, "Accept-Encoding")
 
 
 async def schema(request: web.Request) -> web.Response:
@@ -193,9 +274,24 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body, content_type = request.app[keys.METRICS].render(request.headers.get("Accept"))
+    """The counters, re-rendered when they moved (throttled under a scrape loop), and the
+    state gauges as rendered for the current state; both in the views' thread."""
+    app = request.app
+    m, holder, views = app[keys.METRICS], app[keys.HOLDER], app[keys.VIEWS]
+    content_type = m.content_type(request.headers.get("Accept"))
+
+    async def make_events() -> bytes:
+        return (await views.run(m.render_events, content_type))[0]
+
+    async def make_state() -> bytes:
+        return await views.run(m.render_state, content_type)
+
+    events = await views.get(("events", content_type), m.events_key(), make_events, True)
+    state_key = (holder.current, app[keys.ROUTER].settings.max_lag, holder.store_error)
+    state = await views.get(("state", content_type), state_key, make_state)
     return web.Response(
-        body=body, headers={"Content-Type": content_type, "Cache-Control": NO_STORE}
+        body=join_scrape(events, state, content_type),
+        headers={"Content-Type": content_type, "Cache-Control": NO_STORE},
     )
 
 
