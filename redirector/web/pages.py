@@ -114,20 +114,32 @@ def _json(body: Mapping[str, Any] | str, status_code: int = 200, **headers: str)
     )
 
 
-def mirrorlist(request: web.Request, routed: Routed) -> web.Response:
-    """The `?mirrorlist` view of a decision: HTML, or JSON when asked (see `explain`)."""
+async def mirrorlist(request: web.Request, routed: Routed) -> web.Response:
+    """The `?mirrorlist` view of a decision: HTML, or JSON when asked (see `explain`).
+
+    Rendered in the views' thread, and kept per decision and snapshot: a client reloading
+    its explanation costs one rendering."""
     app = request.app
     router = app[keys.ROUTER]
+    views = app[keys.VIEWS]
     note = app.get(keys.GEO_WARNING) if router.geo is None else None
-    expl = explain.explain(routed, router.holder.current.candidates, router.policy, geo_note=note)
     _, query = request.raw_path.split("?", 1)
-    if explain.wants_json(query, request.headers.get("Accept")):
-        return _json(explain.dumps(expl), Vary="Accept")
-    return web.Response(
-        text=explain.render_html(expl),
-        content_type="text/html",
-        headers={"Cache-Control": NO_STORE, "Vary": "Accept"},
-    )
+    as_json = explain.wants_json(query, request.headers.get("Accept"))
+    candidates, policy = router.holder.current.candidates, router.policy
+
+    def render() -> Page:
+        expl = explain.explain(routed, candidates, policy, geo_note=note)
+        return Page.of(explain.dumps(expl) if as_json else explain.render_html(expl))
+
+    async def make() -> Page:
+        return await views.run(render)
+
+    # One decision: the same client and path, under the same snapshot, policy and location.
+    name = ("explain", routed.client, routed.path, as_json)
+    key = (router.holder.current, policy, note, routed.location)
+    page = await views.get(name, key, make)
+    content_type = JSON_TYPE if as_json else "text/html"
+    return _page_response(request, page, content_type, NO_STORE, "Accept, Accept-Encoding")
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,7 +59,7 @@ async def redirect(request: web.Request) -> web.StreamResponse:
     request[keys.DECISION_SECONDS] = decision_seconds
     request[keys.ROUTED] = routed  # for the access log
     if query and wants_mirrorlist(query):
-        return pages.mirrorlist(request, routed)  # why this client goes there, not a download
+        return await pages.mirrorlist(request, routed)  # why this client goes there, not a download
     target = await app[keys.VERIFIER].target(routed)  # never a 404 (verify.py)
     request[keys.TARGET] = target  # for the access log: the mirror finally sent to
     pages.record(request, routed, decision_seconds, target)

@@ -25,6 +25,7 @@ import contextlib
 import gzip
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 MAX_AGE = 30.0  # seconds a rendering is served within one state before it is redone
 GZIP_LEVEL = 6  # what nginx and aiohttp use by default
+ENTRIES = 256  # views kept (explanations are one per client and path): the oldest go first
 COUNTER_BURST = 5.0
 COUNTER_RATE = 2.0  # per second
 
@@ -96,7 +98,7 @@ class Views:
         self.clock = clock
         self.max_age = max_age
         self.renderings = 0  # renderings made, for tests and the benchmark
-        self._entries: dict[Hashable, _Entry] = {}
+        self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
         self._jobs: dict[Hashable, _Job] = {}
         self._throttles: dict[Hashable, Throttle] = {}
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="views")
@@ -123,6 +125,7 @@ class Views:
                 stale: T = entry.value
                 return stale
         if entry is not None and _same(entry.key, key):
+            self._entries.move_to_end(name)
             if self.clock() - entry.at >= self.max_age:
                 self._start(name, key, make)  # the old one serves while a new one is made
             value: T = entry.value
@@ -145,6 +148,9 @@ class Views:
             self.renderings += 1
             if self._jobs.get(name) is job:  # a job for a newer state may have replaced it
                 self._entries[name] = _Entry(key, started, value)
+                self._entries.move_to_end(name)
+                if len(self._entries) > ENTRIES:
+                    self._entries.popitem(last=False)
             return value
 
         task: asyncio.Task[Any] = asyncio.create_task(render())
