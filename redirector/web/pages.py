@@ -343,15 +343,17 @@ async def tree_section(app: web.Application) -> Section:
                 "config.</small></p>"
             )
     snap = app[keys.HOLDER].current
-    states = {c.mirror.name: c.state for c in snap.candidates if c.state is not None}
-    tree = build_tree(
-        settings.mirrors,
-        infos,
-        states,
-        master_label=urlsplit(settings.master).hostname or "master",
-        aliases=master_aliases(settings.master, settings.master_trace),
-        now=time.time(),
-    )
-    return Section(
-        "sync-tree", "Sync tree", note + render_html(tree, email_mode=settings.status_email)
-    )
+
+    def draw() -> str:  # pure over immutable values: in the views' thread, off the event loop
+        states = {c.mirror.name: c.state for c in snap.candidates if c.state is not None}
+        tree = build_tree(
+            settings.mirrors,
+            infos,
+            states,
+            master_label=urlsplit(settings.master).hostname or "master",
+            aliases=master_aliases(settings.master, settings.master_trace),
+            now=time.time(),
+        )
+        return render_html(tree, email_mode=settings.status_email)
+
+    return Section("sync-tree", "Sync tree", note + await app[keys.VIEWS].run(draw))
