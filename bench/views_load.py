@@ -6,8 +6,8 @@
 `redirector serve` (one worker, the file store, the per-file check and the access log off)
 with the example mirrors plus `--mirrors` synthetic ones, all fresh. wrk loads redirects
 (10,000 client addresses in X-Forwarded-For, as bench/run.py) twice: idle, then while
-`--loops` clients fetch /mirrors and `--loops` more fetch /metrics back to back (plain, as
-curl asks: no gzip), `--rounds` times in turn, so that a machine busy with something else
+`--loops` clients fetch /mirrors and `--loops` more fetch /metrics back to back (taking gzip,
+as browsers and Prometheus do; `--plain`: as curl asks, without), `--rounds` times in turn, so that a machine busy with something else
 weighs on both phases alike. Printed: each view's size and time when asked alone, p50 and p99
 of every phase, the views fetched while loaded, and the ratio of the median p99s (loaded /
 idle). Everything listens on 127.0.0.1 only.
@@ -43,9 +43,10 @@ def fetch(port: int, path: str) -> tuple[int, float]:
 class Loop(threading.Thread):
     """A client fetching one view back to back, on one kept-alive connection, until stopped."""
 
-    def __init__(self, port: int, path: str, stop: threading.Event) -> None:
+    def __init__(self, port: int, path: str, stop: threading.Event, gzip: bool = True) -> None:
         super().__init__(daemon=True)
         self.port, self.path, self.stop = port, path, stop
+        self.headers = {"Accept-Encoding": "gzip"} if gzip else {}
         self.count = 0
         self.errors = 0
 
@@ -53,7 +54,7 @@ class Loop(threading.Thread):
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         while not self.stop.is_set():
             try:
-                conn.request("GET", self.path)
+                conn.request("GET", self.path, headers=self.headers)
                 resp = conn.getresponse()
                 resp.read()
                 if resp.status != 200:
@@ -72,6 +73,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--mirrors", type=int, default=1000, help="synthetic mirrors (default 1000)")
     p.add_argument("--loops", type=int, default=4, help="clients per view (default 4)")
     p.add_argument("--rounds", type=int, default=2, help="idle/loaded pairs (default 2)")
+    p.add_argument("--plain", action="store_true", help="the loops do not take gzip")
     p.add_argument("-c", "--connections", type=int, default=64)
     p.add_argument("-t", "--threads", type=int, default=1)
     return p.parse_args(argv)
@@ -101,7 +103,11 @@ def main(argv: list[str] | None = None) -> int:
             idle = run.run_wrk(server.port, lua, args.duration, args.connections, args.threads)
             phases.append(("idle", idle))
             stop = threading.Event()
-            started = [Loop(server.port, v, stop) for v in views for _ in range(args.loops)]
+            started = [
+                Loop(server.port, v, stop, gzip=not args.plain)
+                for v in views
+                for _ in range(args.loops)
+            ]
             for loop in started:
                 loop.start()
             try:
@@ -123,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         got = [lp for lp in loops if lp.path == view]
         print(
             f"{view:14} fetched {sum(lp.count for lp in got)} times by {args.loops} loops "
-            f"in {args.rounds} loaded phases ({sum(lp.errors for lp in got)} errors)"
+            f"in {args.rounds} loaded phases ({sum(lp.errors for lp in got)} errors"
+            f"{', no gzip' if args.plain else ', gzip'})"
         )
     idle_p99 = statistics.median(r[3] for n, r in phases if n == "idle")
     loaded_p99 = statistics.median(r[3] for n, r in phases if n == "loaded")

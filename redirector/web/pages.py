@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 NO_STORE = "no-store"
 JSON_TYPE = "application/json"
+JSON_UTF8 = "application/json; charset=utf-8"
+HTML_UTF8 = "text/html; charset=utf-8"
 
 
 def setup(app: web.Application, settings: Settings) -> None:
@@ -138,7 +140,7 @@ async def mirrorlist(request: web.Request, routed: Routed) -> web.Response:
     name = ("explain", routed.client, routed.path, as_json)
     key = (router.holder.current, policy, note, routed.location)
     page = await views.get(name, key, make)
-    content_type = JSON_TYPE if as_json else "text/html"
+    content_type = JSON_UTF8 if as_json else HTML_UTF8
     return _page_response(request, page, content_type, NO_STORE, "Accept, Accept-Encoding")
 
 
@@ -185,17 +187,13 @@ async def _shown(app: web.Application) -> _Shown:
 def _page_response(
     request: web.Request, page: Page, content_type: str, cache: str, vary: str
 ) -> web.Response:
-    """`page` as it is, or gzipped for a client that takes gzip (done once per rendering)."""
-    headers = {"Cache-Control": cache, "Vary": vary}
-    gz = _takes_gzip(request.headers.get("Accept-Encoding", ""))
-    if gz:
+    """`page` as it is, or gzipped for a client that takes gzip (done once per rendering).
+    `content_type`: the whole header value, charset (and Prometheus' version=) included."""
+    headers = {"Content-Type": content_type, "Cache-Control": cache, "Vary": vary}
+    if _takes_gzip(request.headers.get("Accept-Encoding", "")):
         headers["Content-Encoding"] = "gzip"
-    return web.Response(
-        body=page.gzipped if gz else page.body,
-        content_type=content_type,
-        charset="utf-8",
-        headers=headers,
-    )
+        return web.Response(body=page.gzipped, headers=headers)
+    return web.Response(body=page.body, headers=headers)
 
 
 def _takes_gzip(accept_encoding: str) -> bool:
@@ -230,7 +228,7 @@ async def mirrors(request: web.Request) -> web.Response:
     app = request.app
     vary = "Accept, Accept-Encoding"
     if explain.prefers_json(request.headers.get("Accept")):
-        return _page_response(request, await _status_json(app), JSON_TYPE, NO_STORE, vary)
+        return _page_response(request, await _status_json(app), JSON_UTF8, NO_STORE, vary)
     shown = await _shown(app)
     views = app[keys.VIEWS]
 
@@ -248,12 +246,12 @@ async def mirrors(request: web.Request) -> web.Response:
         return await views.run(lambda: Page.of(status.render_html(shown.report(), sections)))
 
     page = await views.get("status.html", shown.key, make)
-    return _page_response(request, page, "text/html", "no-cache", vary)
+    return _page_response(request, page, HTML_UTF8, "no-cache", vary)
 
 
 async def mirrors_json(request: web.Request) -> web.Response:
     page = await _status_json(request.app)
-    return _page_response(request, page, JSON_TYPE, NO_STORE, "Accept-Encoding")
+    return _page_response(request, page, JSON_UTF8, NO_STORE, "Accept-Encoding")
 
 
 async def schema(request: web.Request) -> web.Response:
@@ -301,10 +299,12 @@ async def metrics(request: web.Request) -> web.Response:
     events = await views.get(("events", content_type), m.events_key(), make_events, True)
     state_key = (holder.current, app[keys.ROUTER].settings.max_lag, holder.store_error)
     state = await views.get(("state", content_type), state_key, make_state)
-    return web.Response(
-        body=join_scrape(events, state, content_type),
-        headers={"Content-Type": content_type, "Cache-Control": NO_STORE},
-    )
+
+    async def make_scrape() -> Page:  # joined and gzipped once per pair of parts
+        return await views.run(lambda: Page.of(join_scrape(events, state, content_type)))
+
+    page = await views.get(("scrape", content_type), (events, state), make_scrape)
+    return _page_response(request, page, content_type, NO_STORE, "Accept, Accept-Encoding")
 
 
 def add_routes(app: web.Application) -> None:

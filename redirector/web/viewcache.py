@@ -50,8 +50,8 @@ class Page:
     gzipped: bytes
 
     @classmethod
-    def of(cls, text: str) -> Page:
-        body = text.encode("utf-8")
+    def of(cls, text: str | bytes) -> Page:
+        body = text.encode("utf-8") if isinstance(text, str) else text
         return cls(body, gzip.compress(body, GZIP_LEVEL, mtime=0))
 
 
