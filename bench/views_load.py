@@ -5,10 +5,10 @@
 
 `redirector serve` (one worker, the file store, the per-file check and the access log off)
 with the example mirrors plus `--mirrors` synthetic ones, all fresh. wrk loads redirects
-(10,000 client addresses in X-Forwarded-For, as bench/run.py) twice: idle, then while
-`--loops` clients fetch /mirrors and `--loops` more fetch /metrics back to back (taking gzip,
-as browsers and Prometheus do; `--plain`: as curl asks, without), `--rounds` times in turn, so that a machine busy with something else
-weighs on both phases alike. Printed: each view's size and time when asked alone, p50 and p99
+(10,000 client addresses in X-Forwarded-For, as bench/run.py) idle, then while `--loops`
+clients fetch /mirrors and `--loops` more fetch /metrics back to back (taking gzip, as
+browsers and Prometheus do; `--plain`: as curl asks, without); `--rounds` such pairs in turn,
+so that a machine busy with something else weighs on both phases alike. Printed: each view's size and time when asked alone, p50 and p99
 of every phase, the views fetched while loaded, and the ratio of the median p99s (loaded /
 idle). Everything listens on 127.0.0.1 only.
 """
