@@ -263,13 +263,15 @@ class BareAiohttp(Server):
 class Redirector(Server):
     name = "redirector"
 
-    def __init__(self, workdir: Path, workers: int, db: Path) -> None:
+    def __init__(self, workdir: Path, workers: int, db: Path, synthetic: int = 200) -> None:
         super().__init__(workdir, workers)
         self.db = db
+        self.synthetic = synthetic
 
     def start(self) -> None:
         config = self.workdir / "redirector.toml"
-        text = common.config_text(f"127.0.0.1:{self.port}", self.db, common.synthetic_mirrors())
+        mirrors = common.synthetic_mirrors(self.synthetic)
+        text = common.config_text(f"127.0.0.1:{self.port}", self.db, mirrors)
         # No per-file HEAD checks: they would contact the (real or .test) mirror hosts.
         text = text.replace("[redirector]\n", "[redirector]\nverify_files = false\n", 1)
         config.write_text(text)

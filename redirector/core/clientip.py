@@ -81,6 +81,15 @@ class ProxyTrust:
         return Client(ip, scheme)
 
 
+def joined(lines: Sequence[str]) -> str | None:
+    """Repeated header lines of one name as the one list they mean (RFC 9110, 5.3), in the
+    order received: a proxy that adds its own line instead of appending to the client's keeps
+    its hop right-most, where `ProxyTrust.resolve` reads first. None when there is no line."""
+    if not lines:
+        return None
+    return lines[0] if len(lines) == 1 else ",".join(lines)
+
+
 def network_key(ip: IPAddress | None) -> bytes:
     """The client's network for load spreading: /24 for IPv4, /48 for IPv6."""
     if ip is None:

@@ -7,6 +7,11 @@ master when none does. Answers are cached per mirror and path, positive and nega
 its TTL; a cached answer costs no I/O, and concurrent requests for the same unanswered file
 share one HEAD. At most `MAX_LOOKUPS` HEADs are made for one request, so a client waits at most
 that many timeouts.
+
+Each HEAD must fit the budgets of `core.budget` (the client's network, the mirror, the whole
+process). One that does not is not made and not queued: the request is answered from what is
+known, the ranked order minus the mirrors known to lack the file or, since the budget ran out,
+a file of its directory.
 """
 
 from __future__ import annotations
@@ -15,12 +20,15 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 import aiohttp
 from cachetools import TTLCache
 
 from redirector.config.settings import Settings
+from redirector.core.budget import Budget, Limits, Refusal, directory
+from redirector.core.clientip import network_key
 from redirector.core.models import Mirror, MirrorState
 from redirector.poll.probe import OffHost, ProbeError, Tally, fetch, open_session
 from redirector.router import Routed
@@ -63,9 +71,10 @@ class Verifier:
     """Picks, among a decision's ranked mirrors, the first that has the file.
 
     `session` None or `settings.verify_files` false: checks nothing, as before this existed.
-    `clock` (monotonic seconds) drives the caches' TTLs; injectable for tests. `current`, when
-    given, returns the live settings (a reload may turn checks off, or on again if they were
-    on at startup, and move the master); timeouts, TTLs and probe paths are fixed at startup.
+    `clock` (monotonic seconds) drives the caches' TTLs and the budgets (`limits`, the
+    defaults of `core.budget.Limits` when None); injectable for tests. `current`, when given,
+    returns the live settings (a reload may turn checks off, or on again if they were on at
+    startup, and move the master); timeouts, TTLs and probe paths are fixed at startup.
     """
 
     def __init__(
@@ -77,6 +86,7 @@ class Verifier:
         vouchers: Sequence[Voucher] = (),
         clock: Callable[[], float] = time.monotonic,
         current: Callable[[], Settings] | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.session = session
         self.holder = holder
@@ -93,8 +103,15 @@ class Verifier:
         self.lacks: TTLCache[tuple[str, str], str] = TTLCache(
             CACHE_SIZE, settings.verify_negative_ttl, timer=clock
         )
+        # (mirror, directory) -> why a file of it was missing: consulted only past the budget
+        self.lacks_dir: TTLCache[tuple[str, str], str] = TTLCache(
+            CACHE_SIZE, settings.verify_negative_ttl, timer=clock
+        )
         self._inflight: dict[tuple[str, str], asyncio.Task[str | None]] = {}
         self._requests = Tally()  # HEAD requests made, redirects included
+        self.clock = clock
+        self.budget = Budget(limits)
+        self.refused: Counter[Refusal] = Counter()  # HEADs not made, by the budget they missed
 
     async def target(self, routed: Routed) -> str:
         """Where to send the client: `routed.target` when the file is there or needs no check,
@@ -105,18 +122,34 @@ class Verifier:
             return routed.target
         path = routed.path
         snapshot = self.holder.current
+        network = network_key(routed.client.ip)
         lookups = 0
+        affordable = True
         for ranked in routed.top(DEPTH):
-            key = (ranked.mirror.name, path)
+            name = ranked.mirror.name
+            key = (name, path)
+            url = ranked.base + path
             if key in self.has or self._vouched(snapshot, ranked.mirror, path):
-                return ranked.base + path
+                return url
             if key in self.lacks:
                 continue
-            if lookups >= MAX_LOOKUPS:
-                break
+            if affordable:
+                if lookups >= MAX_LOOKUPS:
+                    break
+                if key not in self._inflight:  # a HEAD already under way costs no budget
+                    refusal = self.budget.admit(network, name, self.clock())
+                    if refusal is not None:
+                        self.refused[refusal] += 1
+                        affordable = False
+            if not affordable:
+                # Past a budget: the ranked order, minus what is known. A mirror found lacking
+                # a file of this directory is passed over, as it likely lacks this one too.
+                if (name, directory(path)) in self.lacks_dir:
+                    continue
+                return url
             lookups += 1
-            if await self._lookup(key, ranked.base + path):
-                return ranked.base + path
+            if await self._lookup(key, url):
+                return url
         return settings.master + path
 
     def _state(self, snapshot: Snapshot, name: str) -> MirrorState | None:
@@ -151,6 +184,7 @@ class Verifier:
 
     def _settle(self, key: tuple[str, str], task: asyncio.Task[str | None]) -> None:
         self._inflight.pop(key, None)
+        self.budget.release(key[0])
         if task.cancelled():
             return
         missing = task.result()  # _head never raises
@@ -158,6 +192,7 @@ class Verifier:
             self.has[key] = True
         else:
             self.lacks[key] = missing
+            self.lacks_dir[(key[0], directory(key[1]))] = missing
             log.debug("%s does not have %s: %s", key[0], key[1], missing)
 
     async def _head(self, url: str) -> str | None:

@@ -24,6 +24,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from redirector.config.settings import Settings
+from redirector.core.clientip import joined
 from redirector.core.humanize import rfc3339
 from redirector.router import Routed, Router
 from redirector.web import keys
@@ -130,8 +131,8 @@ def entry_for(
     elif router is not None:
         client = router.client(
             request.remote,
-            request.headers.get("X-Forwarded-For"),
-            request.headers.get("X-Forwarded-Proto"),
+            joined(request.headers.getall("X-Forwarded-For", ())),
+            joined(request.headers.getall("X-Forwarded-Proto", ())),
             request.scheme,
         )
         client_ip = None if client.ip is None else str(client.ip)

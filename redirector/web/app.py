@@ -221,6 +221,7 @@ def create_app(
     app.cleanup_ctx.append(reload_ctx(watch_geo=geo is None and use_geo_settings))
     if poll:
         app.cleanup_ctx.append(_poller_ctx(settings))
+    app.on_response_prepare.append(handlers.nosniff)  # aiohttp's own 404s and 405s too
     handlers.add_routes(app)
     lists.add_routes(app)
     # Metrics, download stats (flushed by a context after the others) and the status views.

@@ -14,7 +14,9 @@ values (documented in README.md and SECURITY.md):
 aiohttp logs every malformed request (other than a non-HTTP first line) at ERROR with the
 parser's traceback. Anyone can send them, as fast as they like: a traceback per request is a
 way to flood the journal. `QuietBadRequests` turns those records into one DEBUG line without
-the traceback; the access log still has the request and its 400.
+the traceback; the access log still has the request and its 400. A client that sends
+`Expect: 100-continue` and hangs up before the interim answer is written makes aiohttp log the
+failed write the same way (a reset connection, at ERROR, with its traceback): one DEBUG line too.
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ class QuietBadRequests(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError) and 400 <= (exc.code or 400) < 500:
+        malformed = isinstance(exc, HttpProcessingError) and 400 <= (exc.code or 400) < 500
+        # A peer gone mid-answer is the client's doing, never a fault of ours.
+        if exc is not None and (malformed or isinstance(exc, ConnectionResetError)):
             record.exc_info = None
             record.exc_text = None
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
@@ -48,9 +52,10 @@ class QuietBadRequests(logging.Filter):
         return True
 
 
-def _short(exc: HttpProcessingError) -> str:
+def _short(exc: BaseException) -> str:
     """The parser's message on one line, cut: it quotes the client's bytes."""
-    text = " ".join(str(exc.message or type(exc).__name__).split())
+    message = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
+    text = " ".join(str(message or type(exc).__name__).split())
     return text[:200]
 
 

@@ -125,6 +125,9 @@ class Metrics:
         for name in mirrors:
             self._mirror_counter(name)
         self._state: StateCollector | None = None
+        # Moves whenever a counter or histogram here does: what a cached scrape is keyed on.
+        self.changes = 0
+        self._state_registry = CollectorRegistry(auto_describe=False)
 
     def _mirror_counter(self, name: str) -> Counter:
         child = self._by_mirror.get(name)
@@ -136,6 +139,7 @@ class Metrics:
 
     def redirected(self, mirror: str | None, seconds: float) -> None:
         """One 302: to `mirror`, or to the master when None; `seconds` the decision took."""
+        self.changes += 1
         self.decision_seconds.observe(seconds)
         if mirror is None:
             self._master.inc()
@@ -144,12 +148,14 @@ class Metrics:
 
     def refused(self) -> None:
         """One request under the tree answered with a 4xx (bad path, bad method)."""
+        self.changes += 1
         self._refused.inc()
 
     def observe_pass(
         self, duration: float, master_error: str | None, failed: Iterable[str]
     ) -> None:
         """One poller pass: how long it took, and which probes failed."""
+        self.changes += 1
         self.poller_pass_seconds.observe(duration)
         if master_error is not None:
             self.poller_errors.labels("master").inc()
@@ -157,6 +163,7 @@ class Metrics:
             self.poller_errors.labels(name).inc()
 
     def store_error(self, op: str) -> None:
+        self.changes += 1
         self.store_errors.labels(op).inc()
 
     def poisoned(self, found: Iterable[Poison]) -> None:
@@ -179,19 +186,49 @@ class Metrics:
     ) -> None:
         """Report the state in `holder` at every scrape; `max_lag` reads the live setting."""
         self._state = StateCollector(holder, max_lag, clock)
-        if self.registry is not None:
-            self.registry.register(self._state)
+        self._state_registry.register(self._state)
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """The scrape body and its content type (text format, or OpenMetrics when asked)."""
+        events, content_type = self.render_events(accept)
+        return join_scrape(events, self.render_state(content_type), content_type), content_type
+
+    def content_type(self, accept: str | None) -> str:
+        """The scrape's content type for an Accept header (OpenMetrics when asked for)."""
+        return choose_encoder(accept or "")[1]
+
+    def events_key(self, clock: Callable[[], float] = time.monotonic) -> tuple[int, float]:
+        """What a rendering of the counters is valid for: until one moves, and a second at
+        most (other workers' counters, in multiprocess mode, move unseen here)."""
+        return self.changes, float(int(clock()))
+
+    def render_events(self, accept: str | None) -> tuple[bytes, str]:
+        """The counters and histograms alone, and the content type `accept` chooses (a
+        content type from `content_type` chooses itself). Safe in another thread."""
         registry = self.registry
         if registry is None:
             registry = CollectorRegistry()
             MultiProcessCollector(registry, path=self.multiproc)  # type: ignore[no-untyped-call]  # unannotated upstream
-            if self._state is not None:
-                registry.register(self._state)
         encoder, content_type = choose_encoder(accept or "")
         return encoder(registry), content_type
+
+    def render_state(self, content_type: str) -> bytes:
+        """The state gauges alone, in `content_type` (as `render_events` chose it); empty
+        before `watch`. Reads only the immutable snapshot: safe in another thread."""
+        if self._state is None:
+            return b""
+        encoder, _ = choose_encoder(content_type)
+        return encoder(self._state_registry)
+
+
+_EOF = b"# EOF\n"
+
+
+def join_scrape(events: bytes, state: bytes, content_type: str) -> bytes:
+    """One scrape body of the two parts: OpenMetrics ends once, with its EOF line."""
+    if content_type.startswith("application/openmetrics-text"):
+        return events.removesuffix(_EOF) + state.removesuffix(_EOF) + _EOF
+    return events + state
 
 
 class _CountingStore:

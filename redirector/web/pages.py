@@ -2,28 +2,34 @@
 
 Thin aiohttp adapters over the pure `status`, `explain` and `metrics` modules, plus the
 per-request bookkeeping the redirect handler calls (`record`) and the wiring of the metrics,
-download statistics and their flusher (`setup`, `stats_ctx`).
+download statistics and their flusher (`setup`, `stats_ctx`). The status page, its JSON and
+the state part of /metrics come from `viewcache.Views`: rendered once per state (snapshot,
+live settings, store health, download figures) and at most every `viewcache.MAX_AGE` seconds.
 """
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import re
 import time
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from redirector.config.settings import Settings
+from redirector.core.history import HistoryData
 from redirector.core.models import Status, SyncInfo
 from redirector.core.synctree import build_tree, master_aliases
 from redirector.geo import IPV4_ONLY_NOTE
 from redirector.poll.poller import PassResult
 from redirector.router import Routed
-from redirector.stats import StatsReader, Tally, flush, flush_forever
+from redirector.snapshot import Snapshot
+from redirector.stats import DownloadStats, StatsReader, Tally, flush, flush_forever
 from redirector.store.base import StoreError, SyncStore
 from redirector.store.history import HistoryReader
 from redirector.views import explain, status
@@ -31,7 +37,8 @@ from redirector.views.status import Section
 from redirector.views.synctree import render_html
 from redirector.web import keys
 from redirector.web.link import sent_to
-from redirector.web.metrics import Metrics, multiprocess_dir
+from redirector.web.metrics import Metrics, join_scrape, multiprocess_dir
+from redirector.web.viewcache import Page, Views
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +46,8 @@ FLUSHER = "stats flusher"  # the supervised task name, as /health shows it
 
 NO_STORE = "no-store"
 JSON_TYPE = "application/json"
+JSON_UTF8 = "application/json; charset=utf-8"
+HTML_UTF8 = "text/html; charset=utf-8"
 
 
 def setup(app: web.Application, settings: Settings) -> None:
@@ -49,8 +58,14 @@ def setup(app: web.Application, settings: Settings) -> None:
     app[keys.METRICS] = Metrics((m.name for m in settings.mirrors), multiprocess_dir())
     app[keys.TALLY] = Tally()
     app[keys.STATUS_SECTIONS] = []
+    app[keys.VIEWS] = Views()
+    app.on_cleanup.append(_close_views)
     app.cleanup_ctx.append(stats_ctx)
     add_routes(app)
+
+
+async def _close_views(app: web.Application) -> None:
+    await app[keys.VIEWS].close()
 
 
 async def stats_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -105,44 +120,59 @@ def _json(body: Mapping[str, Any] | str, status_code: int = 200, **headers: str)
     )
 
 
-def mirrorlist(request: web.Request, routed: Routed) -> web.Response:
-    """The `?mirrorlist` view of a decision: HTML, or JSON when asked (see `explain`)."""
+async def mirrorlist(request: web.Request, routed: Routed) -> web.Response:
+    """The `?mirrorlist` view of a decision: HTML, or JSON when asked (see `explain`).
+
+    Rendered in the views' thread, and kept per decision and snapshot: a client reloading
+    its explanation costs one rendering."""
     app = request.app
     router = app[keys.ROUTER]
+    views = app[keys.VIEWS]
     reader = router.geo
     note = app.get(keys.GEO_WARNING) if reader is None else None
     ip = routed.client.ip
     if reader is not None and reader.ipv4_only and ip is not None and ip.version == 6:
         note = IPV4_ONLY_NOTE
     credit = reader.attribution if reader is not None else None
-    expl = explain.explain(
-        routed,
-        router.holder.current.candidates,
-        router.policy,
-        now=time.time(),
-        geo_note=note,
-        credit=credit,
-    )
     _, query = request.raw_path.split("?", 1)
-    if explain.wants_json(query, request.headers.get("Accept")):
-        return _json(explain.dumps(expl), Vary="Accept")
-    return web.Response(
-        text=explain.render_html(expl),
-        content_type="text/html",
-        headers={"Cache-Control": NO_STORE, "Vary": "Accept"},
-    )
+    as_json = explain.wants_json(query, request.headers.get("Accept"))
+    candidates, policy = router.holder.current.candidates, router.policy
+
+    def render() -> Page:
+        expl = explain.explain(
+            routed, candidates, policy, now=time.time(), geo_note=note, credit=credit
+        )
+        return Page.of(explain.dumps(expl) if as_json else explain.render_html(expl))
+
+    async def make() -> Page:
+        return await views.run(render)
+
+    # One decision: the same client and path, under the same snapshot, policy and location.
+    name = ("explain", routed.client, routed.path, as_json)
+    key = (router.holder.current, policy, note, credit, routed.location)
+    page = await views.get(name, key, make)
+    content_type = JSON_UTF8 if as_json else HTML_UTF8
+    return _page_response(request, page, content_type, NO_STORE, "Accept, Accept-Encoding")
 
 
 _HOST = re.compile(r"^[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?$")
 
 
-def site_of(request: web.Request, master_url: str) -> str:
-    """The host the page was asked for, for its header; the master's host if the Host header
-    is missing or not a host name (it is the client's own text)."""
+def site_of(request: web.Request, settings: Settings) -> str:
+    """The host the page was asked for, for its header, when it is one of the redirector's own
+    names; else the master's host. The Host header is the client's own text: taking any would
+    let a client make a new rendering of the page per name it sends."""
     host = request.headers.get("Host", "")
-    if _HOST.match(host):
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    if _HOST.match(host) and name.lower() in _own_names(settings):
         return host
-    return urlsplit(master_url).hostname or ""
+    return urlsplit(settings.master).hostname or ""
+
+
+def _own_names(settings: Settings) -> frozenset[str]:
+    names = {urlsplit(settings.master).hostname or "", settings.listen_host}
+    names.update(getattr(settings, "public_names", ()))
+    return frozenset(n.lower() for n in names)
 
 
 def geo_notes(app: web.Application, now: float) -> tuple[tuple[str, ...], str | None]:
@@ -154,56 +184,138 @@ def geo_notes(app: web.Application, now: float) -> tuple[tuple[str, ...], str | 
     return reader.warnings(now), reader.attribution
 
 
-async def _report(request: web.Request) -> status.Report:
-    app = request.app
-    settings = app[keys.LIVE].current  # read per request: a reload replaces it
+@dataclass(frozen=True, slots=True)
+class _Shown:
+    """What the status views show; any change in it means a new rendering."""
+
+    snapshot: Snapshot
+    settings: Settings
+    store_kind: str
+    store_error: str | None
+    downloads: DownloadStats
+    past: HistoryData | None
+    history_error: str | None
+    site: str
+    geo_notes: tuple[str, ...]
+    geo_credit: str | None
+
+    @property
+    def key(self) -> tuple[object, ...]:
+        # Tuples compare members by identity first: the cached snapshot, settings and history
+        # objects cost nothing to compare while they are unchanged.
+        return (
+            self.snapshot, self.settings, self.store_error, self.downloads, self.past,
+            self.history_error, self.site, self.geo_notes, self.geo_credit,
+        )  # fmt: skip
+
+    def report(self) -> status.Report:
+        """The report as of now: pure over immutable values, so it runs in the views' thread."""
+        s = self.settings
+        return status.build(
+            self.snapshot,
+            self.downloads,
+            now=time.time(),
+            max_lag=s.max_lag,
+            poll_interval=s.poll_interval,
+            master_url=s.master,
+            store_kind=self.store_kind,
+            store_error=self.store_error,
+            past=self.past,
+            history_error=self.history_error,
+            site=self.site,
+            geo_notes=self.geo_notes,
+            geo_credit=self.geo_credit,
+        )
+
+
+async def _shown(app: web.Application, request: web.Request) -> _Shown:
     holder = app[keys.HOLDER]
-    downloads = await app[keys.STATS_READER].get()
-    now = time.time()
+    settings = app[keys.LIVE].current  # read per request: a reload replaces it
     past, history_error = await app[keys.HISTORY_READER].get(holder.current.generation)
-    notes, credit = geo_notes(app, now)
-    return status.build(
+    notes, credit = geo_notes(app, time.time())
+    return _Shown(
         holder.current,
-        downloads,
-        now=now,
-        max_lag=settings.max_lag,
-        poll_interval=settings.poll_interval,
-        master_url=settings.master,
-        store_kind=app[keys.STORE].kind,
-        store_error=holder.store_error,
-        past=past,
-        history_error=history_error,
-        site=site_of(request, settings.master),
-        geo_notes=notes,
-        geo_credit=credit,
+        settings,
+        app[keys.STORE].kind,
+        holder.store_error,
+        await app[keys.STATS_READER].get(),
+        past,
+        history_error,
+        site_of(request, settings),
+        notes,
+        credit,
     )
+
+
+def _page_response(
+    request: web.Request, page: Page, content_type: str, cache: str, vary: str
+) -> web.Response:
+    """`page` as it is, or gzipped for a client that takes gzip (done once per rendering).
+    `content_type`: the whole header value, charset (and Prometheus' version=) included."""
+    headers = {"Content-Type": content_type, "Cache-Control": cache, "Vary": vary}
+    if _takes_gzip(request.headers.get("Accept-Encoding", "")):
+        headers["Content-Encoding"] = "gzip"
+        return web.Response(body=page.gzipped, headers=headers)
+    return web.Response(body=page.body, headers=headers)
+
+
+def _takes_gzip(accept_encoding: str) -> bool:
+    """Whether an Accept-Encoding value takes gzip; a q of 0 (or junk) refuses it."""
+    for item in accept_encoding.lower().split(","):
+        coding, *params = (part.strip() for part in item.split(";"))
+        if coding not in ("gzip", "x-gzip"):
+            continue
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip() == "q":
+                try:
+                    return float(value) > 0
+                except ValueError:
+                    return False
+        return True
+    return False
+
+
+async def _status_json(request: web.Request) -> Page:
+    app = request.app
+    shown = await _shown(app, request)
+    views = app[keys.VIEWS]
+
+    async def make() -> Page:
+        return await views.run(lambda: Page.of(status.dumps(status.to_json(shown.report()))))
+
+    return await views.get("status.json", shown.key, make)
 
 
 async def mirrors(request: web.Request) -> web.Response:
     """The status page, or its JSON for clients that ask for application/json."""
-    report = await _report(request)
+    app = request.app
+    vary = "Accept, Accept-Encoding"
     if explain.prefers_json(request.headers.get("Accept")):
-        return _json(status.dumps(status.to_json(report)), Vary="Accept")
-    sections: list[status.Section] = []
-    for provider in request.app[keys.STATUS_SECTIONS]:
-        try:
-            section = await provider()
-        except Exception:  # one broken section must not take the page down
-            log.exception("status page section failed")
-            continue
-        if section is not None:
-            sections.append(section)
-    resp = web.Response(
-        text=status.render_html(report, sections),
-        content_type="text/html",
-        headers={"Cache-Control": "no-cache", "Vary": "Accept"},
-    )
-    resp.enable_compression()  # the inline maps make it ~50 kB; gzip takes it to a third
-    return resp
+        return _page_response(request, await _status_json(request), JSON_UTF8, NO_STORE, vary)
+    shown = await _shown(app, request)
+    views = app[keys.VIEWS]
+
+    async def make() -> Page:
+        sections: list[status.Section] = []
+        for provider in app[keys.STATUS_SECTIONS]:
+            try:
+                section = await provider()
+            except Exception:  # one broken section must not take the page down
+                log.exception("status page section failed")
+                continue
+            if section is not None:
+                sections.append(section)
+        # The inline maps make the page large; gzip, done once here, takes it to a third.
+        return await views.run(lambda: Page.of(status.render_html(shown.report(), sections)))
+
+    page = await views.get("status.html", shown.key, make)
+    return _page_response(request, page, HTML_UTF8, "no-cache", vary)
 
 
 async def mirrors_json(request: web.Request) -> web.Response:
-    return _json(status.dumps(status.to_json(await _report(request))))
+    page = await _status_json(request)
+    return _page_response(request, page, JSON_UTF8, NO_STORE, "Accept-Encoding")
 
 
 async def schema(request: web.Request) -> web.Response:
@@ -236,10 +348,27 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body, content_type = request.app[keys.METRICS].render(request.headers.get("Accept"))
-    return web.Response(
-        body=body, headers={"Content-Type": content_type, "Cache-Control": NO_STORE}
-    )
+    """The counters, re-rendered when they moved (throttled under a scrape loop), and the
+    state gauges as rendered for the current state; both in the views' thread."""
+    app = request.app
+    m, holder, views = app[keys.METRICS], app[keys.HOLDER], app[keys.VIEWS]
+    content_type = m.content_type(request.headers.get("Accept"))
+
+    async def make_events() -> bytes:
+        return (await views.run(m.render_events, content_type))[0]
+
+    async def make_state() -> bytes:
+        return await views.run(m.render_state, content_type)
+
+    events = await views.get(("events", content_type), m.events_key(), make_events, True)
+    state_key = (holder.current, app[keys.ROUTER].settings.max_lag, holder.store_error)
+    state = await views.get(("state", content_type), state_key, make_state)
+
+    async def make_scrape() -> Page:  # joined and gzipped once per pair of parts
+        return await views.run(lambda: Page.of(join_scrape(events, state, content_type)))
+
+    page = await views.get(("scrape", content_type), (events, state), make_scrape)
+    return _page_response(request, page, content_type, NO_STORE, "Accept, Accept-Encoding")
 
 
 def add_routes(app: web.Application) -> None:
@@ -272,18 +401,24 @@ async def tree_section(app: web.Application) -> Section:
         try:
             infos = await st.load_sync()
         except StoreError as e:
-            note = f"<p><small>Sync info unavailable ({e}); drawn from the config.</small></p>"
+            # The error quotes what the store holds, which whoever can write the store chose.
+            note = (
+                f"<p><small>Sync info unavailable ({html.escape(str(e))}); drawn from the "
+                "config.</small></p>"
+            )
     snap = app[keys.HOLDER].current
-    states = {c.mirror.name: c.state for c in snap.candidates if c.state is not None}
-    tree = build_tree(
-        settings.mirrors,
-        infos,
-        states,
-        master_label=urlsplit(settings.master).hostname or "master",
-        aliases=master_aliases(settings.master, settings.master_trace),
-        now=time.time(),
-        max_lag=settings.max_lag,
-    )
-    return Section(
-        "sync-tree", "Sync tree", note + render_html(tree, email_mode=settings.status_email)
-    )
+
+    def draw() -> str:  # pure over immutable values: in the views' thread, off the event loop
+        states = {c.mirror.name: c.state for c in snap.candidates if c.state is not None}
+        tree = build_tree(
+            settings.mirrors,
+            infos,
+            states,
+            master_label=urlsplit(settings.master).hostname or "master",
+            aliases=master_aliases(settings.master, settings.master_trace),
+            now=time.time(),
+            max_lag=settings.max_lag,
+        )
+        return render_html(tree, email_mode=settings.status_email)
+
+    return Section("sync-tree", "Sync tree", note + await app[keys.VIEWS].run(draw))

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from redirector.core.clientip import joined
 from redirector.core.condition import assess
 from redirector.core.humanize import rfc3339
 from redirector.core.paths import BadPath, split_target
@@ -49,8 +50,8 @@ async def redirect(request: web.Request) -> web.StreamResponse:
     # One call: the client, its location and the decision all come from the router's caches.
     routed = router.resolve(
         request.remote,
-        headers.get("X-Forwarded-For"),
-        headers.get("X-Forwarded-Proto"),
+        joined(headers.getall("X-Forwarded-For", ())),
+        joined(headers.getall("X-Forwarded-Proto", ())),
         request.scheme,
         path,
     )
@@ -58,7 +59,7 @@ async def redirect(request: web.Request) -> web.StreamResponse:
     request[keys.DECISION_SECONDS] = decision_seconds
     request[keys.ROUTED] = routed  # for the access log
     if query and wants_mirrorlist(query):
-        return pages.mirrorlist(request, routed)  # why this client goes there, not a download
+        return await pages.mirrorlist(request, routed)  # why this client goes there, not a download
     target = await app[keys.VERIFIER].target(routed)  # never a 404 (verify.py)
     request[keys.TARGET] = target  # for the access log: the mirror finally sent to
     pages.record(request, routed, decision_seconds, target)
@@ -67,6 +68,12 @@ async def redirect(request: web.Request) -> web.StreamResponse:
     if link is not None:
         out["Link"] = link
     return web.Response(status=302, headers=out)
+
+
+async def nosniff(request: web.Request, response: web.StreamResponse) -> None:
+    """On every answer (an `on_response_prepare` hook): a text error that quotes the client's
+    path or name must never be read as HTML by a browser that sniffs content types."""
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
 
 
 async def health(request: web.Request) -> web.Response:

@@ -19,6 +19,7 @@ from dataclasses import replace
 
 from aiohttp import web
 
+from redirector.core.clientip import joined
 from redirector.core.mirrorlist import (
     BASEARCH,
     LEGACY_VERSION,
@@ -72,8 +73,8 @@ def _route(request: web.Request, ref: RepoRef, arch: str) -> tuple[Router, Route
     router = request.app[keys.ROUTER]
     client = router.client(
         request.remote,
-        request.headers.get("X-Forwarded-For"),
-        request.headers.get("X-Forwarded-Proto"),
+        joined(request.headers.getall("X-Forwarded-For", ())),
+        joined(request.headers.getall("X-Forwarded-Proto", ())),
         request.scheme,
     )
     request[_HTTPS] = client.scheme == "https"

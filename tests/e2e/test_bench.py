@@ -11,6 +11,7 @@ import itertools
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -109,3 +110,35 @@ async def test_lua_script_rotates_forwarded_for(common: object, tmp_path: Path) 
     for (path, xff), (next_path, next_xff) in itertools.pairwise(seen):
         assert clients.index(str(next_xff)) == (clients.index(str(xff)) + 1) % len(clients)
         assert next_path != path
+
+
+async def test_views_load_loops_fetch_a_view_until_stopped(common: object) -> None:
+    """bench/views_load.py's view loop against a loopback server, and its defaults."""
+    import views_load  # type: ignore[import-not-found]  # bench/ is not a package
+
+    args = views_load.parse_args([])
+    assert (args.mirrors, args.loops, args.rounds) == (1000, 4, 2)
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(text="view")
+
+    app = web.Application()
+    app.router.add_get("/mirrors", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    server = site._server  # aiohttp exposes the bound port only through the server
+    assert isinstance(server, asyncio.Server)
+    port = server.sockets[0].getsockname()[1]
+    stop = threading.Event()
+    loop = views_load.Loop(port, "/mirrors", stop)
+    try:
+        loop.start()
+        await asyncio.sleep(0.3)
+        stop.set()
+        await asyncio.to_thread(loop.join, 10)
+    finally:
+        await runner.cleanup()
+    assert loop.count > 0
+    assert loop.errors == 0

@@ -1,0 +1,122 @@
+"""File-check budgets: how many HEADs a client network, one mirror and the whole process may cost.
+
+Every HEAD the per-file check makes goes out from the redirector's address on a client's
+behalf, so a client asking for random paths could make the redirector flood its best mirrors.
+`Budget` admits a HEAD only when all three budgets allow it:
+
+- the client's network (/24 for IPv4, /48 for IPv6, as `clientip.network_key` gives it): a
+  token bucket of `network_burst` HEADs refilled at `network_per_minute`; the networks seen
+  last are remembered (`networks`, least recently used forgotten first: a forgotten network
+  starts with a full bucket, which the total budget still bounds);
+- one mirror: at most `mirror_inflight` HEADs in flight to it;
+- the process: at most `total_inflight` in flight, below the check session's connection pool,
+  so a HEAD never waits for a connection, and a token bucket of `total_burst` refilled at
+  `total_per_second`.
+
+Pure: the caller passes the time (monotonic seconds) and says when a HEAD has ended. What is
+not admitted is not queued: the caller answers from what it already knows.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from enum import Enum
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The three budgets; the defaults keep a flood from one network to 30 HEADs, then one
+    every 2 seconds, and the process to 20 HEADs a second."""
+
+    network_burst: float = 30.0
+    network_per_minute: float = 30.0
+    networks: int = 4096
+    mirror_inflight: int = 8
+    total_inflight: int = 48  # the check session has 64 connections
+    total_burst: float = 40.0
+    total_per_second: float = 20.0
+
+
+class Refusal(Enum):
+    """Which budget a HEAD did not fit."""
+
+    NETWORK = "network"
+    MIRROR = "mirror"
+    TOTAL = "total"
+
+
+class _Bucket:
+    """A token bucket: `tokens` as of `stamp`."""
+
+    __slots__ = ("stamp", "tokens")
+
+    def __init__(self, tokens: float, stamp: float) -> None:
+        self.tokens = tokens
+        self.stamp = stamp
+
+    def refill(self, now: float, rate: float, burst: float) -> float:
+        """The tokens at `now` (a clock that went back adds nothing)."""
+        if now > self.stamp:
+            self.tokens = min(burst, self.tokens + (now - self.stamp) * rate)
+            self.stamp = now
+        return self.tokens
+
+
+class Budget:
+    """Admits HEADs within the limits; `admit` starts one, `release` ends it."""
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
+        self._networks: OrderedDict[bytes, _Bucket] = OrderedDict()
+        self._total: _Bucket | None = None
+        self._by_mirror: dict[str, int] = {}
+        self.inflight = 0
+
+    def admit(self, network: bytes, mirror: str, now: float) -> Refusal | None:
+        """None, and the HEAD counts as started, when every budget allows it; otherwise the
+        budget it did not fit, and nothing is taken from the others."""
+        lim = self.limits
+        if self._by_mirror.get(mirror, 0) >= lim.mirror_inflight:
+            return Refusal.MIRROR
+        if self.inflight >= lim.total_inflight:
+            return Refusal.TOTAL
+        bucket = self._network(network, now)
+        if bucket.refill(now, lim.network_per_minute / 60.0, lim.network_burst) < 1.0:
+            return Refusal.NETWORK
+        total = self._total
+        if total is None:
+            total = self._total = _Bucket(lim.total_burst, now)
+        if total.refill(now, lim.total_per_second, lim.total_burst) < 1.0:
+            return Refusal.TOTAL
+        bucket.tokens -= 1.0
+        total.tokens -= 1.0
+        self._by_mirror[mirror] = self._by_mirror.get(mirror, 0) + 1
+        self.inflight += 1
+        return None
+
+    def release(self, mirror: str) -> None:
+        """A HEAD admitted for `mirror` has ended (answered, failed or cancelled)."""
+        left = self._by_mirror.get(mirror, 0) - 1
+        if left > 0:
+            self._by_mirror[mirror] = left
+        else:
+            self._by_mirror.pop(mirror, None)
+        self.inflight = max(0, self.inflight - 1)
+
+    def _network(self, network: bytes, now: float) -> _Bucket:
+        bucket = self._networks.get(network)
+        if bucket is None:
+            bucket = self._networks[network] = _Bucket(self.limits.network_burst, now)
+            if len(self._networks) > self.limits.networks:
+                self._networks.popitem(last=False)
+        else:
+            self._networks.move_to_end(network)
+        return bucket
+
+
+def directory(path: str) -> str:
+    """The directory of `path` below the tree ('' at the top): a mirror found lacking one file
+    of a directory likely lacks its neighbours too (a release not synced yet, a tree it skips)."""
+    cut = path.rfind("/")
+    return path[: cut + 1] if cut >= 0 else ""
