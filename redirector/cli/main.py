@@ -255,7 +255,7 @@ def cmd_check_mirror(args: argparse.Namespace) -> int:
     settings = load_settings(args.config) if args.config else None
     opts = cm.CheckOptions()
     if settings is not None:
-        opts = replace(opts, master=settings.master, master_trace=settings.master_trace,
+        opts = replace(opts, master=settings.origin, master_trace=settings.master_trace,
                        max_lag=settings.max_lag, timeout=settings.probe_timeout)  # fmt: skip
     if args.mirror:
         mirror = settings.mirror(args.mirror) if settings is not None else None

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from redirector.core.models import Mirror
+from redirector.core.topology import FALLBACK_MODES, listen_names, names_url, normalize_name
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -86,6 +87,19 @@ class Settings:
     # stderr, or appended to access_log_path when set.
     access_log: str = "text"
     access_log_path: Path | None = None
+    # --- the master topology (core/topology.py, docs/topology.md) ---------------------------
+    # `master` is the master's public download URL: where a client falls back with
+    # fallback = "redirect". `master_origin` is what the poller reads the master tree from:
+    # "file:///srv/smeserver/" (the tree on this machine's disk) or an internal http(s) URL;
+    # empty means `master`. `public_names` are the host names (or host:port) clients reach this
+    # redirector by; the listen address counts too (`own_names`). No Location, list line or
+    # metalink URL ever names one of them. `fallback`: "redirect" (a 302 to `master`, which
+    # must then be another host) or "local" (X-Accel-Redirect to /_master/<path>, served by
+    # nginx from the local tree, deploy/nginx).
+    master_origin: str = ""
+    public_names: tuple[str, ...] = ()
+    fallback: str = "redirect"
+    # --- end of the master topology ----------------------------------------------------------
     source: Path | None = None  # the file these settings came from
 
     def mirror(self, name: str) -> Mirror | None:
@@ -93,6 +107,16 @@ class Settings:
             if m.name == name:
                 return m
         return None
+
+    @property
+    def origin(self) -> str:
+        """The tree root the poller reads the master from (`master_origin`, else `master`)."""
+        return self.master_origin or self.master
+
+    @property
+    def own_names(self) -> tuple[str, ...]:
+        """`public_names` and the names of the listen address: never a target."""
+        return self.public_names + listen_names(self.listen_host, self.listen_port)
 
 
 class ConfigError(ValueError):
@@ -229,6 +253,8 @@ _REDIRECTOR_KEYS |= {
 _REDIRECTOR_KEYS |= {"status_email"}
 # The access log and reloads.
 _REDIRECTOR_KEYS |= {"access_log", "access_log_path"}
+# The master topology: what the poller reads, where clients fall back, the redirector's names.
+_REDIRECTOR_KEYS |= {"master_origin", "public_names", "fallback"}
 _MIRROR_KEYS |= {
     "contact_name", "contact_email", "bandwidth", "ssh_host", "ssh_port", "ssh_user",
     "upstream", "sync",
@@ -287,7 +313,7 @@ def parse_settings(text: str, path: Path | str = "<config>") -> Settings:
     trace = top_field("master_trace", _relpath, "project/trace/mirror.contribs.org")
     redis_url = top_field("redis_url", _redis_url, None)
     geoip = top_field("geoip_db", lambda v: Path(_str(v)) if _str(v) else None, None)
-    return Settings(
+    settings = Settings(
         mirrors=_mirrors(doc.get("mirror", []), lines, fail),
         master=master,
         master_trace=trace,
@@ -335,8 +361,85 @@ def parse_settings(text: str, path: Path | str = "<config>") -> Settings:
         access_log_path=top_field(
             "access_log_path", lambda v: Path(_str(v)) if _str(v) else None, None
         ),
+        master_origin=top_field("master_origin", _origin, ""),
+        public_names=top_field("public_names", _public_names, ()),
+        fallback=top_field("fallback", _fallback_mode, "redirect"),
         source=src,
     )
+    _check_topology(settings, lines, fail)
+    return settings
+
+
+def _origin(v: object) -> str:
+    """`master_origin`: a file:///directory/ on this machine, or an http(s) tree URL."""
+    s = _str(v).strip()
+    if not s:
+        return ""
+    parts = urlsplit(s)
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            raise ValueError(f"{s!r}: a local tree is file:///absolute/path/")
+        if "?" in s or "#" in s or any(p in {".", ".."} for p in parts.path.split("/")):
+            raise ValueError(f"{s!r} must be a plain directory path (no '..', query, fragment)")
+        return s if s.endswith("/") else s + "/"
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"{s!r}: use file:///srv/smeserver/ or an http(s) URL")
+    return normalize_base_url(s, ("http", "https"))
+
+
+def _public_names(v: object) -> tuple[str, ...]:
+    if not isinstance(v, list):
+        raise TypeError(f'expected a list like ["mirror.contribs.org"], got {v!r}')
+    out: list[str] = []
+    for item in v:
+        name = normalize_name(_str(item))
+        if name not in out:
+            out.append(name)
+    return tuple(out)
+
+
+def _fallback_mode(v: object) -> str:
+    s = _str(v)
+    if s not in FALLBACK_MODES:
+        raise ValueError(f'{s!r}: use "redirect" (302 to master) or "local" (nginx serves it)')
+    return s
+
+
+def _check_topology(
+    s: Settings, lines: _Lines, fail: Callable[[int | None, str, str], ConfigError]
+) -> None:
+    """Refuse a config that would send a client, or the poller, to the redirector itself."""
+    names = s.own_names
+    own_master = names_url(names, s.master)
+    if own_master is not None and s.fallback == "redirect":
+        raise fail(
+            lines.table("redirector", "master"),
+            "[redirector] fields 'master' and 'fallback'",
+            f"master {s.master} is this redirector's own name {own_master!r} (public_names or "
+            'listen), so a fallback would redirect to itself in a loop: set fallback = "local" '
+            "(nginx serves the tree, deploy/nginx) or a master on another host",
+        )
+    own_origin = names_url(names, s.origin)
+    if own_origin is not None:
+        field_name = "master_origin" if s.master_origin else "master"
+        raise fail(
+            lines.table("redirector", field_name),
+            f"[redirector] field '{field_name}'"
+            + (" (master_origin is unset)" if not s.master_origin else ""),
+            f"the poller would read the master from {s.origin}, which is this redirector "
+            f"({own_origin!r}), not the tree: set master_origin to the tree on disk "
+            "(file:///srv/smeserver/) or an internal URL",
+        )
+    for i, m in enumerate(s.mirrors):
+        for key, url in (("http", m.http), ("https", m.https)):
+            own = None if url is None else names_url(names, url)
+            if own is not None:
+                raise fail(
+                    lines.mirror(i, key),
+                    f"mirror '{m.name}' field '{key}'",
+                    f"{url} is this redirector's own name {own!r}: a client sent there would "
+                    "be sent on in a loop",
+                )
 
 
 def _mirrors(

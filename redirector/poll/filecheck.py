@@ -22,6 +22,7 @@ from cachetools import TTLCache
 
 from redirector.config.settings import Settings
 from redirector.core.models import Mirror, MirrorState
+from redirector.core.topology import fallback_target
 from redirector.poll.probe import OffHost, ProbeError, Tally, fetch, open_session
 from redirector.router import Routed
 from redirector.snapshot import Snapshot, SnapshotHolder
@@ -117,7 +118,7 @@ class Verifier:
             lookups += 1
             if await self._lookup(key, ranked.base + path):
                 return ranked.base + path
-        return settings.master + path
+        return fallback_target(settings.fallback, settings.master, path)
 
     def _state(self, snapshot: Snapshot, name: str) -> MirrorState | None:
         if self._states[0] is not snapshot:

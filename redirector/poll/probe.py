@@ -4,15 +4,22 @@ The poller, the per-file check, the repodata pass, the sync reader and `check-mi
 HEAD through `fetch`, on a session from `open_session`. So there is one redirect rule (a redirect
 is followed only to the same scheme, host and port), one error type (`ProbeError`, whose `kind`
 says DOWN or BROKEN), one body cap and one total deadline per request.
+
+The master may also be read from this machine's disk (`master_origin = "file:///srv/..."`):
+`fetch` answers a ``file:`` URL from the file system with the same `Fetched` and `ProbeError`
+(a missing file is a 404, its mtime the Last-Modified), so every reader of the master works
+unchanged whichever origin it has.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 import aiohttp
 from yarl import URL
@@ -129,6 +136,44 @@ async def _read_capped(resp: aiohttp.ClientResponse, max_bytes: int) -> bytes:
     return bytes(buf)
 
 
+def _read_fd(fd: int, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = os.read(fd, n - len(buf))
+        if not chunk:
+            break
+        buf += chunk
+    return bytes(buf)
+
+
+def _read_local(url: str, max_bytes: int, head: bool) -> Fetched:
+    """A ``file:`` URL as an HTTP answer: 200 with up to `max_bytes` + 1 bytes, or 404."""
+    parts = urlsplit(url)
+    path = unquote(parts.path)
+    if parts.netloc not in ("", "localhost") or any(p == ".." for p in path.split("/")):
+        raise ProbeError(f"not a local tree path: {url[:200]}", Status.BROKEN)
+    try:
+        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer for ever
+        # (a thread no timeout can stop); for a regular file it changes nothing.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except (FileNotFoundError, NotADirectoryError):
+        return Fetched(404, b"", None, {})
+    except PermissionError:
+        return Fetched(403, b"", None, {})
+    except OSError as e:
+        raise ProbeError(f"cannot read {path}: {e.strerror or e}") from e
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):  # a directory, FIFO or device is no tree file
+            return Fetched(404, b"", None, {})
+        body = b"" if head else _read_fd(fd, max_bytes + 1)
+    except OSError as e:
+        raise ProbeError(f"cannot read {path}: {e.strerror or e}") from e
+    finally:
+        os.close(fd)
+    return Fetched(200, body, st.st_mtime, {"Content-Length": str(st.st_size)})
+
+
 async def fetch(
     session: aiohttp.ClientSession,
     url: str,
@@ -145,8 +190,20 @@ async def fetch(
     Raises ProbeError for anything that is not an answer we can read: refused, timed out, TLS
     or DNS failure (DOWN); a redirect elsewhere (OffHost) or in a loop, a body over the cap
     (BROKEN). A HEAD reads no body. `encoded`: `url` is sent exactly as written (a client's
-    path, percent-escapes and all), not re-quoted.
+    path, percent-escapes and all), not re-quoted. A ``file:`` URL (the master's tree on
+    disk, never a mirror: settings allow http and https only there) is read from disk.
     """
+    if url.startswith("file:"):
+        try:
+            async with asyncio.timeout(timeout):
+                got = await asyncio.to_thread(_read_local, url, max_bytes, method == "HEAD")
+        except TimeoutError as e:
+            raise ProbeError(f"timed out after {timeout:g} s reading {url[:200]}") from e
+        if tally is not None:
+            tally.requests += 1
+        if len(got.body) > max_bytes:
+            raise ProbeError(f"body exceeds {max_bytes} bytes", Status.BROKEN)
+        return got
     try:
         async with asyncio.timeout(timeout):
             for _ in range(MAX_REDIRECTS + 1):

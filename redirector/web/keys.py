@@ -44,3 +44,5 @@ STATUS_SECTIONS = web.AppKey[list[SectionProvider]]("status_sections")
 ROUTED = web.RequestKey("routed", Routed)
 DECISION_SECONDS = web.RequestKey("decision_seconds", float)
 TARGET = web.RequestKey("target", str)  # the Location sent, after the per-file check
+# The mirrors a mirror list or metalink named, best first (yum.py), for the access log.
+LISTED = web.RequestKey[tuple[str, ...]]("listed")

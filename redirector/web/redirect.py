@@ -12,6 +12,7 @@ from aiohttp import web
 
 from redirector.core.paths import BadPath, split_target
 from redirector.core.selection import check
+from redirector.core.topology import ACCEL_HEADER, is_local
 from redirector.views.explain import wants_mirrorlist
 from redirector.web import keys, pages
 from redirector.web.link import link_header
@@ -62,11 +63,30 @@ async def redirect(request: web.Request) -> web.StreamResponse:
     target = await app[keys.VERIFIER].target(routed)  # never a 404 (verify.py)
     request[keys.TARGET] = target  # for the access log: the mirror finally sent to
     pages.record(request, routed, decision_seconds, target)
+    if is_local(target):
+        return local_answer(target)
     out = {"Location": target, "Cache-Control": NO_SHARED_CACHE}
     link = link_header(routed, target)  # RFC 6249: the next best, for clients that retry
     if link is not None:
         out["Link"] = link
     return web.Response(status=302, headers=out)
+
+
+def local_answer(target: str) -> web.Response:
+    """A fallback served from the local tree: nginx sees X-Accel-Redirect and serves the file
+    from its internal location instead of this answer (deploy/nginx). No Location: the
+    redirector never sends a client to one of its own names.
+
+    The status is for a client that reaches the redirector without nginx in front (a
+    misconfiguration): a 503 saying so in its reason, never an empty 200 that would pass for
+    the file. No body, Content-Type or Cache-Control: nginx keeps those headers of the
+    upstream's answer, and the file's own must win.
+    """
+    return web.Response(
+        status=503,
+        reason="Served By The Front Server (X-Accel-Redirect)",
+        headers={ACCEL_HEADER: target},
+    )
 
 
 def _iso(ts: float | None) -> str | None:
@@ -108,6 +128,8 @@ async def health(request: web.Request) -> web.Response:
         },
         "master": {
             "url": settings.master,
+            "origin": settings.origin,
+            "fallback": settings.fallback,
             "reachable": None if master is None else master.error is None,
             "error": master.error if master else None,
             "current": _iso(master.current.date if master and master.current else None),
