@@ -55,6 +55,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     enabled = sum(1 for m in settings.mirrors if m.enabled)
     print(f"\n{args.file}: OK, {len(settings.mirrors)} mirrors ({enabled} enabled), "
           f"master {settings.master}")  # fmt: skip
+    print(f"master read from {settings.origin}; fallback: {settings.fallback}; "
+          f"own names: {', '.join(settings.own_names)}")  # fmt: skip
     return EXIT_OK
 
 
