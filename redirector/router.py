@@ -354,6 +354,8 @@ class Router:
         self.policy = Policy(settings.max_lag, settings.closeness_km, settings.closeness_ratio)
         # A fallback's target: the master's public URL, or the local tree's nginx location.
         self._master = fallback_target(settings.fallback, settings.master, "")
+        # ftp-only mirrors are a browser's last resort (web/redirect.py): asked only if any.
+        self.has_ftp_only = any(m.http is None and m.https is None for m in settings.mirrors)
         self._who: dict[tuple[str | None, str | None, str | None, str], _Who] = {}
         self._raw_paths: dict[str, str] = {}
         self._snap: Snapshot | None = None

@@ -240,7 +240,7 @@ _REDIRECTOR_KEYS = {
     "repodata_arches", "alternates_window", "repodata_max_probes",
 }  # fmt: skip
 _MIRROR_KEYS = {
-    "name", "http", "https", "country", "latitude", "longitude", "weight", "exclude",
+    "name", "http", "https", "ftp", "country", "latitude", "longitude", "weight", "exclude",
     "ipv6", "enabled", "trace_name",
 }  # fmt: skip
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
@@ -431,7 +431,7 @@ def _check_topology(
             "(file:///srv/smeserver/) or an internal URL",
         )
     for i, m in enumerate(s.mirrors):
-        for key, url in (("http", m.http), ("https", m.https)):
+        for key, url in (("http", m.http), ("https", m.https), ("ftp", m.ftp)):
             own = None if url is None else names_url(names, url)
             if own is not None:
                 raise fail(
@@ -494,10 +494,12 @@ def _mirror(
         return get(key, lambda v: normalize_base_url(v, (key,)))
 
     name = get("name", _name)
-    http, https = opt_url("http"), opt_url("https")
+    http, https, ftp = opt_url("http"), opt_url("https"), opt_url("ftp")
     enabled = get("enabled", _bool, True)
-    if http is None and https is None:
-        raise fail(lines.mirror(i), f"{label} field 'http'", "an http or https URL is required")
+    if http is None and https is None and ftp is None:
+        raise fail(
+            lines.mirror(i), f"{label} field 'http'", "an http, https or ftp URL is required"
+        )
     request = _mirror_request(get, i, label, lines, fail)
     return Mirror(
         name=name,
@@ -523,6 +525,7 @@ def _mirror(
         ssh_user=request.ssh_user,
         upstream=request.upstream,
         sync=request.sync,
+        ftp=ftp,
     )
 
 

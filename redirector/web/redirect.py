@@ -6,13 +6,15 @@ import json
 import os
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from aiohttp import web
 
 from redirector.core.paths import BadPath, split_target
-from redirector.core.selection import check
-from redirector.core.topology import ACCEL_HEADER, is_local
+from redirector.core.selection import LIST, check
+from redirector.core.topology import ACCEL_HEADER, fallback_target, is_local
+from redirector.router import Routed, Router
 from redirector.views.explain import wants_mirrorlist
 from redirector.web import keys, pages
 from redirector.web.link import link_header
@@ -61,6 +63,12 @@ async def redirect(request: web.Request) -> web.StreamResponse:
     if query and wants_mirrorlist(query):
         return pages.mirrorlist(request, routed)  # why this client goes there, not a download
     target = await app[keys.VERIFIER].target(routed)  # never a 404 (verify.py)
+    if (
+        router.has_ftp_only
+        and routed.client.scheme == "http"
+        and _fell_back(router, routed, target)
+    ):
+        routed, target = await _last_resort(request, routed, target)
     request[keys.TARGET] = target  # for the access log: the mirror finally sent to
     pages.record(request, routed, decision_seconds, target)
     if is_local(target):
@@ -70,6 +78,28 @@ async def redirect(request: web.Request) -> web.StreamResponse:
     if link is not None:
         out["Link"] = link
     return web.Response(status=302, headers=out)
+
+
+def _fell_back(router: Router, routed: Routed, target: str) -> bool:
+    s = router.settings
+    return routed.fallback or target == fallback_target(s.fallback, s.master, routed.path)
+
+
+async def _last_resort(request: web.Request, routed: Routed, target: str) -> tuple[Routed, str]:
+    """No http mirror can serve this plain-http client: an ftp-only mirror that can, if any.
+
+    Ranked as for a mirror list (every URL a mirror has), so that only the ftp-only mirrors
+    can be new here: every other was already asked for this request.
+    """
+    app = request.app
+    again = app[keys.ROUTER].route(replace(routed.client, scheme=LIST), routed.path)
+    if again.fallback:
+        return routed, target
+    found = await app[keys.VERIFIER].target(again)
+    if _fell_back(app[keys.ROUTER], again, found):
+        return routed, target
+    request[keys.ROUTED] = again
+    return again, found
 
 
 def local_answer(target: str) -> web.Response:

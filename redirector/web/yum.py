@@ -39,7 +39,7 @@ from redirector.core.mirrorlist import (
     resolve,
     valid_names,
 )
-from redirector.core.selection import Ranked
+from redirector.core.selection import LIST, Ranked
 from redirector.core.topology import list_fallback
 from redirector.poll.repodata import REPOMD, accepted, targets
 from redirector.router import Routed, Router
@@ -76,10 +76,11 @@ def _arch(request: web.Request, required: bool) -> str:
 
 
 def _route(request: web.Request, ref: RepoRef, arch: str) -> tuple[Router, Routed]:
-    """Rank mirrors for a list. Unlike a redirect, a list asked for over https still names
-    http-only mirrors: SME 10-12 fetch every list over https, yum checks the packages' GPG
-    signatures, and an https-only list would shrink to a couple of mirrors. Where a mirror has
-    an https URL, an https client gets it (see _base)."""
+    """Rank mirrors for a list. Unlike a redirect, a list names ftp-only mirrors (yum and
+    librepo fetch ftp://), and a list asked for over https still names http-only mirrors:
+    SME 10-12 fetch every list over https, yum checks the packages' GPG signatures, and an
+    https-only list would shrink to a couple of mirrors. Where a mirror has an https URL, an
+    https client gets it (see _base)."""
     router = request.app[keys.ROUTER]
     client = router.client(
         request.remote,
@@ -89,7 +90,7 @@ def _route(request: web.Request, ref: RepoRef, arch: str) -> tuple[Router, Route
     )
     request[_HTTPS] = client.scheme == "https"
     started = time.perf_counter()
-    routed = router.route(replace(client, scheme="http"), f"{ref.arch_dir(arch)}/{REPOMD}")
+    routed = router.route(replace(client, scheme=LIST), f"{ref.arch_dir(arch)}/{REPOMD}")
     request[keys.DECISION_SECONDS] = time.perf_counter() - started
     # The access log's client, country and scheme (the one the client used, not "http").
     request[keys.ROUTED] = replace(routed, client=client)
