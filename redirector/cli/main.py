@@ -40,7 +40,7 @@ def mirror_table(settings: Settings) -> str:
                 "yes" if m.enabled else "no",
                 "yes" if m.ipv6 else "no",
                 ",".join(m.exclude) or "-",
-                " ".join(u for u in (m.http, m.https) if u),
+                " ".join(u for u in (m.http, m.https, m.ftp) if u),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
