@@ -18,6 +18,7 @@ class FtpServer:
     files: dict[str, bytes] = field(default_factory=dict)  # "/sme/path" -> body
     mtimes: dict[str, float] = field(default_factory=dict)
     epsv: bool = True
+    busy: bool = False  # answer every login with 421, as a server at its user limit does
     commands: list[str] = field(default_factory=list)
     port: int = 0
     _server: asyncio.Server | None = None
@@ -61,7 +62,7 @@ class FtpServer:
                 if cmd == "USER":
                     send("331 password please")
                 elif cmd == "PASS":
-                    send("230 logged in")
+                    send("421 too many users, try later" if self.busy else "230 logged in")
                 elif cmd == "TYPE":
                     send("200 type set")
                 elif cmd == "SIZE":

@@ -103,6 +103,11 @@ async def test_fetch_over_ftp(ftp: FtpServer) -> None:
         assert (await fetch(session, ftp.url() + "releases/10/a", timeout=2)).body == b"a"
         with pytest.raises(ProbeError, match="cannot connect"):
             await fetch(session, f"ftp://127.0.0.1:{free_port()}/x", timeout=2)
+        # A server at its user limit is down for now, not broken.
+        ftp.busy = True
+        with pytest.raises(ProbeError, match="FTP login refused: 421") as e:
+            await fetch(session, ftp.url() + "releases/10/a", timeout=2)
+        assert e.value.kind is Status.DOWN
     assert "PASS redirector@" in ftp.commands
     assert "TYPE I" in ftp.commands
 

@@ -255,7 +255,9 @@ async def _ftp_login(reader: asyncio.StreamReader, writer: asyncio.StreamWriter)
     if reply.code == 331:
         reply = await _ftp_command(reader, writer, f"PASS {FTP_PASSWORD}")
     if reply.code != 230:
-        raise ProbeError(f"FTP login refused: {reply.code} {reply.text[:100]}", Status.BROKEN)
+        # 4xx (421: too many users) is a busy server, DOWN for now; 5xx a refusal, BROKEN.
+        kind = Status.DOWN if 400 <= reply.code < 500 else Status.BROKEN
+        raise ProbeError(f"FTP login refused: {reply.code} {reply.text[:100]}", kind)
     await _ftp_command(reader, writer, "TYPE I")
 
 
