@@ -1,7 +1,8 @@
 """A real FTP server on loopback for tests: anonymous, passive, binary, serving a dict of files.
 
-Only what mirrors' FTP servers answer the poller with: USER/PASS, TYPE, SIZE, MDTM, CWD,
-EPSV/PASV and RETR, QUIT; anything else gets 502. Paths are absolute (``/sme/project/...``).
+Only what mirrors' FTP servers answer the poller and libcurl (dnf's librepo) with: USER/PASS,
+PWD, CWD (absolute or relative), TYPE, SIZE, MDTM, EPSV/PASV, RETR, QUIT; anything else gets
+502. Files are keyed by absolute path (``/sme/project/...``).
 `epsv = False` makes it answer EPSV with 500, as old servers do, so PASV is used.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import posixpath
 import time
 from dataclasses import dataclass, field
 
@@ -42,6 +44,11 @@ class FtpServer:
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         data: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
         listener: asyncio.Server | None = None
+        cwd = "/"
+
+        def resolve(arg: str) -> str:
+            path = arg if arg.startswith("/") else cwd.rstrip("/") + "/" + arg
+            return posixpath.normpath(path) if path != "/" else "/"
 
         def send(line: str) -> None:
             writer.write(line.encode() + b"\r\n")
@@ -59,6 +66,8 @@ class FtpServer:
                 cmd, _, arg = raw.decode().strip().partition(" ")
                 cmd = cmd.upper()
                 self.commands.append(f"{cmd} {arg}".strip())
+                if cmd in ("SIZE", "MDTM", "RETR"):
+                    arg = resolve(arg)
                 if cmd == "USER":
                     send("331 password please")
                 elif cmd == "PASS":
@@ -74,8 +83,15 @@ class FtpServer:
                         send("213 " + time.strftime("%Y%m%d%H%M%S", time.gmtime(ts)))
                     else:
                         send("550 no such file")
+                elif cmd == "PWD":
+                    send(f'257 "{cwd}" is the current directory')
                 elif cmd == "CWD":
-                    send("250 ok" if self._is_dir(arg) else "550 no such directory")
+                    target = resolve(arg)
+                    if target == "/" or self._is_dir(target):
+                        cwd = target
+                        send("250 ok")
+                    else:
+                        send("550 no such directory")
                 elif cmd in ("EPSV", "PASV"):
                     if cmd == "EPSV" and not self.epsv:
                         send("500 EPSV not understood")

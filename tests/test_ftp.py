@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -20,6 +21,8 @@ from redirector.web.app import create_app
 from tests.conftest import free_port
 from tests.farm import MASTER_TRACE, Farm, trace_c
 from tests.ftpserver import FtpServer
+from tests.rpmrepo import build_repo, require
+from tests.test_dnf import dnf_makecache
 
 Client = TestClient[web.Request, web.Application]
 ClientFactory = Callable[[web.Application], Awaitable[Client]]
@@ -185,3 +188,25 @@ async def test_a_metalink_names_ftp_urls(aiohttp_client: ClientFactory) -> None:
     assert [(u.get("protocol"), u.text) for u in urls] == [
         ("ftp", f"ftp://127.0.0.1:9/za/{REPO}/repodata/repomd.xml")
     ]
+
+
+async def test_dnf_reads_an_ftp_mirror_from_the_list(
+    aiohttp_client: ClientFactory, ftp: FtpServer, tmp_path: Path
+) -> None:
+    """Real dnf (librepo, libcurl's FTP) through `mirrorlist=`, the only mirror an ftp one."""
+    require("rpmbuild", "createrepo_c", "dnf")
+    repo = build_repo(tmp_path / "build", tmp_path / "repo", [("smetest-ftp", "1.0")])
+    for path, body in repo.items():
+        ftp.files[f"/sme/{REPO}/{path}"] = body
+    s = settings("http://127.0.0.1:9/master/", ftp.url())
+    client = await started(aiohttp_client, s, ("za",))
+    listed = await (await client.get("/mirrorlist/smeos-10")).text()
+    assert ftp.url() + "releases/10/smeos/$basearch" in listed
+    line = f"mirrorlist=http://127.0.0.1:{client.server.port}/mirrorlist/smeos-10"
+    rc, out = await dnf_makecache(tmp_path / "dnf", line)
+    assert rc == 0, out
+    assert "Metadata cache created" in out, out
+    # libcurl walks the path with CWD, then fetches repomd.xml and the metadata it names.
+    assert "CWD repodata" in ftp.commands
+    assert "RETR repomd.xml" in ftp.commands
+    assert any(c.startswith("RETR ") and c.endswith("-primary.xml.gz") for c in ftp.commands)
