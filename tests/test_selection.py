@@ -106,7 +106,7 @@ def test_choice_is_stable_per_client_network() -> None:
 
 def test_choice_is_the_same_in_another_process() -> None:
     code = (
-        "from redirector.selection import client_seed, name_seed, rendezvous_score;"
+        "from redirector.core.selection import client_seed, name_seed, rendezvous_score;"
         "print(rendezvous_score(client_seed(b'\\x0a\\x00\\x01'), name_seed('nluug'), 100))"
     )
     outs = {
