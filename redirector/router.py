@@ -56,6 +56,7 @@ from redirector.core.selection import (
     name_seed,
     rendezvous_score,
 )
+from redirector.core.topology import fallback_target
 from redirector.geo import GeoReader
 from redirector.snapshot import Snapshot, SnapshotHolder
 
@@ -88,7 +89,7 @@ class Routed:
     client: Client
     location: Location | None
     path: str
-    target: str  # the URL the client is sent to
+    target: str  # the URL the client is sent to (a fallback may be topology.LOCAL_PREFIX...)
     fallback: bool  # no mirror was eligible: the master
     chosen: Ranked | None = None
     _cell: _Cell | None = field(default=None, repr=False, compare=False)
@@ -341,7 +342,10 @@ class Router:
         self.settings = settings
         self.trust = ProxyTrust(settings.trusted_proxies)
         self.policy = Policy(settings.max_lag, settings.closeness_km, settings.closeness_ratio)
-        self._master = settings.master
+        # A fallback's target: the master's public URL, or the local tree's nginx location.
+        self._master = fallback_target(settings.fallback, settings.master, "")
+        # ftp-only mirrors are a browser's last resort (web/redirect.py): asked only if any.
+        self.has_ftp_only = any(m.http is None and m.https is None for m in settings.mirrors)
         self._who: dict[tuple[str | None, str | None, str | None, str], _Who] = {}
         self._raw_paths: dict[str, str] = {}
         self._snap: Snapshot | None = None

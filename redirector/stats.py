@@ -18,6 +18,11 @@ Buckets (hashes ``{prefix}stats:{bucket}`` in Redis, see `redirector.store`):
     must not grow the hash without bound); kept `DAYS_KEPT` days.
 
 Counts are per GET redirect (HEAD requests and explain views are not downloads).
+
+Mirror lists and metalinks (yum and dnf, most of what SME Servers send) are counted beside
+them, per GET answer: ``lists`` and ``l:{mirror}`` (the mirror named first, ``-`` for none)
+in every bucket, and in the daily one ``lk:{kind}`` (mirrorlist, metalink), ``lr:{repo}-{ver}``
+(only configured names reach the count) and ``lc:{country}``.
 """
 
 from __future__ import annotations
@@ -45,6 +50,9 @@ NO_COUNTRY = "--"
 READ_MAX_AGE = 5.0  # how long a read of the store serves status pages before it is redone
 
 Key = tuple[str | None, str | None, str]  # (mirror or None for the master, country, subtree)
+# (kind, "<repo>-<ver>", country, the mirror named first or None)
+ListKey = tuple[str, str, str | None, str | None]
+NONE_LISTED = "-"
 
 
 def subtree_of(path: str) -> str:
@@ -56,10 +64,11 @@ def subtree_of(path: str) -> str:
 class Tally:
     """Counts piling up in this process between flushes. Not thread-safe: one event loop."""
 
-    __slots__ = ("_pending",)
+    __slots__ = ("_lists", "_pending")
 
     def __init__(self) -> None:
         self._pending: dict[Key, int] = {}
+        self._lists: dict[ListKey, int] = {}
 
     def count(self, mirror: str | None, country: str | None, path: str) -> None:
         """One download sent to `mirror` (None: the master); cheap enough for every request."""
@@ -67,20 +76,34 @@ class Tally:
         pending = self._pending
         pending[key] = pending.get(key, 0) + 1
 
+    def count_list(self, kind: str, repo: str, country: str | None, first: str | None) -> None:
+        """One mirror list or metalink for `repo` ("smeos-10") naming `first` first."""
+        key = (kind, repo, country, first)
+        self._lists[key] = self._lists.get(key, 0) + 1
+
     @property
     def pending(self) -> int:
-        """Downloads counted and not flushed yet."""
-        return sum(self._pending.values())
+        """Downloads and lists counted and not flushed yet."""
+        return sum(self._pending.values()) + sum(self._lists.values())
 
     def take(self) -> dict[Key, int]:
-        """Everything counted so far; the tally starts again from zero."""
+        """Every download counted so far; the downloads start again from zero."""
         taken, self._pending = self._pending, {}
         return taken
 
-    def put_back(self, taken: Mapping[Key, int]) -> None:
+    def take_lists(self) -> dict[ListKey, int]:
+        """Every list counted so far; the lists start again from zero."""
+        taken, self._lists = self._lists, {}
+        return taken
+
+    def put_back(
+        self, taken: Mapping[Key, int], lists: Mapping[ListKey, int] | None = None
+    ) -> None:
         """Return counts a failed flush could not write, to go with the next one."""
         for key, n in taken.items():
             self._pending[key] = self._pending.get(key, 0) + n
+        for lkey, n in (lists or {}).items():
+            self._lists[lkey] = self._lists.get(lkey, 0) + n
 
 
 def day_of(ts: float) -> str:
@@ -88,10 +111,17 @@ def day_of(ts: float) -> str:
     return day(ts)
 
 
-def batches(taken: Mapping[Key, int], now: float) -> list[Counts]:
-    """The store increments for `taken`, stamped with the buckets `now` falls in."""
+def batches(
+    taken: Mapping[Key, int], now: float, lists: Mapping[ListKey, int] | None = None
+) -> list[Counts]:
+    """The store increments for `taken` (and `lists`), stamped with the buckets `now` falls in."""
     window: dict[str, int] = {}
     daily: dict[str, int] = {}
+    for (kind, repo, lcountry, first), n in (lists or {}).items():
+        for f in ("lists", f"l:{first or NONE_LISTED}"):
+            window[f] = window.get(f, 0) + n
+        for f in (f"lk:{kind}", f"lr:{repo}", f"lc:{lcountry or NO_COUNTRY}"):
+            daily[f] = daily.get(f, 0) + n
     for (mirror, country, subtree), n in taken.items():
         target = "master" if mirror is None else f"m:{mirror}"
         window["total"] = window.get("total", 0) + n
@@ -117,14 +147,15 @@ async def flush(tally: Tally, store: Store, now: float) -> int:
     Returns how many downloads were written.
     """
     taken = tally.take()
-    if not taken:
+    lists = tally.take_lists()
+    if not taken and not lists:
         return 0
     try:
-        await store.add_counts(batches(taken, now))
+        await store.add_counts(batches(taken, now, lists))
     except StoreError:
-        tally.put_back(taken)
+        tally.put_back(taken, lists)
         raise
-    return sum(taken.values())
+    return sum(taken.values()) + sum(lists.values())
 
 
 async def flush_forever(
@@ -162,6 +193,8 @@ class Window:
     total: int = 0
     master: int = 0
     mirrors: Mapping[str, int] = field(default_factory=dict)
+    lists: int = 0  # mirror lists and metalinks answered
+    listed_first: Mapping[str, int] = field(default_factory=dict)  # by the mirror named first
 
     def share(self, mirror: str) -> float | None:
         """The fraction of the window's downloads sent to `mirror`; None when there were none."""
@@ -180,6 +213,11 @@ class Day:
     mirrors: Mapping[str, int]
     countries: Mapping[str, int]
     subtrees: Mapping[str, int]
+    lists: int = 0
+    list_kinds: Mapping[str, int] = field(default_factory=dict)  # mirrorlist, metalink
+    list_repos: Mapping[str, int] = field(default_factory=dict)  # "smeos-10"
+    list_countries: Mapping[str, int] = field(default_factory=dict)
+    listed_first: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,16 +238,20 @@ def buckets_for(now: float, days: int = DAYS_SHOWN) -> tuple[list[str], list[str
 
 
 def _window(raw: Mapping[str, Mapping[str, int]], names: list[str]) -> Window:
-    total = master = 0
+    total = master = lists = 0
     mirrors: dict[str, int] = {}
+    first: dict[str, int] = {}
     for b in names:
         fields = raw.get(b, {})
         total += fields.get("total", 0)
         master += fields.get("master", 0)
+        lists += fields.get("lists", 0)
         for f, n in fields.items():
             if f.startswith("m:"):
                 mirrors[f[2:]] = mirrors.get(f[2:], 0) + n
-    return Window(total, master, mirrors)
+            elif f.startswith("l:"):
+                first[f[2:]] = first.get(f[2:], 0) + n
+    return Window(total, master, mirrors, lists, first)
 
 
 def _prefixed(fields: Mapping[str, int], prefix: str) -> dict[str, int]:
@@ -232,6 +274,11 @@ def summarize(raw: Mapping[str, Mapping[str, int]], now: float) -> DownloadStats
                 mirrors=_prefixed(fields, "m:"),
                 countries=_prefixed(fields, "c:"),
                 subtrees=_prefixed(fields, "t:"),
+                lists=fields.get("lists", 0),
+                list_kinds=_prefixed(fields, "lk:"),
+                list_repos=_prefixed(fields, "lr:"),
+                list_countries=_prefixed(fields, "lc:"),
+                listed_first=_prefixed(fields, "l:"),
             )
         )
     return DownloadStats(_window(raw, five), _window(raw, hours), tuple(days))

@@ -644,7 +644,12 @@ async def check_mirror(
     """Run every check against the tree root `url`; ValueError when `url` is not one."""
     opts = options or CheckOptions()
     base = normalize_base_url(url, ("http", "https"))
-    master = normalize_base_url(opts.master, ("http", "https"))
+    # The master tree on this machine's disk (master_origin) is read as it is, by probe.fetch.
+    master = (
+        opts.master
+        if opts.master.startswith("file:")
+        else normalize_base_url(opts.master, ("http", "https"))
+    )
     if len(opts.repomd_paths) > MAX_REPOMD:
         raise ValueError(f"at most {MAX_REPOMD} repomd.xml paths")
     parts = urlsplit(base)

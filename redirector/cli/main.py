@@ -41,7 +41,7 @@ def mirror_table(settings: Settings) -> str:
                 "yes" if m.enabled else "no",
                 "yes" if m.ipv6 else "no",
                 ",".join(m.exclude) or "-",
-                " ".join(u for u in (m.http, m.https) if u),
+                " ".join(u for u in (m.http, m.https, m.ftp) if u),
             )
         )
     return table(rows)
@@ -53,6 +53,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     enabled = sum(1 for m in settings.mirrors if m.enabled)
     print(f"\n{args.file}: OK, {len(settings.mirrors)} mirrors ({enabled} enabled), "
           f"master {settings.master}")  # fmt: skip
+    print(f"master read from {settings.origin}; fallback: {settings.fallback}; "
+          f"own names: {', '.join(settings.own_names)}")  # fmt: skip
     return EXIT_OK
 
 
@@ -239,7 +241,7 @@ def cmd_check_mirror(args: argparse.Namespace) -> int:
     settings = load_settings(args.config) if args.config else None
     opts = cm.CheckOptions()
     if settings is not None:
-        opts = replace(opts, master=settings.master, master_trace=settings.master_trace,
+        opts = replace(opts, master=settings.origin, master_trace=settings.master_trace,
                        max_lag=settings.max_lag, timeout=settings.probe_timeout)  # fmt: skip
     if args.mirror:
         mirror = settings.mirror(args.mirror) if settings is not None else None

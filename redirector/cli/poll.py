@@ -116,7 +116,7 @@ async def _poll_once_command(
         print(file=err)
     now = time.time()
     m = result.master
-    master_line = f"master {settings.master}: " + (
+    master_line = f"master {settings.origin}: " + (
         f"error: {m.error}" if m.error else "ok, current state " + describe_master(m)
     )
     print(master_line, file=out)

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from redirector.config.table import Key, keys_of, mirror_key, setting, spec
 from redirector.core.models import Mirror
+from redirector.core.topology import FALLBACK_MODES, listen_names, names_url, normalize_name
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -380,6 +381,41 @@ _NAMES_KIND = "list of names"
 # --- the settings, each key declared once on its field ------------------------------------
 
 
+def _origin(v: object) -> str:
+    """`master_origin`: a file:///directory/ on this machine, or an http(s) tree URL."""
+    s = _str(v).strip()
+    if not s:
+        return ""
+    parts = urlsplit(s)
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            raise ValueError(f"{s!r}: a local tree is file:///absolute/path/")
+        if "?" in s or "#" in s or any(p in {".", ".."} for p in parts.path.split("/")):
+            raise ValueError(f"{s!r} must be a plain directory path (no '..', query, fragment)")
+        return s if s.endswith("/") else s + "/"
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"{s!r}: use file:///srv/smeserver/ or an http(s) URL")
+    return normalize_base_url(s, ("http", "https"))
+
+
+def _public_names(v: object) -> tuple[str, ...]:
+    if not isinstance(v, list):
+        raise TypeError(f'expected a list like ["mirror.contribs.org"], got {v!r}')
+    out: list[str] = []
+    for item in v:
+        name = normalize_name(_str(item))
+        if name not in out:
+            out.append(name)
+    return tuple(out)
+
+
+def _fallback_mode(v: object) -> str:
+    s = _str(v)
+    if s not in FALLBACK_MODES:
+        raise ValueError(f'{s!r}: use "redirect" (302 to master) or "local" (nginx serves it)')
+    return s
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the process needs, built once from the config file.
@@ -649,6 +685,33 @@ class Settings:
         " can find.",
         reloadable=False,
     )
+    # The master topology (core/topology.py, docs/topology.md): what the poller reads, where a
+    # client falls back, and the names no Location, list line or metalink URL may carry.
+    master_origin: str = setting(
+        "",
+        _origin,
+        "file:///directory/ or http(s) URL",
+        "master",
+        "What the poller reads the master tree from: the tree on this machine's disk"
+        " (file:///srv/smeserver/) or an internal URL. Unset: `master`.",
+    )
+    public_names: tuple[str, ...] = setting(
+        (),
+        _public_names,
+        "list of host names (or host:port)",
+        "master",
+        "The names clients reach this redirector by; the listen address counts too. No"
+        " Location, list line or metalink URL ever names one of them.",
+    )
+    fallback: str = setting(
+        "redirect",
+        _fallback_mode,
+        '"redirect" or "local"',
+        "master",
+        'Where a client goes when no mirror can serve it: "redirect" (a 302 to `master`, which'
+        ' must then be another host) or "local" (X-Accel-Redirect to /_master/<path>, served by'
+        " nginx from the local tree: deploy/nginx).",
+    )
     source: Path | None = None  # the file these settings came from
 
     def mirror(self, name: str) -> Mirror | None:
@@ -656,6 +719,16 @@ class Settings:
             if m.name == name:
                 return m
         return None
+
+    @property
+    def origin(self) -> str:
+        """The tree root the poller reads the master from (`master_origin`, else `master`)."""
+        return self.master_origin or self.master
+
+    @property
+    def own_names(self) -> tuple[str, ...]:
+        """`public_names` and the names of the listen address: never a target."""
+        return self.public_names + listen_names(self.listen_host, self.listen_port)
 
 
 # The fields no key sets: the mirrors come from [[mirror]] tables, geoip_search from whether
@@ -680,6 +753,9 @@ MIRROR_KEYS: tuple[Key, ...] = (
           "The root of its smeserver tree over http. At least one of http and https."),
     _mkey("https", lambda v: normalize_base_url(v, ("https",)), "https URL",
           "The same tree over https."),
+    _mkey("ftp", lambda v: normalize_base_url(v, ("ftp",)), "ftp URL",
+          "The same tree over anonymous ftp: listed in mirror lists and metalinks; a browser"
+          " is sent there only over plain http and only when no http mirror has the file."),
     _mkey("country", _country, "ISO 3166 two-letter code", "Where it is.", required=True),
     _mkey("latitude", lambda v: _float(v, -90.0, 90.0), "number -90..90",
           "Where it is, for the distance to a client.", required=True),
@@ -791,13 +867,15 @@ def parse_settings(text: str, path: Path | str = "<config>") -> Settings:
             lines.table("redirector", name), f"[redirector] field '{name}'", message
         ),
     )
-    return Settings(
+    settings = Settings(
         mirrors=_mirrors(doc.get("mirror", []), lines, fail),
         # An explicit empty geoip_db = "" turns the search off: location-blind on purpose.
         geoip_search="geoip_db" not in top,
         source=src,
         **values,
     )
+    _check_topology(settings, lines, fail)
+    return settings
 
 
 def _read(
@@ -855,8 +933,10 @@ def _mirror(entry: Mapping[str, Any], i: int, label: str, lines: _Lines, fail: F
         lambda name: fail(lines.mirror(i), f"{label} field '{name}'", "is required"),
         lambda name, message: fail(lines.mirror(i, name), f"{label} field '{name}'", message),
     )
-    if values.get("http") is None and values.get("https") is None:
-        raise fail(lines.mirror(i), f"{label} field 'http'", "an http or https URL is required")
+    if all(values.get(k) is None for k in ("http", "https", "ftp")):
+        raise fail(
+            lines.mirror(i), f"{label} field 'http'", "an http, https or ftp URL is required"
+        )
     if values.get("sync") == "push" and values.get("ssh_host") is None:
         raise fail(
             lines.mirror(i, "sync"),
@@ -869,6 +949,43 @@ def _mirror(entry: Mapping[str, Any], i: int, label: str, lines: _Lines, fail: F
     # http and https have no default in Mirror: a mirror states which it has.
     defaults: dict[str, Any] = {k.name: k.default for k in MIRROR_KEYS if not k.required}
     return Mirror(**(defaults | values))
+
+
+def _check_topology(
+    s: Settings, lines: _Lines, fail: Callable[[int | None, str, str], ConfigError]
+) -> None:
+    """Refuse a config that would send a client, or the poller, to the redirector itself."""
+    names = s.own_names
+    own_master = names_url(names, s.master)
+    if own_master is not None and s.fallback == "redirect":
+        raise fail(
+            lines.table("redirector", "master"),
+            "[redirector] fields 'master' and 'fallback'",
+            f"master {s.master} is this redirector's own name {own_master!r} (public_names or "
+            'listen), so a fallback would redirect to itself in a loop: set fallback = "local" '
+            "(nginx serves the tree, deploy/nginx) or a master on another host",
+        )
+    own_origin = names_url(names, s.origin)
+    if own_origin is not None:
+        field_name = "master_origin" if s.master_origin else "master"
+        raise fail(
+            lines.table("redirector", field_name),
+            f"[redirector] field '{field_name}'"
+            + (" (master_origin is unset)" if not s.master_origin else ""),
+            f"the poller would read the master from {s.origin}, which is this redirector "
+            f"({own_origin!r}), not the tree: set master_origin to the tree on disk "
+            "(file:///srv/smeserver/) or an internal URL",
+        )
+    for i, m in enumerate(s.mirrors):
+        for key, url in (("http", m.http), ("https", m.https), ("ftp", m.ftp)):
+            own = None if url is None else names_url(names, url)
+            if own is not None:
+                raise fail(
+                    lines.mirror(i, key),
+                    f"mirror '{m.name}' field '{key}'",
+                    f"{url} is this redirector's own name {own!r}: a client sent there would "
+                    "be sent on in a loop",
+                )
 
 
 def _check_upstreams(

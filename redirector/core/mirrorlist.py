@@ -95,15 +95,17 @@ def mirrorlist_text(
     ref: RepoRef,
     arch: str,
     bases: Sequence[str],
-    fallback: str,
+    fallback: str | None,
     country: str | None,
     limit: int,
 ) -> str:
     """The list: ``#`` comments, then at most `limit` URLs in the order given (best first).
 
     `bases` are tree-root URLs ending in "/", already chosen and ranked for this client;
-    `fallback` (the master) is listed alone when none of them gives a usable line, so the list
-    is never empty.
+    `fallback` (the master) is listed alone when none of them gives a usable line. None (the
+    master is the redirector itself, `topology.list_fallback`) leaves such a list without URLs
+    and says why in a comment: yum then keeps its cached metadata, where a line naming the
+    redirector would only send it round in a loop.
     """
     lines: list[str] = []
     for base in bases:
@@ -112,7 +114,7 @@ def mirrorlist_text(
             lines.append(line)
         if len(lines) >= limit:
             break
-    if not lines:
+    if not lines and fallback is not None:
         line = list_line(fallback, ref, arch)
         lines.append(line if line is not None else fallback + ref.arch_dir(arch))
     head = [
@@ -120,7 +122,25 @@ def mirrorlist_text(
         _comment(f"repo={ref.repo} version={ref.version} arch={arch}"),
         _comment(f"client country={country or 'unknown'} mirrors={len(lines)}"),
     ]
+    if not lines:
+        head.append(_comment("error: no mirror is current for this repository right now"))
     return "\n".join(head + lines) + "\n"
+
+
+def metalink_error(ref: RepoRef, arch: str, reason: str, now: float) -> str:
+    """The body of a metalink 404, as MirrorManager answers one: a comment saying why, in an
+    empty metalink document, so that no client gets a metalink it cannot verify."""
+    return (
+        '<?xml version="1.0" encoding="utf-8"?>\n'
+        f"<!-- {_xml_comment(f'repo={ref.name} arch={arch} error: {reason}')} -->\n"
+        f'<metalink version="3.0" xmlns="{METALINK_NS}" type="dynamic"'
+        f' pubdate="{formatdate(now, usegmt=True)}" generator="redirector"/>\n'
+    )
+
+
+def _xml_comment(text: str) -> str:
+    # "--" may not appear inside an XML comment; one line.
+    return " ".join(text.replace("--", "- -").split())
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +163,7 @@ def _details(v: RepomdVersion, pad: str) -> list[str]:
 
 
 def metalink_xml(
-    current: RepomdVersion | None,
+    current: RepomdVersion,
     alternates: Sequence[RepomdVersion],
     urls: Sequence[MetalinkUrl],
     now: float,
@@ -152,9 +172,9 @@ def metalink_xml(
     """A Metalink 3.0 document for ``repomd.xml`` in the shape MirrorManager serves.
 
     librepo's parser matches element names literally (expat without namespaces), so the
-    ``mm0:`` prefix is spelled exactly so. `current` None (the master's repomd.xml not known
-    yet) leaves out timestamp, size and hashes: librepo then checks nothing, like a mirror
-    list. `alternates` are earlier accepted versions, newest first. `urls` in preference
+    ``mm0:`` prefix is spelled exactly so. `current` is the master's repomd.xml: its
+    timestamp, size and hashes are what librepo verifies (without one, answer `metalink_error`
+    instead). `alternates` are earlier accepted versions, newest first. `urls` in preference
     order; preference counts down from 100 and never below 1.
     """
     out = [
@@ -165,13 +185,12 @@ def metalink_xml(
         " <files>",
         '  <file name="repomd.xml">',
     ]
-    if current is not None:
-        out += _details(current, "   ")
-        if alternates:
-            out.append("   <mm0:alternates>")
-            for alt in alternates:
-                out += ["    <mm0:alternate>", *_details(alt, "     "), "    </mm0:alternate>"]
-            out.append("   </mm0:alternates>")
+    out += _details(current, "   ")
+    if alternates:
+        out.append("   <mm0:alternates>")
+        for alt in alternates:
+            out += ["    <mm0:alternate>", *_details(alt, "     "), "    </mm0:alternate>"]
+        out.append("   </mm0:alternates>")
     out.append('   <resources maxconnections="1">')
     for i, u in enumerate(urls[:limit]):
         scheme = urlsplit(u.url).scheme

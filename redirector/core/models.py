@@ -43,12 +43,15 @@ class Mirror:
     ssh_user: str | None = None
     upstream: str | None = None  # the configured mirror it syncs from, or "master"; None: unstated
     sync: str | None = None  # "push" or "pull"; None: unstated
+    # Base URL over ftp: listed in mirror lists and metalinks (yum and librepo take ftp://);
+    # a browser is sent there only when no http mirror can serve it.
+    ftp: str | None = None
 
     @property
     def base(self) -> str:
-        """The URL the poller probes: http when there is one (cheaper), else https."""
-        url = self.http or self.https
-        assert url is not None  # settings refuse a mirror with neither
+        """The URL the poller probes: http when there is one (cheaper), else https, else ftp."""
+        url = self.http or self.https or self.ftp
+        assert url is not None  # settings refuse a mirror with none
         return url
 
 

@@ -22,6 +22,9 @@ from dataclasses import dataclass
 from redirector.core.models import SERVABLE, Location, Mirror, MirrorState, Status
 
 EARTH_RADIUS_KM = 6371.0088
+# The request scheme of a mirror list (and of a browser's last resort, yum.py and
+# web/redirect.py): any URL a mirror has, ftp included; the client's TLS is not asked for.
+LIST = "list"
 
 
 class Reason(enum.Enum):
@@ -35,6 +38,7 @@ class Reason(enum.Enum):
     EXCLUDED = "excluded"
     LACKS = "lacks"
     REPODATA = "repodata"
+    FTP_ONLY = "ftp_only"
     NO_HTTPS = "no_https"
     NO_IPV6 = "no_ipv6"
     UNCHECKED = "unchecked"
@@ -68,7 +72,7 @@ class Request:
     """What selection needs to know of one request."""
 
     path: str  # below the tree root, no leading slash, e.g. "releases/10/smeos/x86_64/..."
-    scheme: str  # "http" or "https"
+    scheme: str  # "http", "https", or LIST for a mirror list
     ipv6: bool  # the client connected over IPv6
     location: Location | None
     client_key: bytes  # the client's network (/24 or /48), for rendezvous hashing
@@ -184,6 +188,8 @@ def check(
     for d in c.bad_repodata:
         if req_path.startswith(d + "/repodata/") or req_path == d + "/repodata":
             return Rejection(m, Reason.REPODATA, d)
+    if scheme != LIST and m.http is None and m.https is None:
+        return Rejection(m, Reason.FTP_ONLY)
     if scheme == "https" and m.https is None:
         return Rejection(m, Reason.NO_HTTPS)
     if ipv6 and not m.ipv6:
@@ -218,10 +224,13 @@ def _state_test(c: Candidate, now: float, max_lag: float) -> Rejection | None:
 
 
 def base_for(m: Mirror, scheme: str) -> str:
-    """https requests go to https; http requests prefer http and may be upgraded to https."""
+    """https requests go to https; http requests prefer http and may be upgraded to https;
+    `LIST` (a mirror list, or a browser's last resort) takes ftp too."""
     if scheme == "https":
         assert m.https is not None
         return m.https
+    if scheme == LIST:
+        return m.http or m.https or m.ftp or ""
     return m.http or m.https or ""
 
 

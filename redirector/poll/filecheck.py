@@ -30,6 +30,7 @@ from redirector.config.settings import Settings
 from redirector.core.budget import Budget, Limits, Refusal, directory
 from redirector.core.clientip import network_key
 from redirector.core.models import Mirror, MirrorState
+from redirector.core.topology import fallback_target
 from redirector.poll.probe import OffHost, ProbeError, Tally, fetch, open_session
 from redirector.router import Routed
 from redirector.snapshot import Snapshot, SnapshotHolder
@@ -150,7 +151,7 @@ class Verifier:
             lookups += 1
             if await self._lookup(key, url):
                 return url
-        return settings.master + path
+        return fallback_target(settings.fallback, settings.master, path)
 
     def _state(self, snapshot: Snapshot, name: str) -> MirrorState | None:
         if self._states[0] is not snapshot:

@@ -101,7 +101,7 @@ async def probe_master(
     history = prev.history if prev else ()
     try:
         trace = await fetch_trace(
-            session, settings.master + settings.master_trace, settings.probe_timeout, tally=tally
+            session, settings.origin + settings.master_trace, settings.probe_timeout, tally=tally
         )
     except ProbeError as e:
         return MasterState(history, now, str(e))

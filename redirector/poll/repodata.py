@@ -204,7 +204,7 @@ class _Pass:
         """`hist` after one more look at the master's `directory`; None: over budget."""
         if not self.take():
             return None
-        got = await self.fetch(f"{self.settings.master}{directory}/{REPOMD}")
+        got = await self.fetch(f"{self.settings.origin}{directory}/{REPOMD}")
         if isinstance(got, ProbeError):
             return RepomdHistory(hist, self.now, str(got))
         if got.status != 200:

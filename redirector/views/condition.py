@@ -27,6 +27,8 @@ def reason_text(rej: Rejection, now: float) -> str:
         return f"lacks {subject} (found by the poller)"
     if r is Reason.REPODATA:
         return f"repodata mismatch for {subject}"
+    if r is Reason.FTP_ONLY:
+        return "ftp only: in mirror lists, not for this request"
     if r is Reason.NO_HTTPS:
         return "has no https URL"
     if r is Reason.NO_IPV6:

@@ -425,6 +425,26 @@ def to_json(report: Report) -> dict[str, Any]:
                 for day in d.days
             ],
         },
+        "lists": _lists_json(d),
+    }
+
+
+def _lists_json(d: DownloadStats) -> dict[str, Any]:
+    """Mirror lists and metalinks answered (yum and dnf): most of what SME Servers ask."""
+    return {
+        "hour": {"total": d.hour.lists, "first": dict(d.hour.listed_first)},
+        "day": {"total": d.day.lists, "first": dict(d.day.listed_first)},
+        "days": [
+            {
+                "date": day.date,
+                "total": day.lists,
+                "kinds": dict(day.list_kinds),
+                "repos": dict(day.list_repos),
+                "countries": dict(day.list_countries),
+                "first": dict(day.listed_first),
+            }
+            for day in d.days
+        ],
     }
 
 
@@ -807,6 +827,30 @@ def _downloads(report: Report) -> str:
     )
 
 
+def _lists(report: Report) -> str:
+    d = report.downloads
+    days = "".join(
+        f"<tr><td>{day.date}</td><td class=num>{day.lists}</td>"
+        f"<td class=num>{day.list_kinds.get('mirrorlist', 0)}</td>"
+        f"<td class=num>{day.list_kinds.get('metalink', 0)}</td></tr>"
+        for day in d.days
+    )
+    week = f"last {len(d.days)} days"
+    return (
+        '<section id="lists"><h2>Mirror lists (yum, dnf)</h2>'
+        f'<p>Last hour: <strong id="ml-hour">{d.hour.lists}</strong> · last 24 h: '
+        f"<strong>{d.day.lists}</strong></p>"
+        f'<div class="cols"><div><h3>Per day (UTC)</h3><table class="mini">'
+        f"<tr><th>day</th><th>total</th><th>mirrorlist</th><th>metalink</th></tr>{days}</table>"
+        f"</div><div><h3>Repositories, {week}</h3>{_top(_sum(x.list_repos for x in d.days))}</div>"
+        f"<div><h3>Client countries, {week}</h3>"
+        f"{_top(_sum(x.list_countries for x in d.days))}</div>"
+        f"<div><h3>Mirror listed first, {week}</h3>"
+        f"{_top(_sum(x.listed_first for x in d.days))}</div>"
+        f"</div></section>"
+    )
+
+
 CSS = """
 :root{--fg:#1d2228;--muted:#6b7480;--bg:#f6f7f9;--card:#fff;--line:#e3e6ea;--accent:#0b5cad}
 *{box-sizing:border-box}
@@ -916,6 +960,7 @@ def render_html(report: Report, sections: Sequence[Section] = ()) -> str:
         f'<table class="mirrors"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>'
         f'<div class="card">{_events(report)}</div>'
         f'<div class="card">{_downloads(report)}</div>'
+        f'<div class="card">{_lists(report)}</div>'
         f"{extra}"
         '<footer>Machine-readable: <a href="/mirrors.json">/mirrors.json</a> '
         f'(<a href="{SCHEMA_PATH}">schema</a>) · <a href="/metrics">/metrics</a> · '

@@ -52,6 +52,8 @@ class AccessEntry:
     decision_seconds: float | None  # the selection alone
     seconds: float  # the whole request, as aiohttp measured it
     user_agent: str
+    # A mirror list or metalink: the mirrors it named, best first (`mirror` is the first).
+    listed: tuple[str, ...] | None = None
 
 
 def _clean(value: str) -> str:
@@ -106,6 +108,8 @@ def format_json(e: AccessEntry) -> str:
         "duration_ms": round(e.seconds * 1000, 3),
         "user_agent": e.user_agent[:MAX_FIELD],
     }
+    if e.listed is not None:
+        doc["listed"] = list(e.listed)
     line = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
     # Undecodable bytes in a header arrive as lone surrogates (surrogateescape), which a UTF-8
     # file refuses: written as JSON's own \udcXX escapes instead, the line stays valid JSON.
@@ -139,6 +143,9 @@ def entry_for(
         scheme = client.scheme
     else:
         client_ip = request.remote
+    listed: tuple[str, ...] | None = request.get(keys.LISTED)
+    if listed is not None:  # a list names mirrors, it sends nobody: the first named, if any
+        mirror = listed[0] if listed else None
     return AccessEntry(
         time=time.time(),
         client=client_ip,
@@ -153,6 +160,7 @@ def entry_for(
         decision_seconds=request.get(keys.DECISION_SECONDS),
         seconds=seconds,
         user_agent=request.headers.get("User-Agent", ""),
+        listed=listed,
     )
 
 

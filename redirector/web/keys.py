@@ -53,3 +53,5 @@ VIEWS = web.AppKey("views", Views)  # the views rendered once per state (viewcac
 ROUTED = web.RequestKey("routed", Routed)
 DECISION_SECONDS = web.RequestKey("decision_seconds", float)
 TARGET = web.RequestKey("target", str)  # the Location sent, after the per-file check
+# The mirrors a mirror list or metalink named, best first (yum.py), for the access log.
+LISTED = web.RequestKey[tuple[str, ...]]("listed")

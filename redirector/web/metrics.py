@@ -3,11 +3,12 @@
 Two kinds of figures, kept apart so both stay right when several worker processes serve one
 port:
 
-* Events (redirects, decision latency, poller passes and failed probes, store errors) are
-  prometheus-client counters and histograms. With ``PROMETHEUS_MULTIPROC_DIR`` set in the
-  environment before the process starts, prometheus-client keeps them in per-process files in
-  that directory, and a scrape of any worker adds up every worker's files
-  (`MultiProcessCollector`). Without it they live in this process's own registry.
+* Events (redirects, mirror lists and metalinks, decision latency, poller passes and failed
+  probes, store errors) are prometheus-client counters and histograms. With
+  ``PROMETHEUS_MULTIPROC_DIR`` set in the environment before the process starts,
+  prometheus-client keeps them in per-process files in that directory, and a scrape of any
+  worker adds up every worker's files (`MultiProcessCollector`). Without it they live in this
+  process's own registry.
 * State (each mirror's state, lag, last check; the master; the store) is not counted but read
   from the snapshot every worker holds, when scraped (`StateCollector`): the same in every
   worker, so whichever worker answers the scrape tells the truth, and no gauge files are needed.
@@ -24,7 +25,7 @@ from __future__ import annotations
 import inspect
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, cast
 
 from prometheus_client import (
@@ -54,6 +55,7 @@ disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstre
 DECISION_BUCKETS = (
     5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.1,
 )  # fmt: skip
+LIST_BUCKETS = (0, 1, 2, 3, 5, 10, 20, 50)
 PASS_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
 
 OUTCOME_MIRROR, OUTCOME_MASTER, OUTCOME_4XX = "mirror", "master", "4xx"
@@ -119,6 +121,26 @@ class Metrics:
             ["key"],
             registry=reg,
         )
+        # yum and dnf: lists by kind, repo, version and status (200, or a metalink's 404);
+        # repo and version are the configured ones (others get a 404 before counting).
+        self.lists = Counter(
+            "redirector_mirror_lists",
+            "Mirror lists (yum) and metalinks (dnf) answered, by kind, repo, version, status.",
+            ["kind", "repo", "version", "status"],
+            registry=reg,
+        )
+        self.listed = Counter(
+            "redirector_mirror_list_first",
+            "Mirror lists and metalinks by the mirror named first (none: no mirror was named).",
+            ["kind", "mirror"],
+            registry=reg,
+        )
+        self.list_length = Histogram(
+            "redirector_mirror_list_mirrors",
+            "How many mirrors one mirror list or metalink named.",
+            buckets=LIST_BUCKETS,
+            registry=reg,
+        )
         self._master = self.redirects.labels(OUTCOME_MASTER, "")
         self._refused = self.redirects.labels(OUTCOME_4XX, "")
         self._by_mirror: dict[str, Counter] = {}
@@ -145,6 +167,15 @@ class Metrics:
             self._master.inc()
         else:
             self._mirror_counter(mirror).inc()
+
+    def list_answered(
+        self, kind: str, repo: str, version: str, mirrors: Sequence[str], status: int
+    ) -> None:
+        """One mirror list or metalink: what it named (best first) and its status."""
+        self.lists.labels(kind, repo, version, str(status)).inc()
+        if status == 200:
+            self.listed.labels(kind, mirrors[0] if mirrors else "none").inc()
+            self.list_length.observe(len(mirrors))
 
     def refused(self) -> None:
         """One request under the tree answered with a 4xx (bad path, bad method)."""

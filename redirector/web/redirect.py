@@ -6,6 +6,7 @@ import json
 import os
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 from aiohttp import web
 
@@ -13,6 +14,9 @@ from redirector.core.clientip import joined
 from redirector.core.condition import assess
 from redirector.core.humanize import rfc3339
 from redirector.core.paths import BadPath, split_target
+from redirector.core.selection import LIST
+from redirector.core.topology import ACCEL_HEADER, fallback_target, is_local
+from redirector.router import Routed, Router
 from redirector.views.explain import wants_mirrorlist
 from redirector.web import keys, pages
 from redirector.web.link import link_header
@@ -61,8 +65,16 @@ async def redirect(request: web.Request) -> web.StreamResponse:
     if query and wants_mirrorlist(query):
         return await pages.mirrorlist(request, routed)  # why this client goes there, not a download
     target = await app[keys.VERIFIER].target(routed)  # never a 404 (verify.py)
+    if (
+        router.has_ftp_only
+        and routed.client.scheme == "http"
+        and _fell_back(router, routed, target)
+    ):
+        routed, target = await _last_resort(request, routed, target)
     request[keys.TARGET] = target  # for the access log: the mirror finally sent to
     pages.record(request, routed, decision_seconds, target)
+    if is_local(target):
+        return local_answer(target)
     out = {"Location": target, "Cache-Control": NO_SHARED_CACHE}
     link = link_header(routed, target)  # RFC 6249: the next best, for clients that retry
     if link is not None:
@@ -74,6 +86,45 @@ async def nosniff(request: web.Request, response: web.StreamResponse) -> None:
     """On every answer (an `on_response_prepare` hook): a text error that quotes the client's
     path or name must never be read as HTML by a browser that sniffs content types."""
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
+
+
+def _fell_back(router: Router, routed: Routed, target: str) -> bool:
+    s = router.settings
+    return routed.fallback or target == fallback_target(s.fallback, s.master, routed.path)
+
+
+async def _last_resort(request: web.Request, routed: Routed, target: str) -> tuple[Routed, str]:
+    """No http mirror can serve this plain-http client: an ftp-only mirror that can, if any.
+
+    Ranked as for a mirror list (every URL a mirror has), so that only the ftp-only mirrors
+    can be new here: every other was already asked for this request.
+    """
+    app = request.app
+    again = app[keys.ROUTER].route(replace(routed.client, scheme=LIST), routed.path)
+    if again.fallback:
+        return routed, target
+    found = await app[keys.VERIFIER].target(again)
+    if _fell_back(app[keys.ROUTER], again, found):
+        return routed, target
+    request[keys.ROUTED] = again
+    return again, found
+
+
+def local_answer(target: str) -> web.Response:
+    """A fallback served from the local tree: nginx sees X-Accel-Redirect and serves the file
+    from its internal location instead of this answer (deploy/nginx). No Location: the
+    redirector never sends a client to one of its own names.
+
+    The status is for a client that reaches the redirector without nginx in front (a
+    misconfiguration): a 503 saying so in its reason, never an empty 200 that would pass for
+    the file. No body, Content-Type or Cache-Control: nginx keeps those headers of the
+    upstream's answer, and the file's own must win.
+    """
+    return web.Response(
+        status=503,
+        reason="Served By The Front Server (X-Accel-Redirect)",
+        headers={ACCEL_HEADER: target},
+    )
 
 
 async def health(request: web.Request) -> web.Response:
@@ -109,6 +160,8 @@ async def health(request: web.Request) -> web.Response:
         },
         "master": {
             "url": settings.master,
+            "origin": settings.origin,
+            "fallback": settings.fallback,
             "reachable": None if master is None else master.error is None,
             "error": master.error if master else None,
             "current": rfc3339(master.current.date if master and master.current else None, ms=True),

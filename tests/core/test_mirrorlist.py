@@ -13,6 +13,7 @@ from redirector.core.mirrorlist import (
     MetalinkUrl,
     RepoRef,
     list_line,
+    metalink_error,
     metalink_xml,
     mirrorlist_text,
     repo_path,
@@ -224,14 +225,16 @@ def test_metalink_element_names_are_the_literal_ones_librepo_matches() -> None:
         assert needed in names
 
 
-def test_metalink_without_a_known_repomd_still_lists_mirrors() -> None:
-    doc = metalink_xml(None, [], URLS[:1], NOW)
+def test_metalink_error_is_a_comment_in_an_empty_metalink() -> None:
+    # Without a known repomd.xml there is no metalink to give (librepo would verify nothing):
+    # the 404's body says why, as MirrorManager's does, and names no URL at all.
+    ref = RepoRef("smeos", "11", "releases/11/smeos")
+    doc = metalink_error(ref, "aarch64", "no checksums -- for this arch", NOW)
     root = parse(doc)
-    f = root.find("ml:files/ml:file", NS)
-    assert f is not None
-    assert f.find("ml:verification", NS) is None
-    assert f.find("mm0:timestamp", NS) is None
-    assert [u.text for u in f.findall("ml:resources/ml:url", NS)] == [URLS[0].url]
+    assert root.tag == "{http://www.metalinker.org/}metalink"
+    assert root.find("ml:files", NS) is None
+    assert "<!-- repo=smeos-11 arch=aarch64 error: no checksums - - for this arch -->" in doc
+    assert "://" not in doc.replace("http://www.metalinker.org/", "")
 
 
 def test_metalink_preference_stops_at_one_and_respects_the_limit() -> None:

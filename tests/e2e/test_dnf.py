@@ -259,3 +259,12 @@ async def test_dnf_trusts_the_mirrorlist_and_the_metalink(
     assert wanted, fetched
     assert wanted <= {f"{DIR}/{name}" for name in v2}, (wanted, sorted(v2))
     assert not wanted & {f"{DIR}/{name}" for name in v1}
+
+    # A repo the repodata pass does not cover (version 11): no hashes, so no metalink at all.
+    # dnf gets a 404 and stops, instead of trusting whatever a mirror serves unverified.
+    before = len(access.entries)
+    uncovered = f"http://127.0.0.1:{port}/metalink?repo=smeos-11&arch=$basearch"
+    rc, out = await dnf_makecache(tmp_path / "uncovered", f"metalink={uncovered}")
+    assert rc != 0, out
+    assert "404" in out, out
+    assert [e for e in access.entries[before:] if not e[2].startswith("redirector")] == []

@@ -67,6 +67,7 @@ def name_of(reason: Reason) -> str:
 SPECIAL = {
     Reason.DISABLED: {"enabled": "false"},
     Reason.EXCLUDED: {"exclude": '["releases/"]'},
+    Reason.FTP_ONLY: {"http": "", "https": "", "ftp": '"ftp://127.0.0.1:9/ftp-only/"'},
     Reason.NO_HTTPS: {"https": ""},
     Reason.NO_IPV6: {"ipv6": "false"},
 }
@@ -248,7 +249,10 @@ async def test_master_fallback_explained(aiohttp_client: ClientFactory, tmp_path
     assert doc["target"] == f"http://127.0.0.1:9/master/{REPOMD}"
     assert doc["client"]["location"] is None
     assert "not in the GeoIP database" in doc["client"]["location_note"]
-    assert {m["reason"] for m in doc["mirrors"]} == {"unchecked", "disabled", "excluded"}
+    # The rejections a config alone decides, and everyone else not checked yet.
+    assert {m["reason"] for m in doc["mirrors"]} == {
+        "unchecked", "disabled", "excluded", "ftp_only",
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -356,8 +360,8 @@ def test_cli_explain_without_redis_says_not_checked(
     assert code == 1  # nothing known: the master
     assert "no redis_url in the config" in captured.err
     assert "(the master: no mirror is eligible)" in captured.out
-    # 2 eligible + one per reason, less the disabled and the excluding mirror
-    assert captured.out.count("rejected: not checked yet") == len(Reason)
+    # 2 eligible + one per reason, less the disabled, the excluding and the ftp-only mirror
+    assert captured.out.count("rejected: not checked yet") == len(Reason) - 1
     assert cli.main(["explain", "not-an-ip", REPOMD, "--config", str(cfg)]) == 2
     assert cli.main(["explain", NL_CLIENT, "/smeserver/a/../b", "--config", str(cfg)]) == 2
 

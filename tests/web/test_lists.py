@@ -280,12 +280,14 @@ async def test_nothing_eligible_lists_the_master(aiohttp_client: ClientFactory) 
     assert urls_of(await get_list(client, "/mirrorlist/smeos-10")) == [
         MASTER + "releases/10/smeos/$basearch"
     ]
+    # A metalink without the master's hashes would make librepo verify nothing: a 404 that
+    # says why, never a metalink without verification.
     resp = await client.get("/metalink?repo=smeos-10&arch=x86_64")
-    root = ET.fromstring(await resp.text())  # noqa: S314  # our own server's output
-    assert [u.text for u in root.iter("{http://www.metalinker.org/}url")] == [
-        MASTER + DIR + "/repodata/repomd.xml"
-    ]
-    assert root.find("ml:files/ml:file/ml:verification", NS) is None  # nothing known yet
+    text = await resp.text()
+    assert resp.status == 404, text
+    root = ET.fromstring(text)  # noqa: S314  # our own server's output
+    assert list(root.iter("{http://www.metalinker.org/}url")) == []
+    assert "error: the master's repomd.xml has not been read yet" in text
 
 
 async def test_https_list_prefers_https_urls_and_keeps_http_mirrors(
@@ -377,8 +379,15 @@ async def test_metalink(aiohttp_client: ClientFactory, geo: GeoReader) -> None:
     ]
     assert [(u.get("location"), u.get("preference")) for u in urls] == [("US", "100"), ("NL", "99")]
     assert [u.get("protocol") for u in urls] == ["http", "http"]
-    # An arch nobody checked: mirrors, no hashes.
+    # An arch nobody checked: no hashes to give, so no metalink (a 404 saying why), while the
+    # mirror list for it still names every mirror.
     resp = await client.get("/metalink?repo=smeos-10&arch=aarch64")
-    root = ET.fromstring(await resp.text())  # noqa: S314  # our own server's output
-    assert root.find("ml:files/ml:file/ml:verification", NS) is None
-    assert len(root.findall("ml:files/ml:file/ml:resources/ml:url", NS)) == 4
+    text = await resp.text()
+    assert resp.status == 404, text
+    assert resp.content_type == "application/metalink+xml"
+    root = ET.fromstring(text)  # noqa: S314  # our own server's output
+    assert root.find("ml:files", NS) is None
+    assert "repo=smeos-10 arch=aarch64 error: no checksums are kept" in text
+    assert "use mirrorlist= instead" in text
+    arm = "/mirrorlist?repo=smeos-10&arch=aarch64"
+    assert len(urls_of(await get_list(client, arm, US_CLIENT))) == 4
