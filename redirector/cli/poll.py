@@ -7,6 +7,7 @@ import contextlib
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TextIO
 
 import aiohttp
@@ -14,12 +15,13 @@ import aiohttp
 from redirector.config.settings import Settings
 from redirector.core.judge import describe, status_table
 from redirector.core.models import SERVABLE, MasterState, MirrorState
-from redirector.poll.poller import poll_once, run_poller
+from redirector.poll.poller import PassResult, poll_once, run_poller
 from redirector.poll.probe import open_session
 from redirector.poll.repodata import make_repodata_pass
-from redirector.reload import watching
+from redirector.reload import Reloader, watching
 from redirector.store.base import MemoryStore, Store, StoreData, StoreError, open_store
 from redirector.store.lease import Lease
+from redirector.web.pollermetrics import PollerMetrics, serving
 
 
 async def poll_command(
@@ -42,11 +44,15 @@ async def poll_command(
                 # SIGTERM (systemd stop) ends it like ^C: the lease is released on the way out.
                 asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
                 with contextlib.suppress(asyncio.CancelledError):
-                    async with watching(settings) as reloader:
+                    async with (
+                        watching(settings) as reloader,
+                        _metrics(settings, reloader, store, err) as observe,
+                    ):
                         await run_poller(
                             session,
                             settings,
                             store,
+                            on_pass=observe,
                             lease=lease,
                             current=reloader.live.get,
                             hooks=[make_repodata_pass(settings, store, current=reloader.live.get)],
@@ -56,6 +62,22 @@ async def poll_command(
     finally:
         with contextlib.suppress(StoreError):
             await store.close()
+
+
+@contextlib.asynccontextmanager
+async def _metrics(
+    settings: Settings, reloader: Reloader, store: Store, err: TextIO
+) -> AsyncIterator[Callable[[PassResult], Awaitable[None]] | None]:
+    """The poller's own /metrics on `poller_metrics_listen` while the block runs; yields the
+    pass observer for `run_poller` (None when no port is configured)."""
+    where = settings.poller_metrics_listen
+    if where is None:
+        yield None
+        return
+    pm = PollerMetrics(reloader.live, store, reloader)
+    async with serving(pm.metrics, *where) as port:
+        print(f"poller metrics on http://{where[0]}:{port}/metrics", file=err, flush=True)
+        yield pm.observe
 
 
 async def _poll_once_command(

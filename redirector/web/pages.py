@@ -12,14 +12,14 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from redirector.config.settings import Settings
-from redirector.core.models import Status, SyncInfo
+from redirector.core.models import SyncInfo
 from redirector.core.synctree import build_tree, master_aliases
 from redirector.poll.poller import PassResult
 from redirector.router import Routed
@@ -30,20 +30,23 @@ from redirector.views.status import Section
 from redirector.views.synctree import render_html
 from redirector.web import keys
 from redirector.web.link import sent_to
-from redirector.web.metrics import Metrics, multiprocess_dir
+from redirector.web.metrics import REFUSED_PATH, Metrics, handler_of, multiprocess_dir
 
 log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 NO_STORE = "no-store"
 JSON_TYPE = "application/json"
 
 
-def setup(app: web.Application, settings: Settings) -> None:
+def setup(app: web.Application, settings: Settings, *, poll: bool = True) -> None:
     """Metrics, the download tally, status-page sections, the stats flusher and the routes.
 
     Called last in `create_app`: `stats_ctx` must start after the store and the snapshot.
+    `poll` False: no poller series (another process polls and exports them).
     """
-    app[keys.METRICS] = Metrics((m.name for m in settings.mirrors), multiprocess_dir())
+    app[keys.METRICS] = Metrics((m.name for m in settings.mirrors), multiprocess_dir(), poller=poll)
     app[keys.TALLY] = Tally()
     app[keys.STATUS_SECTIONS] = []
     app.cleanup_ctx.append(stats_ctx)
@@ -58,7 +61,14 @@ async def stats_ctx(app: web.Application) -> AsyncIterator[None]:
     store, tally = app[keys.STORE], app[keys.TALLY]
     app[keys.STATS_READER] = StatsReader(store)
     live = app[keys.LIVE]
-    app[keys.METRICS].watch(app[keys.HOLDER], lambda: live.current.max_lag)
+    router = app[keys.ROUTER]
+    app[keys.METRICS].watch(
+        app[keys.HOLDER],
+        lambda: live.current.max_lag,
+        poll_interval=lambda: live.current.poll_interval,
+        reloader=lambda: app.get(keys.RELOADER),
+        geo=lambda: router.geo,  # the live reader: a replaced database is swapped there
+    )
     task = asyncio.create_task(flush_forever(tally, store))
     yield
     task.cancel()
@@ -70,8 +80,55 @@ async def stats_ctx(app: web.Application) -> AsyncIterator[None]:
         log.warning("download statistics lost on shutdown (%d): %s", tally.pending, e)
 
 
-def record(request: web.Request, routed: Routed, seconds: float, target: str) -> None:
-    """Count one redirect to `target` for /metrics and, for a GET, the download statistics."""
+@web.middleware
+async def timed(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every request's duration and status for /metrics; yum and dnf lists counted apart."""
+    started = time.perf_counter()
+    status = 500  # what aiohttp answers for an exception that is not an HTTPException
+    try:
+        resp = await handler(request)
+    except web.HTTPException as e:
+        status = e.status
+        raise
+    else:
+        status = resp.status
+        return resp
+    finally:
+        metrics = request.app.get(keys.METRICS)
+        if metrics is not None:
+            path = request.raw_path.partition("?")[0]
+            metrics.answered(path, status, time.perf_counter() - started)
+            if 200 <= status < 300:
+                kind = handler_of(path)
+                if kind in ("mirrorlist", "metalink"):
+                    metrics.listed(kind, request.headers.get("User-Agent"))
+
+
+def check_outcome(routed: Routed, rank: int | None, checked: bool, heads: int) -> str | None:
+    """Where the never-a-404 check sent a client (metrics.CHECK_OUTCOMES), None when the
+    request was not checked. `rank`: the ranked mirror sent to (None: the master); `heads`:
+    HEADs this request waited for."""
+    if not checked:
+        return None
+    if rank is None:
+        return "master"
+    if rank > 0:
+        return "next_mirror"
+    return "head" if heads else "cached"
+
+
+def record(
+    request: web.Request,
+    routed: Routed,
+    seconds: float,
+    target: str,
+    *,
+    checked: bool = False,
+    heads: int = 0,
+) -> None:
+    """Count one redirect to `target` for /metrics and, for a GET, the download statistics.
+
+    `checked`: the file check looked at this request; `heads`: how many HEADs it waited for."""
     rank = sent_to(routed, target)
     if rank is None:
         name = None
@@ -81,16 +138,19 @@ def record(request: web.Request, routed: Routed, seconds: float, target: str) ->
         name = routed.top(rank + 1)[rank].mirror.name
     app = request.app
     app[keys.METRICS].redirected(name, seconds)
+    outcome = check_outcome(routed, rank, checked, heads)
+    if outcome is not None:
+        app[keys.METRICS].checked(outcome)
     if request.method == "GET":
         loc = routed.location
         app[keys.TALLY].count(name, None if loc is None else loc.country, routed.path)
 
 
-def refused(request: web.Request) -> None:
-    """Count one refused (4xx) request under the tree."""
+def refused(request: web.Request, reason: str = REFUSED_PATH) -> None:
+    """Count one refused (4xx) request under the tree: REFUSED_PATH or REFUSED_METHOD."""
     metrics = request.app.get(keys.METRICS)
     if metrics is not None:
-        metrics.refused()
+        metrics.refused(reason)
 
 
 def _json(body: Mapping[str, Any] | str, status_code: int = 200, **headers: str) -> web.Response:
@@ -151,12 +211,24 @@ async def mirrors(request: web.Request) -> web.Response:
         if section is not None:
             sections.append(section)
     resp = web.Response(
-        text=status.render_html(report, sections),
+        text=status.render_html(report, sections, _notices(request.app)),
         content_type="text/html",
         headers={"Cache-Control": "no-cache", "Vary": "Accept"},
     )
     resp.enable_compression()  # the inline maps make it ~50 kB; gzip takes it to a third
     return resp
+
+
+def _notices(app: web.Application) -> list[str]:
+    """What an operator must know at a glance: a config file refused on reload."""
+    reloader = app.get(keys.RELOADER)
+    refused = reloader.refusal if reloader is not None else None
+    if refused is None:
+        return []
+    return [
+        f"The config file was refused at its last reload ({status.iso(refused.at)}); the last "
+        f"good config keeps running. {refused.error}"
+    ]
 
 
 async def mirrors_json(request: web.Request) -> web.Response:
@@ -172,7 +244,14 @@ async def schema(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    """Readiness for load balancers: 200 (ready or degraded) or 503, with the reasons."""
+    """Readiness for load balancers: 200 (ready or degraded) or 503, with the reasons.
+
+    This node can serve (a fresh mirror, or a master that answers): 200, "ready", or
+    "degraded" with the reason when the poller is silent, the store unreachable or a config
+    reload refused. Those are shared by every node, and each still serves its last snapshot:
+    a 503 for them would pull the whole fleet out of the load balancer at once. 503 only when
+    there is nowhere to send a client (`status.readiness` states the rule).
+    """
     app = request.app
     settings = app[keys.LIVE].current
     store_error = None
@@ -180,12 +259,16 @@ async def ready(request: web.Request) -> web.Response:
         await app[keys.STORE].ping()
     except StoreError as e:
         store_error = str(e)
+    reloader = app.get(keys.RELOADER)
+    refused = reloader.last if reloader is not None else None
     r = status.readiness(
         app[keys.HOLDER].current,
         now=time.time(),
         max_lag=settings.max_lag,
         poll_interval=settings.poll_interval,
         store_error=store_error,
+        config_error=refused.error if refused is not None and not refused.ok else None,
+        config_watched=reloader is not None and reloader.watches_config,
     )
     return _json(
         {"status": r.status, "ready": r.ready, "checks": r.checks}, 200 if r.ready else 503
@@ -210,13 +293,7 @@ def add_routes(app: web.Application) -> None:
 
 def observe_pass(app: web.Application, result: PassResult) -> None:
     """Poller metrics for one pass: its duration, and the probes that failed in it."""
-    failed = (
-        s.name
-        for s in result.states
-        # Backed-off mirrors keep their old state: only count probes made in this pass.
-        if s.status in (Status.DOWN, Status.BROKEN) and s.checked_at >= result.started
-    )
-    app[keys.METRICS].observe_pass(result.duration, result.master.error, failed)
+    app[keys.METRICS].observe_result(result)
 
 
 async def tree_section(app: web.Application) -> Section:
