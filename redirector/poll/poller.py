@@ -29,6 +29,7 @@ from redirector.core.judge import (
     Presence,
     Rules,
     coverage_plan,
+    describe,
     due,
     judge,
     rejudge,
@@ -215,6 +216,57 @@ def log_transitions(prev: Mapping[str, MirrorState], new: Sequence[MirrorState])
             log.log(said[0], "%s", said[1])
 
 
+# The order the per-pass summary names states in: the good news first, then what to look at.
+_SUMMARY_ORDER = ("fresh", "syncing", "stale", "broken", "down", "unknown")
+
+
+def pass_summary(
+    master: MasterState, states: Sequence[MirrorState], now: float, max_lag: float
+) -> str:
+    """One line for a pass: "4 fresh, 1 stale (au), 1 down (br); master answers".
+
+    Every state but fresh names its mirrors, so the line alone says where to look.
+    """
+    by: dict[str, list[str]] = {}
+    for st in states:
+        by.setdefault(describe(st, now, max_lag)[0], []).append(st.name)
+    parts = []
+    for label in sorted(by, key=lambda k: (*_SUMMARY_ORDER, k).index(k)):
+        names = by[label]
+        part = f"{len(names)} {label}"
+        if label != "fresh":
+            part += f" ({', '.join(sorted(names))})"
+        parts.append(part)
+    said = ", ".join(parts) if parts else "nothing enabled"
+    if master.error is not None:
+        return f"{said}; master unreachable: {master.error}"
+    return f"{said}; master answers"
+
+
+def log_master_change(prev: MasterState | None, new: MasterState) -> None:
+    """Log a new master state (a push published) once, when the poller first sees it."""
+    cur = new.current
+    if cur is None or new.error is not None:
+        return
+    before = prev.current if prev is not None else None
+    if before is not None and before.date == cur.date:
+        return
+    dated = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(cur.date))
+    if before is None:
+        log.info("master state %s (first seen by this poller)", dated)
+    elif cur.date > before.date:
+        log.info("master published a new state: %s, %s after the last", dated,
+                 _span(cur.date - before.date))  # fmt: skip
+
+
+def _span(seconds: float) -> str:
+    s = round(seconds)
+    if s < 3600:
+        return f"{s // 60} min"
+    h, m = divmod(s // 60, 60)
+    return f"{h} h {m} min" if h < 48 else f"{h // 24} d {h % 24} h"
+
+
 @dataclass(frozen=True, slots=True)
 class PassResult:
     """What one pass found. `states` covers every enabled mirror, probed or backed off."""
@@ -295,6 +347,8 @@ async def poll_once(
         log.warning("lost the poller lease during a pass; its results are discarded")
         return dataclasses.replace(result, written=False)
     log_transitions(prev_states, states)
+    log_master_change(prev_master, master)
+    log.info("pass: %s", pass_summary(master, states, clock(), settings.max_lag))
     try:
         await store.put_master(master)
         await store.put_states(states)
