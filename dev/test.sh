@@ -10,6 +10,9 @@ packages=(redis-server chromium dnf createrepo-c rpm openssl)
 packages+=(nginx wrk)
 # deploy/ is checked with the real tools: nginx -t and a live nginx, systemd-analyze verify.
 packages+=(nginx openssl curl systemd)
+# deploy/prometheus/alerts.yml is checked and unit-tested with promtool, which Debian ships in
+# the prometheus package.
+packages+=(prometheus)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -24,6 +27,8 @@ fi
 if command -v systemctl >/dev/null 2>&1; then systemctl disable --now redis-server >/dev/null 2>&1 || true; fi
 # The same for nginx: the tests run their own, on loopback ports, with deploy/'s site file.
 if command -v systemctl >/dev/null 2>&1; then systemctl disable --now nginx >/dev/null 2>&1 || true; fi
+# And for prometheus: the tests only run promtool.
+if command -v systemctl >/dev/null 2>&1; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
 
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip

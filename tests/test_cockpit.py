@@ -205,6 +205,8 @@ async def test_a_stopped_poller_leaves_every_web_node_ready(
         status, health = await json_of(c, "/health")
         assert health["poller"]["silent"] is True
         assert (await samples(c, "redirector_poller_silent")) == [({}, 1.0)]
+        assert (await samples(c, "redirector_ready")) == [({}, 1.0)]
+        assert (await samples(c, "redirector_degraded")) == [({}, 1.0)]
         # The web nodes export no poller series of their own to be mistaken for a quiet one.
         assert (await samples(c, "redirector_poller_pass_seconds_count")) == []
         resp = await c.get("/smeserver/releases/x", allow_redirects=False)

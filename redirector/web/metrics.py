@@ -60,7 +60,7 @@ from redirector.poll.poller import PassResult
 from redirector.reload import Reloader
 from redirector.snapshot import SnapshotHolder
 from redirector.store.base import Store, StoreError
-from redirector.views.status import State, classify
+from redirector.views.status import State, classify, readiness
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -496,7 +496,28 @@ class StateCollector(Collector):
         )
         quiet = last_pass is None or now - last_pass > SILENT_INTERVALS * interval
         silent.add_metric([], 1.0 if quiet else 0.0)
-        yield from (every, silent)
+        reloader = self._reloader() if self._reloader is not None else None
+        refusal = reloader.refusal if reloader is not None else None
+        r = readiness(
+            self._holder.current,
+            now=now,
+            max_lag=self._max_lag(),
+            poll_interval=interval,
+            store_error=self._holder.store_error,
+            config_error=refusal.error if refusal is not None else None,
+            config_watched=reloader is not None and reloader.watches_config,
+        )
+        ready = _gauge(
+            "redirector_ready",
+            "1 when this node can serve (/health/ready answers 200: ready or degraded).",
+        )
+        ready.add_metric([], 1.0 if r.ready else 0.0)
+        degraded = _gauge(
+            "redirector_degraded",
+            "1 when this node serves with a problem (/health/ready says degraded).",
+        )
+        degraded.add_metric([], 1.0 if r.ready and r.status == "degraded" else 0.0)
+        yield from (every, silent, ready, degraded)
 
     def _reload(self) -> Iterator[Metric]:
         reloader = self._reloader() if self._reloader is not None else None
