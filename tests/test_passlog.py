@@ -32,7 +32,7 @@ max_lag = "8h"
 [[mirror]]
 name = "{n}"
 http = "{farm.url(n)}"
-country = "NL"
+country = "{n[:2].upper()}"
 latitude = 52.0
 longitude = 5.0
 """
@@ -49,11 +49,13 @@ async def test_a_summary_per_pass_and_the_master_state_once(
 ) -> None:
     now = float(int(time.time()))  # traces carry whole seconds
     farm.set_trace("master", now - 3 * HOUR)
-    for n in ("nl", "de", "fr", "uk"):
+    for n in ("nl", "de", "fr", "uk", "fr2"):
         farm.set_trace(n, now - 3 * HOUR)
     farm.set_trace("au", now - 30 * HOUR)  # 10 h behind the master's next state: stale
     farm.behaviours["br"] = error_500
-    settings = parse_settings(config(farm, ["nl", "de", "fr", "uk", "au", "br"]), "p.toml")
+    farm.behaviours["br2"] = error_500
+    names = ["nl", "de", "fr", "uk", "fr2", "au", "br", "br2"]
+    settings = parse_settings(config(farm, names), "p.toml")
     store = MemoryStore()
     history = (MasterVersion(now - 30 * HOUR, now - 30 * HOUR),
                MasterVersion(now - 3 * HOUR, now - 10 * HOUR))  # fmt: skip
@@ -62,7 +64,7 @@ async def test_a_summary_per_pass_and_the_master_state_once(
     async with open_session(settings.probe_timeout) as session:
         await poll_once(session, settings, store)
         assert messages(caplog, "pass: ") == [
-            "pass: 4 fresh, 1 stale (au), 1 down (br); master answers"
+            "pass: 5 fresh, 1 stale (au), 2 down (br x2); master answers"
         ]
         assert messages(caplog, "master ") == []  # the state it already knew: no news
 
@@ -75,7 +77,7 @@ async def test_a_summary_per_pass_and_the_master_state_once(
         assert published[0].endswith(", 2 h 10 min after the last")
         # The mirrors lack it for seconds only, within max_lag: still fresh.
         assert messages(caplog, "pass: ")[-1] == (
-            "pass: 4 fresh, 1 stale (au), 1 down (br); master answers"
+            "pass: 5 fresh, 1 stale (au), 2 down (br x2); master answers"
         )
 
         farm.behaviours["master"] = error_500

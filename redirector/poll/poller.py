@@ -221,21 +221,32 @@ _SUMMARY_ORDER = ("fresh", "syncing", "stale", "broken", "down", "unknown")
 
 
 def pass_summary(
-    master: MasterState, states: Sequence[MirrorState], now: float, max_lag: float
+    master: MasterState,
+    states: Sequence[MirrorState],
+    now: float,
+    max_lag: float,
+    countries: Mapping[str, str] | None = None,
 ) -> str:
     """One line for a pass: "4 fresh, 1 stale (au), 1 down (br); master answers".
 
-    Every state but fresh names its mirrors, so the line alone says where to look.
+    Every state but fresh says where its mirrors are, by country code: the line is the
+    network's picture at a glance, once per pass. The mirrors' names are logged when each one
+    changes state (`log_transitions`); naming them again every pass would repeat that line
+    for as long as a mirror stays down.
     """
+    where = countries or {}
     by: dict[str, list[str]] = {}
     for st in states:
-        by.setdefault(describe(st, now, max_lag)[0], []).append(st.name)
+        cc = where.get(st.name, "").lower() or "?"
+        by.setdefault(describe(st, now, max_lag)[0], []).append(cc)
     parts = []
     for label in sorted(by, key=lambda k: (*_SUMMARY_ORDER, k).index(k)):
-        names = by[label]
-        part = f"{len(names)} {label}"
+        ccs = by[label]
+        part = f"{len(ccs)} {label}"
         if label != "fresh":
-            part += f" ({', '.join(sorted(names))})"
+            counted = {cc: ccs.count(cc) for cc in sorted(set(ccs))}
+            part += " (" + ", ".join(cc if n == 1 else f"{cc} x{n}" for cc, n in counted.items())
+            part += ")"
         parts.append(part)
     said = ", ".join(parts) if parts else "nothing enabled"
     if master.error is not None:
@@ -348,7 +359,8 @@ async def poll_once(
         return dataclasses.replace(result, written=False)
     log_transitions(prev_states, states)
     log_master_change(prev_master, master)
-    log.info("pass: %s", pass_summary(master, states, clock(), settings.max_lag))
+    countries = {m.name: m.country for m in settings.mirrors}
+    log.info("pass: %s", pass_summary(master, states, clock(), settings.max_lag, countries))
     try:
         await store.put_master(master)
         await store.put_states(states)
