@@ -164,8 +164,9 @@ longitude = 5.0
 
 
 async def test_a_stopped_poller_leaves_every_web_node_ready(
-    aiohttp_client: ClientFactory, farm: Farm, redis_url: str
+    aiohttp_client: ClientFactory, farm: Farm, redis_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="redirector.web.pages")
     now = time.time()
     farm.set_trace("master", now - 600)
     farm.set_trace("a", now - 600)
@@ -213,3 +214,15 @@ async def test_a_stopped_poller_leaves_every_web_node_ready(
         assert resp.status == 302
         assert resp.headers["Location"].startswith(farm.url("a"))
     assert time.monotonic() - stopped < 15
+    # And the journal hears it once from each node, not once a second.
+    deadline = time.monotonic() + 5
+    while True:
+        quiet = [r for r in caplog.records if "no poller pass for" in r.getMessage()]
+        if len(quiet) >= 2:
+            break
+        assert time.monotonic() < deadline, caplog.text
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1.5)
+    quiet = [r for r in caplog.records if "no poller pass for" in r.getMessage()]
+    assert len(quiet) == 2
+    assert all(r.levelno == logging.WARNING for r in quiet)

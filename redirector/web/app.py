@@ -136,7 +136,8 @@ def reload_ctx(
             grace=grace,
             speak=app.get(keys.SPEAKS, True),
         ) as reloader:
-            reloader.listeners.append(tell_hooks)
+            if app.get(keys.SPEAKS, True):  # host-wide news: recorded by one worker per host
+                reloader.listeners.append(tell_hooks)
             app[keys.RELOADER] = reloader
             yield
         for task in list(running):

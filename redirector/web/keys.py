@@ -33,8 +33,9 @@ GEO_WARNING = web.AppKey("geo_warning", str)
 # The config and GeoIP reloader (reload.py), while the app runs: its `last` is the latest
 # reload, refused or accepted, that /health, /health/ready, /metrics and /mirrors show.
 RELOADER = web.AppKey("reloader", Reloader)
-# Called with every reload outcome, each in its own task: where the event log records
-# "config reloaded" and "config refused". Append before startup.
+# Called with every reload outcome, each in its own task, in the worker that speaks for the
+# host (SPEAKS): where the event log records "config reloaded" and "config refused" once per
+# host. Append before startup.
 RELOAD_HOOKS = web.AppKey[list[Callable[[ReloadOutcome], Awaitable[None]]]]("reload_hooks")
 # False in all workers of `serve --workers N` but one: host-wide news (reloads, GeoIP) is
 # logged once per host, by the worker that speaks.

@@ -30,7 +30,13 @@ from redirector.views.status import Section
 from redirector.views.synctree import render_html
 from redirector.web import keys
 from redirector.web.link import sent_to
-from redirector.web.metrics import REFUSED_PATH, Metrics, handler_of, multiprocess_dir
+from redirector.web.metrics import (
+    REFUSED_PATH,
+    SILENT_INTERVALS,
+    Metrics,
+    handler_of,
+    multiprocess_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +76,14 @@ async def stats_ctx(app: web.Application) -> AsyncIterator[None]:
         geo=lambda: router.geo,  # the live reader: a replaced database is swapped there
     )
     task = asyncio.create_task(flush_forever(tally, store))
+    quiet = asyncio.create_task(watch_poller(app)) if app.get(keys.SPEAKS, True) else None
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    for t in (task, quiet):
+        if t is None:
+            continue
+        t.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await t
     try:
         await flush(tally, store, time.time())
     except StoreError as e:
@@ -102,6 +112,28 @@ async def timed(request: web.Request, handler: Handler) -> web.StreamResponse:
                 kind = handler_of(path)
                 if kind in ("mirrorlist", "metalink"):
                     metrics.listed(kind, request.headers.get("User-Agent"))
+
+
+async def watch_poller(app: web.Application, every: float = 1.0) -> None:
+    """Log once when no poller pass has come for 3 intervals, and once when passes resume:
+    the web side's word in the journal that the poller went quiet (it keeps serving)."""
+    live, holder = app[keys.LIVE], app[keys.HOLDER]
+    silent = False
+    while True:
+        await asyncio.sleep(every)
+        master = holder.current.master
+        if master is None:
+            continue  # never a pass yet: starting up, not gone quiet
+        age = time.time() - master.checked_at
+        now_silent = age > SILENT_INTERVALS * live.current.poll_interval
+        if now_silent and not silent:
+            log.warning(
+                "no poller pass for %s (3 intervals): serving the last snapshot",
+                status.duration(age),
+            )
+        elif silent and not now_silent:
+            log.info("poller passes again")
+        silent = now_silent
 
 
 def check_outcome(routed: Routed, rank: int | None, checked: bool, heads: int) -> str | None:
