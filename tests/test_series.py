@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import platform
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -222,3 +224,17 @@ async def test_the_poll_process_serves_its_own_metrics(farm: Farm, tmp_path: Pat
     assert get(s, "redirector_config_reload_success") == 1
     said = (tmp_path / "err.txt").read_text()
     assert f"poller metrics on http://127.0.0.1:{port}/metrics" in said
+
+
+async def test_a_taken_metrics_port_is_a_clear_error(farm: Farm, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = parse_settings(
+            two_mirrors(farm, f'poller_metrics_listen = "127.0.0.1:{port}"\ngeoip_db = ""'),
+            "poll.toml",
+        )
+        err = io.StringIO()
+        assert await poll_command(settings, once=False, err=err) == 1
+    assert err.getvalue().startswith(f"poller_metrics_listen 127.0.0.1:{port}: cannot listen: ")

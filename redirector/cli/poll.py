@@ -12,6 +12,7 @@ from typing import TextIO
 
 import aiohttp
 
+from redirector.cli.workers import check_address
 from redirector.config.settings import Settings
 from redirector.core.judge import describe, status_table
 from redirector.core.models import SERVABLE, MasterState, MirrorState
@@ -33,6 +34,14 @@ async def poll_command(
     to the store only when no other process holds the poller lease. Exit status 0 when at
     least one mirror can be served, 1 when none can.
     """
+    if not once and settings.poller_metrics_listen is not None:
+        host, port = settings.poller_metrics_listen
+        try:
+            check_address(host, port)
+        except OSError as e:
+            # Said once, before any work: a poller without its port would run unwatched.
+            print(f"poller_metrics_listen {host}:{port}: cannot listen: {e}", file=err)
+            return 1
     store = open_store(settings.redis_url, prefix=settings.redis_prefix)
     try:
         async with open_session(settings.probe_timeout) as session:
