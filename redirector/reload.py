@@ -57,8 +57,8 @@ class ReloadOutcome:
     detail: str | None = None  # the message without its location
 
     def to_json(self) -> dict[str, object]:
+        """For the views: when, why, and where the file is wrong (all None when accepted)."""
         return {
-            "ok": self.ok,
             "at": self.at,
             "reason": self.reason,
             "file": self.path,

@@ -21,6 +21,7 @@ from redirector.web import keys
 from redirector.web.app import create_app
 from tests.farm import Farm
 from tests.frontdoor import config_text, fresh_store, replace_file
+from tests.test_status import validate
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 Client = TestClient[web.Request, web.Application]
@@ -94,6 +95,15 @@ async def test_a_refused_reload_shows_in_all_four_views(
     top = page[: page.index('<table class="mirrors">')]
     assert 'class="warn" role="alert">The config file was refused at its last reload' in top
     assert str(cfg) in top
+    # /mirrors.json too, by its schema.
+    doc = await (await client.get("/mirrors.json")).json()
+    validate(doc)
+    assert doc["config"]["ok"] is False
+    assert {k: doc["config"]["refused"][k] for k in ("file", "line", "field")} == {
+        "file": str(cfg),
+        "line": refused["line"],
+        "field": "mirror 'nl' field 'latitude'",
+    }
 
     # A good file clears every view.
     replace_file(cfg, config_text(["nl", "us"]))
@@ -106,6 +116,9 @@ async def test_a_refused_reload_shows_in_all_four_views(
     assert (await samples(client, "redirector_config_reload_success")) == [({}, 1.0)]
     assert (await samples(client, "redirector_config_refused")) == []
     assert 'role="alert"' not in await (await client.get("/mirrors")).text()
+    doc = await (await client.get("/mirrors.json")).json()
+    validate(doc)
+    assert doc["config"] == {"ok": True, "refused": None}
 
     # The event log's hook heard both, in order.
     deadline = time.monotonic() + 5

@@ -228,11 +228,26 @@ async def _report(request: web.Request) -> status.Report:
     )
 
 
+def _document(app: web.Application, report: status.Report) -> dict[str, Any]:
+    """The /mirrors.json document, with the config's state when this process reloads one."""
+    doc = status.to_json(report)
+    reloader = app.get(keys.RELOADER)
+    if reloader is not None and reloader.watches_config:
+        refused = reloader.refusal
+        doc["config"] = {
+            "ok": refused is None,
+            "refused": None
+            if refused is None
+            else {**refused.to_json(), "at": status.iso(refused.at)},
+        }
+    return doc
+
+
 async def mirrors(request: web.Request) -> web.Response:
     """The status page, or its JSON for clients that ask for application/json."""
     report = await _report(request)
     if explain.prefers_json(request.headers.get("Accept")):
-        return _json(status.dumps(status.to_json(report)), Vary="Accept")
+        return _json(status.dumps(_document(request.app, report)), Vary="Accept")
     sections: list[status.Section] = []
     for provider in request.app[keys.STATUS_SECTIONS]:
         try:
@@ -264,7 +279,7 @@ def _notices(app: web.Application) -> list[str]:
 
 
 async def mirrors_json(request: web.Request) -> web.Response:
-    return _json(status.dumps(status.to_json(await _report(request))))
+    return _json(status.dumps(_document(request.app, await _report(request))))
 
 
 async def schema(request: web.Request) -> web.Response:
