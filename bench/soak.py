@@ -1,7 +1,7 @@
 """Soak: minutes of mixed load on a real `redirector serve` while its mirrors flap.
 
     python bench/soak.py                       # the full run: ten minutes
-    python bench/soak.py --duration 1m         # what CI runs (tests/test_soak.py)
+    python bench/soak.py --duration 1m         # what CI runs (tests/e2e/test_soak.py)
     python bench/soak.py --help
 
 What runs, all on loopback (127.0.0.1; nothing leaves the machine, no name is looked up):

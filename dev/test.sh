@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # Installs what the tests need (Debian packages, a virtualenv with the package and its test
 # extras) and runs the whole suite: ruff, mypy --strict, pytest. Safe to run again.
+# Arguments go to pytest: `bash dev/test.sh -m "not system"` is the fast suite, which needs no
+# root and no Debian package but redis-server and curl (the tests start their own redis-server,
+# on a free port).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive for real.
 packages=(redis-server chromium dnf createrepo-c rpm openssl)
-# bench/ (and tests/test_bench.py, which checks its pieces) drives nginx and wrk.
+# bench/ (and tests/e2e/test_bench.py, which checks its pieces) drives nginx and wrk.
 packages+=(nginx wrk)
 # deploy/ is checked with the real tools: nginx -t and a live nginx, systemd-analyze verify.
 packages+=(nginx openssl curl systemd)
+# tests/test_ftpsync_system.py runs Debian's ftpsync against a loopback rsync daemon.
+packages+=(ftpsync rsync)
 # deploy/prometheus/alerts.yml is checked and unit-tested with promtool, which Debian ships in
 # the prometheus package.
 packages+=(prometheus)
@@ -17,18 +22,23 @@ missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-if ((${#missing[@]})); then
+if ((${#missing[@]})) && ((EUID == 0)); then
   echo "== installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+elif ((${#missing[@]})); then
+  # Without root nothing is installed: the tests that drive a missing tool fail and say which
+  # (they never skip), and -m "not system" leaves out all that need more than redis-server.
+  echo "== not root, not installing: ${missing[*]} (or run: bash dev/test.sh -m \"not system\")"
 fi
-# The package starts redis-server as a service; the tests start their own on a free port.
-if command -v systemctl >/dev/null 2>&1; then systemctl disable --now redis-server >/dev/null 2>&1 || true; fi
-# The same for nginx: the tests run their own, on loopback ports, with deploy/'s site file.
-if command -v systemctl >/dev/null 2>&1; then systemctl disable --now nginx >/dev/null 2>&1 || true; fi
-# And for prometheus: the tests only run promtool.
-if command -v systemctl >/dev/null 2>&1; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
+# The packages start redis-server, nginx and prometheus as services, which the tests do not
+# need: they run their own on free loopback ports (and only promtool of prometheus), so a host's
+# own servers keep running. Only a throwaway CI machine has them stopped, to leave its memory to
+# the tests.
+if [[ -n "${CI:-}" ]] && command -v systemctl >/dev/null 2>&1; then
+  systemctl disable --now redis-server nginx prometheus >/dev/null 2>&1 || true
+fi
 
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import math
-import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Final, TypeAlias
@@ -16,6 +15,7 @@ import maxminddb
 from cachetools import LRUCache
 
 from redirector.config.settings import Settings
+from redirector.core.humanize import day
 from redirector.core.models import Location
 
 __all__ = [
@@ -175,7 +175,7 @@ class GeoReader:
 
     def describe(self) -> str:
         """One line for logs and the health view: path, schema, database type, build date."""
-        built = time.strftime("%Y-%m-%d", time.gmtime(self.build_epoch))
+        built = day(self.build_epoch)
         return f"{self.path} ({self.kind}, {self.database_type}, built {built} UTC)"
 
     @property

@@ -15,9 +15,9 @@ that depends on far less than the whole request, so each layer is computed once 
    observed subtree prefixes it starts with (exclude, lacks, repodata directories), so paths
    with the same matches share one entry. An entry holds for one snapshot (a swap starts
    afresh) and for a window of time computed from the states: it ends before the first moment a
-   mirror's lag or last check crosses `max_lag`, or a stale mirror's rejection text ("stale by
-   9.2 h") would read differently. Inside the window `check` gives the same answers by
-   construction, so the cached decision equals `select`'s exactly.
+   mirror's lag or last check crosses `max_lag`. Rejections hold times and facts, never words
+   or seconds (the views word them), so inside the window `check` gives the same answers by
+   construction and the cached decision equals `select`'s exactly.
 3. *Cell* (per eligibility entry and location): the nearest tier and the distances. It depends
    on the eligible mirrors and the coordinates only, so it survives a new snapshot or window
    whose eligible mirrors are the same ones.
@@ -248,19 +248,14 @@ class _Eligibility:
         self.cells: dict[tuple[float, float] | None, _Cell] = {}
 
 
-def _next_tenth(origin: float, now: float) -> float:
-    """When `f"{(t - origin) / 3600:.1f}"` first reads differently from its value at `now`."""
-    shown = float(f"{(now - origin) / 3600:.1f}")
-    return origin + (shown + 0.05) * 3600
-
-
 def valid_until(c: Candidate, why: Rejection | None, now: float, max_lag: float) -> float:
     """Until when `check(c, ...)` keeps giving `why` (None: eligible) for the same request.
 
-    Mirrors `selection.check`: only the lag test, the last-check test and the texts of the
-    rejections they give depend on time; every earlier test depends on the request alone.
-    A new time-dependent test in `check` must be added here (tests/test_router.py compares the
-    router with `select` across time to catch exactly that).
+    Mirrors `selection.check`: only the lag test and the last-check test depend on time; every
+    earlier test depends on the request alone. A rejection holds times, not seconds or words,
+    so it stays equal to `check`'s as long as its reason does. A new time-dependent test in
+    `check` must be added here (tests/test_router.py compares the router with `select` across
+    time to catch exactly that).
     """
     s: MirrorState | None = c.state
     if s is None:
@@ -270,14 +265,9 @@ def valid_until(c: Candidate, why: Rejection | None, now: float, max_lag: float)
         if s.behind_since is not None:
             until = min(until, s.behind_since + max_lag)
         return until
-    if why.reason is Reason.STALE:
-        assert s.behind_since is not None  # lag is only above max_lag when behind
-        return _next_tenth(s.behind_since, now)
-    if why.reason is Reason.OUTDATED:
-        until = _next_tenth(s.checked_at, now)
-        if s.behind_since is not None:  # it turns STALE once the lag crosses too
-            until = min(until, s.behind_since + max_lag)
-        return until
+    # STALE stays STALE: the lag only grows while the state is the same.
+    if why.reason is Reason.OUTDATED and s.behind_since is not None:
+        return s.behind_since + max_lag  # it turns STALE once the lag crosses too
     return math.inf
 
 

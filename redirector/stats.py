@@ -27,8 +27,8 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
+from redirector.core.humanize import day
 from redirector.store.base import Counts, Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,8 @@ class Tally:
 
 
 def day_of(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
+    """The UTC day a count belongs to: the key of its day bucket."""
+    return day(ts)
 
 
 def batches(taken: Mapping[Key, int], now: float) -> list[Counts]:

@@ -1,4 +1,8 @@
-"""Shared fixtures: a real redis-server for the whole session, and a flushed URL per test."""
+"""Shared fixtures: a real redis-server, the farm, the injected clock, the tests' GeoIP database.
+
+The redis-server runs for the whole session on a free port; `redis_url` flushes it per test.
+The helpers behind the fixtures are in tests/support/.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,10 @@ from pathlib import Path
 import pytest
 import redis
 
+from redirector.geo import GeoReader
 from tests.farm import Farm
+from tests.support import world
+from tests.support.clock import Clock
 
 _START_TIMEOUT = 10.0  # seconds for redis-server to answer PING after launch
 _STOP_TIMEOUT = 5.0
@@ -158,3 +165,15 @@ async def farm() -> AsyncIterator[Farm]:
     await f.start()
     yield f
     await f.stop()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    """A clock at t = 1000 that moves only when the test moves it."""
+    return Clock()
+
+
+@pytest.fixture
+def geo(tmp_path: Path) -> GeoReader:
+    """A reader on `world.city_db`: the clients of tests/support/world.py, placed."""
+    return world.geo(tmp_path)

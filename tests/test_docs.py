@@ -43,7 +43,7 @@ _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
 # characters (no placeholders, globs or spaces), so `deploy/mirrors.toml` counts and
 # `bench/out/results-*.json` or `releases/<ver>/` do not.
 _REPO_PATH = re.compile(r"(?:redirector|tests|bench|deploy|dev|docs|examples)/[\w./-]*")
-_TEST_CITATION = re.compile(r"\b(test_\w+\.py)((?:::\w+)+)")
+_TEST_CITATION = re.compile(r"\b((?:[a-z0-9_]+/)*test_\w+\.py)((?:::\w+)+)")
 # The word, a number, maybe a hash between: a reference to a tracker the reader does not have.
 _ISSUE_WORD = re.compile(r"\bissues?\s*#?\d+", re.I)
 # A hash and a number standing alone in prose; not an HTML entity, a URL fragment or a word's tail.

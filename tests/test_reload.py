@@ -26,16 +26,10 @@ from redirector.web import keys
 from redirector.web.app import create_app
 from tests.conftest import free_port
 from tests.farm import Farm
-from tests.frontdoor import (
-    MASTER,
-    NL_CLIENT,
-    Hammer,
-    config_text,
-    fresh_store,
-    mirror_url,
-    replace_file,
-)
-from tests.mmdb_build import CityRecord, write_city_mmdb
+from tests.mmdb_build import CityRecord
+from tests.support.clock import Clock
+from tests.support.hammer import Hammer
+from tests.support.world import FRONT, NL_CLIENT, city_db, fresh_store, mirror_url, replace_file
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 
@@ -50,9 +44,9 @@ def url_of(client: TestClient[web.Request, web.Application], path: str = PATH) -
 
 
 def test_restart_keys_are_detected_and_kept() -> None:
-    old = parse_settings(config_text(["nl"], extra='listen = "127.0.0.1:8080"'))
+    old = parse_settings(FRONT.config_text(["nl"], extra='listen = "127.0.0.1:8080"'))
     new = parse_settings(
-        config_text(
+        FRONT.config_text(
             ["nl", "us"],
             extra='listen = "127.0.0.1:9090"\nredis_url = "redis://127.0.0.1:1/0"\nmax_lag = "2h"',
         )
@@ -81,18 +75,10 @@ def test_file_signature_sees_rename_and_edit(tmp_path: Path) -> None:
     assert file_signature(p) not in (first, second)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_replaced_geo_reader_is_closed_after_the_grace_period(tmp_path: Path) -> None:
     db = tmp_path / "city.mmdb"
-    write_city_mmdb(db, {"145.100.0.0/16": CityRecord("NL", "EU", 52.37, 4.90)})
-    settings = parse_settings(config_text(["nl"], extra=f'geoip_db = "{db}"'))
+    city_db(db)
+    settings = parse_settings(FRONT.config_text(["nl"], extra=f'geoip_db = "{db}"'))
     first = GeoReader.open(db)
     swapped: list[GeoReader | None] = []
     clock = Clock()
@@ -101,7 +87,7 @@ def test_replaced_geo_reader_is_closed_after_the_grace_period(tmp_path: Path) ->
     )
     assert not r.check_geo()  # unchanged: nothing to do
 
-    write_city_mmdb(tmp_path / "new.mmdb", {"145.100.0.0/16": CityRecord("US", "NA", 35.9, -79.0)})
+    city_db(tmp_path / "new.mmdb", {"145.100.0.0/16": CityRecord("US", "NA", 35.9, -79.0)})
     os.replace(tmp_path / "new.mmdb", db)
     assert r.check_geo()
     second = swapped[-1]
@@ -111,10 +97,10 @@ def test_replaced_geo_reader_is_closed_after_the_grace_period(tmp_path: Path) ->
     assert loc is not None
     assert loc.country == "US"
     # The old reader still answers during the grace period, for anything that holds it.
-    clock.now += 29
+    clock.t += 29
     r.check()
     assert first.locate(NL_CLIENT) is not None
-    clock.now += 2
+    clock.t += 2
     r.check()
     with pytest.raises(ValueError, match="closed"):
         first.locate("145.100.9.9")
@@ -128,7 +114,7 @@ def test_replaced_geo_reader_is_closed_after_the_grace_period(tmp_path: Path) ->
     assert not r.check_geo()  # refused once, not retried until the file changes again
 
     # A config that turns GeoIP off makes the process location-blind.
-    r.settings = parse_settings(config_text(["nl"], extra='geoip_db = ""'))
+    r.settings = parse_settings(FRONT.config_text(["nl"], extra='geoip_db = ""'))
     assert r.check_geo()
     assert swapped[-1] is None
     r.close()
@@ -136,7 +122,7 @@ def test_replaced_geo_reader_is_closed_after_the_grace_period(tmp_path: Path) ->
 
 
 def test_sighup_reload_without_a_file_is_refused(caplog: pytest.LogCaptureFixture) -> None:
-    settings = parse_settings(config_text(["nl"]), "does-not-exist.toml")
+    settings = parse_settings(FRONT.config_text(["nl"]), "does-not-exist.toml")
     applied: list[Settings] = []
     r = Reloader(settings, applied.append)
     with caplog.at_level(logging.WARNING, logger="redirector.reload"):
@@ -152,7 +138,7 @@ async def test_config_change_under_load_drops_nothing(
     aiohttp_client: ClientFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     cfg = tmp_path / "mirrors.toml"
-    cfg.write_text(config_text(["nl"]))
+    cfg.write_text(FRONT.config_text(["nl"]))
     store = await fresh_store(["nl", "us"])
     app = create_app(load_settings(cfg), poll=False, store=store, use_geo_settings=False)
     client = await aiohttp_client(app)
@@ -162,7 +148,8 @@ async def test_config_change_under_load_drops_nothing(
         await load.wait_for(mirror_url("nl"))
         # The us mirror joins and nl is switched off, by renaming a new file into place.
         replace_file(
-            cfg, config_text(["nl", "us"]).replace('name = "nl"', 'name = "nl"\nenabled = false')
+            cfg,
+            FRONT.config_text(["nl", "us"]).replace('name = "nl"', 'name = "nl"\nenabled = false'),
         )
         switched = await load.wait_for(mirror_url("us"))
         await asyncio.sleep(0.3)  # keep the load on after the swap
@@ -186,7 +173,7 @@ async def test_invalid_config_is_refused_and_the_old_one_kept(
     aiohttp_client: ClientFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     cfg = tmp_path / "mirrors.toml"
-    cfg.write_text(config_text(["nl"]))
+    cfg.write_text(FRONT.config_text(["nl"]))
     store = await fresh_store(["nl", "us"])
     app = create_app(load_settings(cfg), poll=False, store=store, use_geo_settings=False)
     client = await aiohttp_client(app)
@@ -195,7 +182,9 @@ async def test_invalid_config_is_refused_and_the_old_one_kept(
     async with Hammer(url_of(client)) as load:
         await load.wait_for(mirror_url("nl"))
         # A latitude out of range: refused with file, line and field; nl keeps serving.
-        replace_file(cfg, config_text(["us"]).replace("latitude = 35.91", "latitude = 135.91"))
+        replace_file(
+            cfg, FRONT.config_text(["us"]).replace("latitude = 35.91", "latitude = 135.91")
+        )
 
         def refusals() -> list[logging.LogRecord]:
             return [r for r in caplog.records if "refused, keeping" in r.getMessage()]
@@ -213,7 +202,7 @@ async def test_invalid_config_is_refused_and_the_old_one_kept(
             assert time.monotonic() < deadline + 10, caplog.text
             await asyncio.sleep(0.05)
         # The next good version is taken.
-        replace_file(cfg, config_text(["us"]))
+        replace_file(cfg, FRONT.config_text(["us"]))
         await load.wait_for(mirror_url("us"))
     assert load.failures == []
     first, second = refusals()
@@ -227,7 +216,7 @@ async def test_restart_only_keys_are_reported_not_applied(
     aiohttp_client: ClientFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     cfg = tmp_path / "mirrors.toml"
-    cfg.write_text(config_text(["nl"], extra='listen = "127.0.0.1:8080"'))
+    cfg.write_text(FRONT.config_text(["nl"], extra='listen = "127.0.0.1:8080"'))
     store = await fresh_store(["nl"])
     app = create_app(load_settings(cfg), poll=False, store=store, use_geo_settings=False)
     client = await aiohttp_client(app)
@@ -235,7 +224,9 @@ async def test_restart_only_keys_are_reported_not_applied(
     new_master = "http://other-master.example/smeserver/"
     replace_file(
         cfg,
-        config_text(["nl"], master=new_master, extra='listen = "127.0.0.1:9999"\nmax_lag = "1h"'),
+        FRONT.config_text(
+            ["nl"], master=new_master, extra='listen = "127.0.0.1:9999"\nmax_lag = "1h"'
+        ),
     )
     deadline = time.monotonic() + 10
     while app[keys.ROUTER].settings.master != new_master:
@@ -291,7 +282,7 @@ async def test_handlers_read_the_live_settings_holder(
     aiohttp_client: ClientFactory, tmp_path: Path
 ) -> None:
     cfg = tmp_path / "mirrors.toml"
-    cfg.write_text(config_text(["nl", "us"]))
+    cfg.write_text(FRONT.config_text(["nl", "us"]))
     store = await fresh_store(["nl", "us"])
     app = create_app(load_settings(cfg), poll=False, store=store, use_geo_settings=False)
     client = await aiohttp_client(app)
@@ -309,12 +300,14 @@ async def test_handlers_read_the_live_settings_holder(
         return url
 
     assert await listed() == (200, 2)
-    assert await master_shown() == MASTER
+    assert await master_shown() == FRONT.master
     # A reload of the file replaces the holder's settings; the handlers answer from them.
     other = "http://other-master.example/smeserver/"
     replace_file(
         cfg,
-        config_text(["nl", "us"], master=other, extra='mirrorlist_length = 1\nrepos = ["smeos"]'),
+        FRONT.config_text(
+            ["nl", "us"], master=other, extra='mirrorlist_length = 1\nrepos = ["smeos"]'
+        ),
     )
     deadline = time.monotonic() + 10
     while live.replaced == 0:
@@ -326,11 +319,13 @@ async def test_handlers_read_the_live_settings_holder(
     assert (await listed("smeupdates-10"))[0] == 404
     assert await master_shown() == other
     # The holder is where handlers look: replacing it alone, the router untouched, is enough.
-    live.replace(replace(live.current, repos=("smeupdates",), mirrorlist_length=2, master=MASTER))
+    live.replace(
+        replace(live.current, repos=("smeupdates",), mirrorlist_length=2, master=FRONT.master)
+    )
     assert app[keys.ROUTER].settings.master == other
     assert (await listed())[0] == 404
     assert await listed("smeupdates-10") == (200, 2)
-    assert await master_shown() == MASTER
+    assert await master_shown() == FRONT.master
     assert (await client.get("/health")).status == 200
 
 
@@ -358,7 +353,7 @@ async def wait_listening(url: str, proc: asyncio.subprocess.Process, log: Path) 
 
 async def test_sighup_to_serve_reloads_under_load(tmp_path: Path) -> None:
     cfg = tmp_path / "mirrors.toml"
-    cfg.write_text(config_text(["nl"], extra='geoip_db = ""'))
+    cfg.write_text(FRONT.config_text(["nl"], extra='geoip_db = ""'))
     port = free_port()
     log_path = tmp_path / "serve.log"
     url = f"http://127.0.0.1:{port}{PATH}"
@@ -372,9 +367,9 @@ async def test_sighup_to_serve_reloads_under_load(tmp_path: Path) -> None:
         await wait_listening(url, proc, log_path)
         async with Hammer(url, workers=4) as load:
             # No mirror state in this process (--no-poll, no Redis): everyone goes to the master.
-            await load.wait_for(MASTER)
+            await load.wait_for(FRONT.master)
             other = "http://new-master.example/smeserver/"
-            cfg.write_text(config_text(["nl"], master=other, extra='geoip_db = ""'))
+            cfg.write_text(FRONT.config_text(["nl"], master=other, extra='geoip_db = ""'))
             proc.send_signal(signal.SIGHUP)
             await load.wait_for(other)
             await asyncio.sleep(0.3)
@@ -397,11 +392,9 @@ async def test_sighup_to_serve_reloads_under_load(tmp_path: Path) -> None:
 
 async def test_geoip_replaced_under_load(aiohttp_client: ClientFactory, tmp_path: Path) -> None:
     db = tmp_path / "GeoLite2-City.mmdb"
-    write_city_mmdb(
-        db, {"145.100.0.0/16": CityRecord("NL", "EU", 52.37, 4.90)}, build_epoch=86400 * 365
-    )
+    city_db(db, build_epoch=86400 * 365)
     cfg = tmp_path / "mirrors.toml"
-    cfg.write_text(config_text(["nl", "us"], extra=f'geoip_db = "{db}"'))
+    cfg.write_text(FRONT.config_text(["nl", "us"], extra=f'geoip_db = "{db}"'))
     store = await fresh_store(["nl", "us"])
     app = create_app(load_settings(cfg), poll=False, store=store)
     client = await aiohttp_client(app)
@@ -413,7 +406,7 @@ async def test_geoip_replaced_under_load(aiohttp_client: ClientFactory, tmp_path
         # The network moves to North Carolina in the new edition, written beside and renamed
         # over the old file as geoipupdate does.
         new = tmp_path / "GeoLite2-City.mmdb.tmp"
-        write_city_mmdb(
+        city_db(
             new,
             {"145.100.0.0/16": CityRecord("US", "NA", 35.9, -79.0)},
             build_epoch=2 * 86400 * 365,

@@ -30,29 +30,17 @@ from redirector.store.file import FileStore
 from redirector.web import keys
 from redirector.web.app import create_app
 from tests.conftest import RedisServer
-from tests.views import NL_CLIENT, REPOMD, US_CLIENT, config, fill, geo
+from tests.support.clock import Clock
+from tests.support.world import NL_CLIENT, REPOMD, STATUS, US_CLIENT, fill, geo
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 
 NOW = 1_790_000_000.0  # 2026-09-21 14:13:20 UTC
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
 @pytest.fixture(params=["memory", "redis", "file"])
 async def store(
-    request: pytest.FixtureRequest, clock: FakeClock, redis_server: RedisServer, tmp_path: Path
+    request: pytest.FixtureRequest, clock: Clock, redis_server: RedisServer, tmp_path: Path
 ) -> AsyncIterator[Store]:
     """Each backend: in-process, Redis, and the workers' shared file (filestore.py)."""
     if request.param == "memory":
@@ -167,14 +155,14 @@ async def test_add_counts_refuses_bad_ttl(store: Store, ttl: float) -> None:
         await store.add_counts([Counts("d:x", ttl, {"total": 1})])
 
 
-async def test_memory_counts_expire(clock: FakeClock) -> None:
+async def test_memory_counts_expire(clock: Clock) -> None:
     s = MemoryStore(clock=clock)
     await s.add_counts([Counts("5m:1", 10, {"total": 1})])
-    clock.now += 9
+    clock.t += 9
     await s.add_counts([Counts("5m:1", 10, {"total": 1})])  # renews the expiry
-    clock.now += 9
+    clock.t += 9
     assert await s.get_counts(["5m:1"]) == {"5m:1": {"total": 2}}
-    clock.now += 2
+    clock.t += 2
     assert await s.get_counts(["5m:1"]) == {"5m:1": {}}
 
 
@@ -221,10 +209,10 @@ async def test_flush_writes_once_and_keeps_counts_on_failure(
 
 
 async def test_stats_reader_caches_and_survives_failures(
-    redis_server: RedisServer, redis_url: str, clock: FakeClock
+    redis_server: RedisServer, redis_url: str, clock: Clock
 ) -> None:
     s = RedisStore(redis_url, timeout=0.5)
-    clock.now = NOW
+    clock.t = NOW
     reader = StatsReader(s, clock=clock, max_age=5)
     try:
         t = Tally()
@@ -234,9 +222,9 @@ async def test_stats_reader_caches_and_survives_failures(
         t.count("a", "NL", REPOMD)
         await flush(t, s, NOW)
         assert (await reader.get()).hour.total == 1  # cached
-        clock.now += 6
+        clock.t += 6
         assert (await reader.get()).hour.total == 2
-        clock.now += 6
+        clock.t += 6
         with redis_server.stopped():
             got = await reader.get()
         assert got.hour.total == 2  # the last figures, with the reason they are not newer
@@ -274,7 +262,7 @@ async def test_memory_store_gets_batches_not_requests(
 ) -> None:
     store = CountingMemoryStore()
     await fill(store)
-    app = create_app(config(), poll=False, store=store, geo=geo(tmp_path))
+    app = create_app(STATUS.config(), poll=False, store=store, geo=geo(tmp_path))
     client = await aiohttp_client(app)
     await send(client, 300)
     await client.head("/smeserver/" + REPOMD, allow_redirects=False)  # not a download
@@ -306,7 +294,9 @@ async def test_redis_sees_batches_not_requests(
     writer = RedisStore(redis_url)
     await fill(writer)
     await writer.close()
-    app = create_app(config(extra=f'redis_url = "{redis_url}"'), poll=False, geo=geo(tmp_path))
+    app = create_app(
+        STATUS.config(extra=f'redis_url = "{redis_url}"'), poll=False, geo=geo(tmp_path)
+    )
     client = await aiohttp_client(app)
     before = commandstats(redis_server.port)
     await send(client, 500)

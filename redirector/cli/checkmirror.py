@@ -27,6 +27,9 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from redirector.config.settings import normalize_base_url
+from redirector.core.ftpsync import STAGE1_SUFFIX, name_from_hierarchy, name_from_traces
+from redirector.core.humanize import ago, duration, table, when
+from redirector.core.judge import STAGE1_MAX
 from redirector.core.trace import Trace, TraceError, is_future, lag_of, parse_trace, record_master
 from redirector.poll.probe import ProbeError, fetch, open_session
 
@@ -94,7 +97,9 @@ class CheckOptions:
     master_trace: str = DEFAULT_MASTER_TRACE
     max_lag: float = 8 * 3600.0
     timeout: float = 10.0  # per request
-    trace_name: str | None = None  # the mirror's own trace under project/trace/; None: URL host
+    # The mirror's own trace under project/trace/ (its ftpsync MIRRORNAME); None: found from
+    # its _hierarchy or _traces when no trace answers under the URL's host.
+    trace_name: str | None = None
     exclude: tuple[str, ...] = ()  # subtrees the mirror declares it leaves out
     symlink_path: str = DEFAULT_SYMLINK
     repomd_paths: tuple[str, ...] = DEFAULT_REPOMD
@@ -107,22 +112,6 @@ HeldState = Literal["current", "behind", "unknown"]
 
 
 # --- formatting ------------------------------------------------------------------------------
-
-
-def _when(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts))
-
-
-def _duration(seconds: float) -> str:
-    """3725 -> '1h02m'; 90 -> '1m30s'; 4 days -> '4d00h'."""
-    s = int(max(0.0, seconds))
-    if s >= 86400:
-        return f"{s // 86400}d{s % 86400 // 3600:02d}h"
-    if s >= 3600:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    if s >= 60:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s}s"
 
 
 def _what_failed(a: Answer) -> str:
@@ -152,7 +141,7 @@ def judge_root(a: Answer) -> CheckResult:
                                f"{ROOT_MAX_BYTES // 1024} KiB: is this the tree root?")  # fmt: skip
         return CheckResult(name, Verdict.FAIL, f"no answer: {a.error}")
     if a.ok:
-        return CheckResult(name, Verdict.PASS, f"HTTP {a.status} in {a.seconds:.2f} s")
+        return CheckResult(name, Verdict.PASS, f"HTTP {a.status} in {duration(a.seconds)}")
     if a.status in (401, 403):
         return CheckResult(
             name, Verdict.WARN, f"HTTP {a.status}: answers, but the root cannot be listed"
@@ -170,13 +159,25 @@ def _trace_of(a: Answer) -> Trace | str:
         return f"not a trace: {e}"
 
 
-def held_state(copy: Answer, master: Answer, now: float) -> HeldState:
-    """Whether the mirror's copy of the master trace is the master's current one."""
+def held_state(
+    copy: Answer,
+    master: Answer,
+    now: float,
+    own: Answer | None = None,
+    stage1: Answer | None = None,
+) -> HeldState:
+    """Whether the mirror's copy of the master trace is the master's current one.
+
+    Between the stages of a staged push (`own` and `stage1` given, see `between_stages`) it is
+    "behind" whatever the copy says: stage 2 brings the indexes.
+    """
     held, current = _trace_of(copy), _trace_of(master)
     if not isinstance(held, Trace) or not isinstance(current, Trace):
         return "unknown"
     if is_future(held, now, FUTURE_SLACK) or is_future(current, now, FUTURE_SLACK):
         return "unknown"
+    if own is not None and between_stages(own, copy, stage1, now):
+        return "behind"
     return "current" if held.date >= current.date else "behind"
 
 
@@ -195,52 +196,96 @@ def judge_master_trace(
         return CheckResult(name, Verdict.FAIL, f"{path}: {held}{hint}")
     if is_future(held, now, FUTURE_SLACK):
         return CheckResult(
-            name, Verdict.FAIL, f"dated {_when(held.date)}, in the future: a wrong clock?"
+            name, Verdict.FAIL, f"dated {when(held.date)}, in the future: a wrong clock?"
         )
     current = _trace_of(master)
     if not isinstance(current, Trace):
         return CheckResult(
             name, Verdict.WARN,
-            f"holds master state {_when(held.date)}; the master's own trace could not be read "
+            f"holds master state {when(held.date)}; the master's own trace could not be read "
             f"({current}), so its freshness is unknown",
         )  # fmt: skip
     lag = lag_of(held.date, record_master((), current.date, now), now)
     if lag is None or lag == 0.0:
         return CheckResult(
-            name, Verdict.PASS, f"holds the master's current state ({_when(current.date)})"
+            name, Verdict.PASS, f"holds the master's current state ({when(current.date)})"
         )
     detail = (
-        f"holds {_when(held.date)}, the master has had {_when(current.date)} for "
-        f"{_duration(lag)} (limit {_duration(max_lag)})"
+        f"holds {when(held.date)}, the master has had {when(current.date)} for "
+        f"{duration(lag)} (limit {duration(max_lag)})"
     )
     if lag > max_lag:
         return CheckResult(name, Verdict.FAIL, f"too far behind: {detail}")
     return CheckResult(name, Verdict.PASS, f"behind but within the limit: {detail}")
 
 
-def judge_own_trace(own: Answer, copy: Answer, path: str, now: float) -> CheckResult:
+def between_stages(own: Answer, copy: Answer, stage1: Answer | None, now: float) -> bool:
+    """Whether the mirror is between the stages of a staged ftpsync push (see core/judge.py):
+    its own trace older than its master trace copy, its stage-1 trace newer than its own trace
+    and at most STAGE1_MAX old."""
+    trace, held = _trace_of(own), _trace_of(copy)
+    first = _trace_of(stage1) if stage1 is not None else None
+    if not (isinstance(trace, Trace) and isinstance(held, Trace) and isinstance(first, Trace)):
+        return False
+    if not trace.date < held.date or first.date <= trace.date:
+        return False
+    return not is_future(first, now, FUTURE_SLACK) and now - first.date <= STAGE1_MAX
+
+
+def judge_own_trace(
+    own: Answer,
+    copy: Answer,
+    path: str,
+    now: float,
+    *,
+    stage1: Answer | None = None,
+    source: str | None = None,
+) -> CheckResult:
     """The mirror's own trace at `path` exists, is a trace, and is not older than its master
-    trace (Debian's rule: older means the last sync did not complete)."""
+    trace (Debian's rule: older means the last sync did not complete), unless the mirror is
+    between the stages of a staged push (`stage1`, its ``<name>-stage1`` trace): a WARN then.
+
+    `source` says where the name in `path` came from ("_hierarchy", "_traces", "--trace-name");
+    None: the URL's host, nothing naming another.
+    """
     name = "own-trace"
     trace = _trace_of(own)
+    shown = f"{path} (MIRRORNAME from {source})" if source else path
     if not isinstance(trace, Trace):
-        hint = " (set --trace-name to the mirror's MIRRORNAME)" if own.status == 404 else ""
-        return CheckResult(name, Verdict.FAIL, f"{path}: {trace}{hint}")
+        hint = ""
+        if own.status == 404 and source is None:
+            hint = " (no _hierarchy or _traces names its MIRRORNAME: set --trace-name to it)"
+        elif own.status == 404:
+            hint = " (set --trace-name to the mirror's MIRRORNAME)"
+        return CheckResult(name, Verdict.FAIL, f"{shown}: {trace}{hint}")
     if is_future(trace, now, FUTURE_SLACK):
         return CheckResult(
-            name, Verdict.FAIL, f"{path} dated {_when(trace.date)}, in the future: a wrong clock?"
+            name, Verdict.FAIL, f"{shown} dated {when(trace.date)}, in the future: a wrong clock?"
         )
     held = _trace_of(copy)
     if isinstance(held, Trace) and trace.date < held.date:
+        first = _trace_of(stage1) if stage1 is not None else None
+        if between_stages(own, copy, stage1, now):
+            assert isinstance(first, Trace)
+            return CheckResult(
+                name, Verdict.WARN,
+                f"between the stages of a staged sync: stage 1 finished {when(first.date)} "
+                f"({ago(first.date, now)}), stage 2 to come; its indexes are those "
+                f"of its last complete sync ({when(trace.date)}, {shown})",
+            )  # fmt: skip
+        late = ""
+        if isinstance(first, Trace) and first.date > trace.date:
+            late = f"; its stage 1 finished {when(first.date)} and stage 2 has not followed"
         return CheckResult(
             name, Verdict.FAIL,
-            f"{path} ({_when(trace.date)}) is older than its copy of the master trace "
-            f"({_when(held.date)}): the last sync did not complete",
+            f"{shown} ({when(trace.date)}) is older than its copy of the master trace "
+            f"({when(held.date)}): the last sync did not complete{late}",
         )  # fmt: skip
     upstream = f"; Upstream-mirror: {trace.upstream}" if trace.upstream else ""
     return CheckResult(
         name, Verdict.PASS,
-        f"last complete sync {_when(trace.date)} ({_duration(now - trace.date)} ago){upstream}",
+        f"last complete sync {when(trace.date)} ({ago(trace.date, now)})"
+        f"{upstream}{f'; MIRRORNAME from {source}' if source else ''}",
     )  # fmt: skip
 
 
@@ -366,7 +411,7 @@ def judge_https(scheme: str, error: str | None, not_after: float | None, now: fl
         return CheckResult(
             name, Verdict.WARN, f"certificate verified, but expires in {days:.0f} days"
         )
-    return CheckResult(name, Verdict.PASS, f"certificate verified, valid until {_when(not_after)}")
+    return CheckResult(name, Verdict.PASS, f"certificate verified, valid until {when(not_after)}")
 
 
 def judge_ipv6(host: str, addresses: Sequence[str] | None, error: str | None) -> CheckResult:
@@ -412,11 +457,11 @@ def judge_response_time(seconds: Sequence[float], slow: float, very_slow: float)
     if not seconds:
         return CheckResult(name, Verdict.FAIL, "no request was answered")
     median, worst = statistics.median(seconds), max(seconds)
-    detail = f"median {median:.2f} s, slowest {worst:.2f} s over {len(seconds)} requests"
+    detail = f"median {duration(median)}, slowest {duration(worst)} over {len(seconds)} requests"
     if median > very_slow:
-        return CheckResult(name, Verdict.FAIL, f"{detail} (limit {very_slow:g} s)")
+        return CheckResult(name, Verdict.FAIL, f"{detail} (limit {duration(very_slow)})")
     if median > slow:
-        return CheckResult(name, Verdict.WARN, f"{detail} (over {slow:g} s)")
+        return CheckResult(name, Verdict.WARN, f"{detail} (over {duration(slow)})")
     return CheckResult(name, Verdict.PASS, detail)
 
 
@@ -430,8 +475,7 @@ def counts(results: Sequence[CheckResult]) -> dict[str, int]:
 
 def format_text(results: Sequence[CheckResult]) -> str:
     """One line per check, `VERDICT  name  reason`, then a summary line."""
-    width = max((len(r.name) for r in results), default=0)
-    lines = [f"{r.verdict.value:<4}  {r.name:<{width}}  {r.reason}" for r in results]
+    lines = [table([(r.verdict.value, r.name, r.reason) for r in results])] if results else []
     c = counts(results)
     lines.append(f"{len(results)} checks: " + ", ".join(f"{c[v.value]} {v.value}" for v in Verdict))
     return "\n".join(lines)
@@ -499,7 +543,7 @@ async def tls_probe(
     except ssl.SSLError as e:
         return f"TLS handshake failed: {e.reason or e}", None
     except TimeoutError:
-        return f"TLS handshake timed out after {timeout:g} s", None
+        return f"TLS handshake timed out after {duration(timeout)}", None
     except OSError as e:
         return f"cannot connect: {e.strerror or e}", None
     try:
@@ -543,6 +587,52 @@ def _session(
     )  # fmt: skip
 
 
+def _older(own: Answer, copy: Answer) -> bool:
+    """Whether both traces were read and the own one is older than the master trace copy."""
+    trace, held = _trace_of(own), _trace_of(copy)
+    return isinstance(trace, Trace) and isinstance(held, Trace) and trace.date < held.date
+
+
+async def _discover(
+    ask: Callable[..., Awaitable[Answer]], base: str, master_trace: str
+) -> tuple[str, str] | None:
+    """(MIRRORNAME, "_hierarchy" or "_traces") from the mirror at `base`, or None."""
+    trace_dir = base + posixpath.dirname(master_trace) + "/"
+    hierarchy, traces = await asyncio.gather(
+        ask(trace_dir + "_hierarchy"), ask(trace_dir + "_traces")
+    )
+    if hierarchy.status == 200 and (name := name_from_hierarchy(hierarchy.body)) is not None:
+        return name, "_hierarchy"
+    master_name = posixpath.basename(master_trace)
+    if traces.status == 200 and (name := name_from_traces(traces.body, master_name)) is not None:
+        return name, "_traces"
+    return None
+
+
+async def _under_mirrorname(
+    ask: Callable[..., Awaitable[Answer]],
+    base: str,
+    master_trace: str,
+    tried: str,
+    own: Answer,
+    lock: Answer,
+) -> tuple[str, str | None, Answer, Answer]:
+    """(name, source, own trace, lock) under the MIRRORNAME the mirror's _hierarchy or _traces
+    give, when they name another than `tried` (the URL's host); else `tried` and what it got.
+
+    ftpsync names the own trace and the lock after MIRRORNAME, `hostname -f` by default.
+    """
+    found = await _discover(ask, base, master_trace)
+    if found is None or found[0] == tried:
+        return tried, None, own, lock
+    name, source = found
+    own, lock = await asyncio.gather(
+        ask(base + posixpath.join(posixpath.dirname(master_trace), name)),
+        ask(base + LOCK_PREFIX + name, method="HEAD"),
+    )
+    return name, source, own, lock
+
+
 async def check_mirror(
     url: str,
     options: CheckOptions | None = None,
@@ -560,6 +650,7 @@ async def check_mirror(
     parts = urlsplit(base)
     host = parts.hostname or ""
     trace_name = opts.trace_name or host
+    source = "--trace-name" if opts.trace_name else None
     ctx = ssl_context(opts.ca_file)
 
     https_error: str | None = None
@@ -610,6 +701,13 @@ async def check_mirror(
         )
         n, k = len(SUBTREES), len(opts.repomd_paths)
         subs, repo_mirror, repo_master = rest[:n], rest[n : n + k], rest[n + k :]
+        if source is None and not isinstance(_trace_of(own), Trace):
+            trace_name, source, own, lock = await _under_mirrorname(
+                ask, base, opts.master_trace, trace_name, own, lock
+            )
+            lock_name = LOCK_PREFIX + trace_name
+            own_path = posixpath.join(posixpath.dirname(opts.master_trace), trace_name)
+        stage1 = await ask(base + own_path + STAGE1_SUFFIX) if _older(own, copy) else None
         # Range on a small file the mirror is known to have; never on anything large.
         small = next((a for a in (copy, own, *repo_mirror) if a.status == 200), None)
         ranged = (
@@ -620,14 +718,14 @@ async def check_mirror(
         addresses, dns_error = await dns
 
     now = clock()
-    held = held_state(copy, master_trace, now)
+    held = held_state(copy, master_trace, now, own, stage1)
     mirror_answers = [root, copy, own, lock, sym, *subs, *repo_mirror]
     if ranged is not None:
         mirror_answers.append(ranged)
     return [
         judge_root(root),
         judge_master_trace(copy, master_trace, now, opts.max_lag, opts.master_trace),
-        judge_own_trace(own, copy, own_path, now),
+        judge_own_trace(own, copy, own_path, now, stage1=stage1, source=source),
         judge_sync(root, lock, lock_name),
         *(
             judge_subtree(sub, a, _under(sub, opts.exclude) is not None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import TextIO
 from urllib.parse import urlsplit
 
@@ -67,7 +68,9 @@ async def explain_command(
     try:
         router = Router(settings, holder, reader)
         routed = router.route(Client(ip, scheme), path)
-        expl = explain(routed, holder.current.candidates, router.policy, geo_note=warning)
+        expl = explain(
+            routed, holder.current.candidates, router.policy, now=time.time(), geo_note=warning
+        )
     finally:
         if reader is not None:
             reader.close()

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from redirector.config.settings import ConfigError, Settings, load_settings
+from redirector.core.humanize import table
 
 if TYPE_CHECKING:
     from redirector.snapshot import Snapshot
@@ -43,10 +44,7 @@ def mirror_table(settings: Settings) -> str:
                 " ".join(u for u in (m.http, m.https) if u),
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in rows
-    )
+    return table(rows)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -112,30 +110,15 @@ def cmd_locate(args: argparse.Namespace) -> int:
         reader.close()
 
 
-def state_table(snap: Snapshot, max_lag: float, now: float) -> tuple[str, int]:
-    """The mirrors' observed state as a fixed-width table, and how many are fresh."""
-    from redirector.views.status import State, ago, classify, duration
+def state_report(snap: Snapshot, max_lag: float, now: float) -> tuple[str, int]:
+    """The mirrors' conditions as a table with a line on the master, and how many are fresh."""
+    from redirector.core.condition import Condition
+    from redirector.core.humanize import ago
+    from redirector.views.condition import state_table
 
-    rows = [("NAME", "STATE", "LAG", "CHECKED", "FAILS", "REASON")]
-    fresh = 0
-    for c in snap.candidates:
-        state, reason = classify(c, now, max_lag)
-        fresh += state is State.FRESH
-        s = c.state
-        lag = s.lag(now) if s is not None else None
-        rows.append(
-            (
-                c.mirror.name,
-                state.value,
-                "-" if lag is None else duration(lag),
-                ago(s.checked_at, now) if s is not None else "never",
-                str(s.failures) if s is not None else "0",
-                reason,
-            )
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1]
-             for r in rows]  # fmt: skip
+    table, conditions = state_table(snap.candidates, now, max_lag)
+    fresh = conditions.count(Condition.FRESH)
+    lines = [table]
     master = snap.master
     if master is None:
         lines.append("\nmaster: not checked yet")
@@ -174,7 +157,7 @@ def cmd_mirrors(args: argparse.Namespace) -> int:
         print(f"store unreachable: {e}", file=sys.stderr)
         return EXIT_FAIL
     now = time.time()
-    table, fresh = state_table(Snapshot.build(settings.mirrors, data, now), settings.max_lag, now)
+    table, fresh = state_report(Snapshot.build(settings.mirrors, data, now), settings.max_lag, now)
     print(table)
     return EXIT_OK if fresh else EXIT_FAIL
 
@@ -368,7 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
     cm.add_argument("--config", help="take master, master_trace, max_lag, probe_timeout from it")
     cm.add_argument("--mirror", help="a mirror of --config: take its trace_name and exclude")
     cm.add_argument("--json", action="store_true", help="one JSON object instead of lines")
-    cm.add_argument("--trace-name", type=_trace_arg, help="its own trace (default: URL host)")
+    cm.add_argument(
+        "--trace-name",
+        type=_trace_arg,
+        help="its ftpsync MIRRORNAME (default: its _hierarchy or _traces, else the URL host)",
+    )
     cm.add_argument("--exclude", action="append", default=[], type=_subtree_arg,
                     metavar="SUBTREE", help="a subtree it leaves out (repeatable)")  # fmt: skip
     cm.add_argument(

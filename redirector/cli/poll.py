@@ -14,14 +14,17 @@ import aiohttp
 
 from redirector.cli.workers import check_address
 from redirector.config.settings import Settings
-from redirector.core.judge import describe, status_table
-from redirector.core.models import SERVABLE, MasterState, MirrorState
-from redirector.poll.poller import PassResult, poll_once, run_poller
+from redirector.core.condition import assess
+from redirector.core.humanize import duration, when
+from redirector.core.models import MasterState, MirrorState
+from redirector.core.selection import Candidate
+from redirector.poll.poller import PassResult, poll_once, run_poller, stop_task
 from redirector.poll.probe import open_session
 from redirector.poll.repodata import make_repodata_pass
 from redirector.reload import Reloader, watching
 from redirector.store.base import MemoryStore, Store, StoreData, StoreError, open_store
-from redirector.store.lease import Lease
+from redirector.store.lease import Lease, let_go
+from redirector.views.condition import state_table
 from redirector.web.pollermetrics import PollerMetrics, serving
 
 
@@ -48,24 +51,37 @@ async def poll_command(
             if not once:
                 # A shared store (Redis, or a file shared by workers): only the holder polls.
                 lease = Lease(store, ttl=settings.lease_ttl) if store.kind != "memory" else None
-                task = asyncio.current_task()
-                assert task is not None
                 # SIGTERM (systemd stop) ends it like ^C: the lease is released on the way out.
-                asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+                stopping = asyncio.Event()
+                asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
                 with contextlib.suppress(asyncio.CancelledError):
                     async with (
                         watching(settings) as reloader,
                         _metrics(settings, reloader, store, err) as observe,
                     ):
-                        await run_poller(
-                            session,
-                            settings,
-                            store,
-                            on_pass=observe,
-                            lease=lease,
-                            current=reloader.live.get,
-                            hooks=[make_repodata_pass(settings, store, current=reloader.live.get)],
+                        poller = asyncio.create_task(
+                            run_poller(
+                                session,
+                                settings,
+                                store,
+                                on_pass=observe,
+                                lease=lease,
+                                current=reloader.live.get,
+                                hooks=[
+                                    make_repodata_pass(settings, store, current=reloader.live.get)
+                                ],
+                            )
                         )
+                        signalled = asyncio.create_task(stopping.wait())
+                        try:
+                            await asyncio.wait(
+                                {poller, signalled}, return_when=asyncio.FIRST_COMPLETED
+                            )
+                        finally:
+                            signalled.cancel()
+                            # Not one cancel: a hook (or a library under it) that swallows it
+                            # would keep the process, and the lease, for ever.
+                            await stop_task(poller)
                 return 0
             return await _poll_once_command(session, settings, store, out, err)
     finally:
@@ -104,6 +120,7 @@ async def _poll_once_command(
             store = _ReadOnly(store)
             lease = None
     enabled = [m for m in settings.mirrors if m.enabled]
+    by_name = {m.name: m for m in enabled}
     done = 0
     tty = err.isatty()
 
@@ -113,19 +130,19 @@ async def _poll_once_command(
         if tty:
             print(f"\rprobed {done}/{len(enabled)}", end="", file=err, flush=True)
         else:
-            print(f"[{done}/{len(enabled)}] {state.name}: {state.status.value}", file=err)
+            # The word the table will use, not the poller's raw status: one name per state.
+            m = by_name.get(state.name)
+            word = state.status.value
+            if m is not None:
+                word = assess(Candidate(m, state), time.time(), settings.max_lag).condition.value
+            print(f"[{done}/{len(enabled)}] {state.name}: {word}", file=err)
 
     print(f"probing the master and {len(enabled)} mirrors ...", file=err, flush=True)
     try:
         guard = lease.confirm if lease is not None else None
         result = await poll_once(session, settings, store, progress=progress, guard=guard)
     finally:
-        if keeper is not None:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
-        if lease is not None:
-            await lease.release()
+        await let_go(lease, keeper)
     if tty:
         print(file=err)
     now = time.time()
@@ -135,15 +152,13 @@ async def _poll_once_command(
     )
     print(master_line, file=out)
     states = {s.name: s for s in result.states}
-    print(status_table(settings.mirrors, states, now, settings.max_lag), file=out)
-    servable = sum(
-        1
-        for s in result.states
-        if s.status in SERVABLE and describe(s, now, settings.max_lag)[0] in ("fresh", "syncing")
-    )
+    candidates = [Candidate(m, states.get(m.name)) for m in settings.mirrors]
+    table, conditions = state_table(candidates, now, settings.max_lag)
+    servable = sum(1 for c in conditions if c.served)
+    print(table, file=out)
     print(
         f"\n{servable} of {len(enabled)} mirrors can be served; pass took "
-        f"{result.duration:.1f} s, {result.requests} requests",
+        f"{duration(result.duration)}, {result.requests} requests",
         file=out,
     )
     return 0 if servable else 1
@@ -153,7 +168,7 @@ def describe_master(master: MasterState) -> str:
     cur = master.current
     if cur is None:
         return "unknown"
-    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(cur.date))
+    return when(cur.date)
 
 
 async def _holder(store: Store) -> str:

@@ -36,6 +36,7 @@ from pathlib import Path
 from types import FrameType
 
 from redirector.config.settings import Settings
+from redirector.core.humanize import duration
 
 log = logging.getLogger(__name__)
 
@@ -224,14 +225,14 @@ class Supervisor:
                     slot.fast_exits = slot.fast_exits + 1 if lived < FAST_EXIT else 0
                     if slot.fast_exits >= MAX_FAST_EXITS:
                         log.error(
-                            "worker %d died %d times within %g s of starting; giving up",
-                            slot.index, slot.fast_exits, FAST_EXIT,
+                            "worker %d died %d times within %s of starting; giving up",
+                            slot.index, slot.fast_exits, duration(FAST_EXIT),
                         )  # fmt: skip
                         return 1
                     delay = min(10.0, 0.5 * 2 ** max(0, slot.fast_exits - 1))
                     log.warning(
-                        "worker %d (pid %s) exited with %s; restarting in %g s",
-                        slot.index, p.pid, p.exitcode, delay,
+                        "worker %d (pid %s) exited with %s; restarting in %s",
+                        slot.index, p.pid, p.exitcode, duration(delay),
                     )  # fmt: skip
                     slot.restart_at = now + delay
                 elif now >= slot.restart_at:
@@ -258,7 +259,9 @@ class Supervisor:
                 continue
             p.join(max(0.0, deadline - time.monotonic()))
             if p.exitcode is None:
-                log.warning("worker %d did not stop in %g s: killed", slot.index, STOP_GRACE)
+                log.warning(
+                    "worker %d did not stop in %s: killed", slot.index, duration(STOP_GRACE)
+                )
                 p.kill()
                 p.join()
 

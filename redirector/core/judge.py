@@ -1,4 +1,4 @@
-"""What a mirror is, from what one round of probes found: state, backoff, coverage, labels (pure).
+"""What a mirror is, from what one round of probes found: state, backoff, coverage (pure).
 
 The poller (poller.py) does the I/O and hands its findings here as an `Observation`; `judge`
 turns them, the mirror's previous state and the master's history into the next `MirrorState`.
@@ -7,12 +7,30 @@ No clock, no I/O: `now` is a parameter, so every rule below is tested exactly.
 States:
 - **up** / **syncing**: the mirror's copy of the master trace was read; syncing when its
   ``Archive-Update-in-Progress-<name>`` file is at the tree root (still served). Fresh or stale
-  is not a state but its lag (`MirrorState.lag`) against ``max_lag``.
-- **broken**: it answers, but not with what a mirror must hold: junk or HTML where a trace should
-  be, no trace (4xx), a redirect elsewhere or in a loop, a master trace copy dated in the future
-  or claiming a state the master never published (`ahead_of_master`),
-  or its own trace older than its master trace copy while no sync is in progress.
-- **down**: connect, TLS or DNS error, timeout, 5xx.
+  is not a state but its lag (`MirrorState.lag`) against ``max_lag``: what the views call a
+  mirror is its condition (core/condition.py), derived from this state.
+- **broken**: it answers, but not with what a mirror must hold: junk or HTML where the master
+  trace copy should be, no copy (4xx), a redirect elsewhere or in a loop, a copy dated in the
+  future or claiming a state the master never published (`ahead_of_master`), or its own trace
+  older than its master trace copy while no sync is in progress and it is not between stages.
+- **down**: connect, TLS or DNS error, timeout, 5xx, all for the master trace copy.
+
+The own trace is optional: a mirror may have none (ftpsync's TRACE=none), an empty one without
+a Last-Modified time (TRACE=touch), one in a locale that cannot be read exactly, or a server
+may answer with an HTML page. Any of these costs only what the own trace feeds (the last
+complete sync's date and the "older than its master trace copy" check); the state is judged on
+the master trace copy alone and `MirrorState.note` says what was skipped. A redirect to another
+host is the exception: it is broken whichever file it is for.
+
+**Staged syncs.** With runmirrors' `staged` and `mhop` pushes, ftpsync runs stage 1 alone (it
+brings the new master trace copy, writes ``<name>-stage1`` and removes its lock) and stage 2 up
+to PUSHDELAY (ten minutes by default) later, per tier. In between, its own trace is older than
+its copy. The rule: a mirror whose ``<name>-stage1`` trace is newer than its own trace, at most
+`Rules.stage1_max` (an hour) old, is **syncing** and served, as holding the master state of its
+last complete sync (its indexes are still those), not the copy's: the previous round's state
+when that was older than the copy, else its own trace's date, the newest state a complete sync
+could have brought. Its lag counts from when the master published what it is bringing. A stage
+1 older than that with no stage 2 since is judged as any other own trace older than its copy.
 
 A mirror that was working keeps its state through `failures_before_down - 1` failed probes in a
 row (one lost packet does not take it out, and a flapping mirror does not flood the log); a
@@ -24,11 +42,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
+from redirector.core.humanize import when
 from redirector.core.models import SERVABLE, MasterVersion, Mirror, MirrorState, Status
 from redirector.core.trace import Trace, behind_since
 
@@ -40,14 +57,23 @@ FUTURE_SLACK = 2 * 3600.0
 # The mirror writes its own trace after the master trace copy arrives, with its own clock: a
 # few minutes earlier is a clock difference, more is a mirror that stopped half-way.
 OWN_TRACE_SLACK = 300.0
+# Between ftpsync's stages of a staged push: runmirrors waits PUSHDELAY (600 s) for every
+# downstream's stage 1, per tier of an mhop chain, then stage 2 itself runs; an hour covers a
+# few tiers and a slow stage 2. Longer, and stage 2 is not coming.
+STAGE1_MAX = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
 class Fault:
-    """A probe that gave no usable answer: `kind` is DOWN or BROKEN, `reason` is for people."""
+    """A probe that gave no usable answer: `kind` is DOWN or BROKEN, `reason` is for people.
+
+    `off_host`: it redirected to another origin, which says the mirror does not serve its tree
+    itself, whichever file was asked for.
+    """
 
     kind: Status
     reason: str
+    off_host: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,14 +89,18 @@ class Observation:
     """What one round of probes found on a mirror.
 
     `master` is its copy of the master trace, or why it could not be had; when that failed the
-    other probes were not made. `own` is its own trace, None when it has none (404). `coverage`
-    is None when coverage was not probed this round (see `coverage_plan`).
+    other probes were not made. `own` is its own trace, None when it has none (404). `stage1`
+    is its ``<name>-stage1`` trace, looked for only when its own trace is older than its copy.
+    `trace_name` is the name those were asked for (its MIRRORNAME, as found). `coverage` is
+    None when coverage was not probed this round (see `coverage_plan`).
     """
 
     master: Trace | Fault
     own: Trace | Fault | None = None
     syncing: bool = False
     coverage: Mapping[str, Presence] | None = None
+    stage1: Trace | Fault | None = None
+    trace_name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +112,7 @@ class Rules:
     backoff_max: float = 3600.0
     future_slack: float = FUTURE_SLACK
     own_slack: float = OWN_TRACE_SLACK
+    stage1_max: float = STAGE1_MAX
 
 
 def backoff_delay(failures: int, interval: float, cap: float) -> float:
@@ -179,6 +210,7 @@ def _failed(
     history: tuple[MasterVersion, ...],
     now: float,
     rules: Rules,
+    trace_name: str | None = None,
 ) -> MirrorState:
     failures = (prev.failures if prev else 0) + 1
     graced = prev is not None and prev.status in SERVABLE
@@ -199,12 +231,9 @@ def _failed(
         error=fault.reason,
         failures=failures,
         retry_at=retry,
+        trace_name=trace_name if trace_name is not None else prev.trace_name if prev else None,
     )
     return _coverage(state, prev, None, now)
-
-
-def _date(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def ahead_of_master(
@@ -248,37 +277,78 @@ def judge(
     if isinstance(held, Fault):
         return _failed(name, held, prev, history, now, rules)
     if held.date > now + rules.future_slack:
-        fault = Fault(Status.BROKEN, f"master trace copy dated in the future ({_date(held.date)})")
+        fault = Fault(Status.BROKEN, f"master trace copy dated in the future ({when(held.date)})")
         return _failed(name, fault, prev, history, now, rules)
     if ahead_of_master(held.date, prev, history, master_seen):
         fault = Fault(
             Status.BROKEN,
-            f"master trace copy dated {_date(held.date)}, after the master's newest state "
-            f"({_date(history[-1].date)}): not a state the master published",
+            f"master trace copy dated {when(held.date)}, after the master's newest state "
+            f"({when(history[-1].date)}): not a state the master published",
         )
         return _failed(name, fault, prev, history, now, rules)
-    own = obs.own
+    own, called = obs.own, obs.trace_name or "under its own name"
+    notes: list[str] = []
+    if isinstance(own, Fault) and own.off_host:
+        fault = Fault(Status.BROKEN, f"own trace: {own.reason}")
+        return _failed(name, fault, prev, history, now, rules, obs.trace_name)
     if isinstance(own, Fault):
-        return _failed(name, Fault(own.kind, f"own trace: {own.reason}"), prev, history, now, rules)
+        notes.append(f"own trace {called} not read ({own.reason}): last complete sync unknown")
+        own = None
+    elif own is None:
+        notes.append(f"no own trace {called}: last complete sync unknown")
     if own is not None and own.date > now + rules.future_slack:
-        fault = Fault(Status.BROKEN, f"own trace dated in the future ({_date(own.date)})")
-        return _failed(name, fault, prev, history, now, rules)
+        fault = Fault(Status.BROKEN, f"own trace dated in the future ({when(own.date)})")
+        return _failed(name, fault, prev, history, now, rules, obs.trace_name)
+    status = Status.SYNCING if obs.syncing else Status.UP
+    holds = held.date
     if own is not None and not obs.syncing and own.date < held.date - rules.own_slack:
-        fault = Fault(
-            Status.BROKEN,
-            f"own trace ({_date(own.date)}) older than its master trace copy "
-            f"({_date(held.date)}) with no sync in progress",
+        torn = (
+            f"own trace ({when(own.date)}) older than its master trace copy "
+            f"({when(held.date)}) with no sync in progress"
         )
-        return _failed(name, fault, prev, history, now, rules)
+        stage1 = obs.stage1 if isinstance(obs.stage1, Trace) else None
+        if stage1 is None or stage1.date <= own.date:
+            fault = Fault(Status.BROKEN, torn)
+            return _failed(name, fault, prev, history, now, rules, obs.trace_name)
+        if stage1.date > now + rules.future_slack:
+            fault = Fault(Status.BROKEN, f"{torn}; its stage-1 trace is dated in the future")
+            return _failed(name, fault, prev, history, now, rules, obs.trace_name)
+        if now - stage1.date > rules.stage1_max:
+            fault = Fault(
+                Status.BROKEN,
+                f"{torn}: stage 1 finished {when(stage1.date)} and stage 2 has not followed",
+            )
+            return _failed(name, fault, prev, history, now, rules, obs.trace_name)
+        status = Status.SYNCING
+        holds = before_stage2(prev, held.date, own.date)
+        notes.append(
+            f"between the stages of a staged sync: stage 1 finished {when(stage1.date)}, its "
+            f"indexes are still those of its last complete sync ({when(own.date)})"
+        )
     state = MirrorState(
         name,
-        Status.SYNCING if obs.syncing else Status.UP,
+        status,
         now,
-        master_date=held.date,
-        behind_since=behind_since(held.date, history),
+        master_date=holds,
+        behind_since=behind_since(holds, history),
         own_date=own.date if own is not None else None,
+        trace_name=obs.trace_name,
+        note="; ".join(notes) or None,
     )
     return _coverage(state, prev, obs.coverage, now)
+
+
+def before_stage2(prev: MirrorState | None, copy: float, own: float) -> float:
+    """The master state a mirror between ftpsync's stages holds: that of its last complete sync.
+
+    Its master trace copy (`copy`) is what stage 1 brought; its indexes come in stage 2. The
+    previous round's state is that, when it was older than the copy; otherwise (a first look,
+    or the previous round saw the copy arrive mid-sync) its own trace's date `own`, the newest
+    state its last complete sync could have brought.
+    """
+    if prev is not None and prev.master_date is not None and prev.master_date < copy:
+        return prev.master_date
+    return min(own, copy)
 
 
 def rejudge(state: MirrorState, history: tuple[MasterVersion, ...]) -> MirrorState:
@@ -304,68 +374,3 @@ def transition(prev: MirrorState | None, new: MirrorState) -> tuple[int, str] | 
             f"({prev.status.value}: {prev.error})"
         )
     return None
-
-
-# --- for people: labels and the `redirector poll --once` table ---------------------------------
-
-
-def format_lag(seconds: float | None) -> str:
-    """'0s', '45m', '7h 12m', '3d 4h'; '-' when unknown."""
-    if seconds is None or not math.isfinite(seconds):
-        return "-"
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m"
-    if s < 86400:
-        return f"{s // 3600}h {s % 3600 // 60}m"
-    return f"{s // 86400}d {s % 86400 // 3600}h"
-
-
-def describe(
-    state: MirrorState | None, now: float, max_lag: float
-) -> tuple[str, float | None, str]:
-    """(label, lag, reason) for a status view: fresh, stale, syncing, broken, down or unknown."""
-    if state is None or state.status is Status.UNKNOWN:
-        return "unknown", None, "not checked yet"
-    lag = state.lag(now)
-    notes: list[str] = []
-    if state.status in (Status.DOWN, Status.BROKEN):
-        notes.append(state.error or "no reason given")
-        if state.retry_at is not None:
-            notes.append(f"next probe {_date(state.retry_at)}")
-        return state.status.value, lag, "; ".join(notes)
-    if state.error:
-        notes.append(f"last probe failed ({state.failures} in a row): {state.error}")
-    if state.lacks:
-        notes.append(f"lacks {state.coverage_note or ', '.join(state.lacks)}")
-    if lag is None:
-        return "unknown", None, "; ".join(["holds no readable master trace", *notes])
-    if lag > max_lag:
-        since = state.behind_since
-        behind = f"behind the master since {_date(since)}" if since is not None else "behind"
-        if state.status is Status.SYNCING:
-            behind += ", syncing now"
-        return "stale", lag, "; ".join([behind, *notes])
-    if state.status is Status.SYNCING:
-        return "syncing", lag, "; ".join(["sync in progress, still served", *notes])
-    return "fresh", lag, "; ".join(notes)
-
-
-def status_table(
-    mirrors: Sequence[Mirror], states: Mapping[str, MirrorState], now: float, max_lag: float
-) -> str:
-    """One line per mirror: MIRROR, STATE, LAG, REASON, fixed-width."""
-    rows = [("MIRROR", "STATE", "LAG", "REASON")]
-    for m in mirrors:
-        if not m.enabled:
-            rows.append((m.name, "disabled", "-", "disabled in the config"))
-            continue
-        label, lag, reason = describe(states.get(m.name), now, max_lag)
-        rows.append((m.name, label, format_lag(lag), reason or "-"))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=True)) + "  " + r[3]
-        for r in rows
-    )

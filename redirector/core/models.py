@@ -31,7 +31,9 @@ class Mirror:
     exclude: tuple[str, ...] = ()  # subtree prefixes relative to the tree root, each ends with "/"
     ipv6: bool = False
     enabled: bool = True
-    trace_name: str | None = None  # its own ftpsync trace under project/trace/; None: its host name
+    # Its ftpsync MIRRORNAME (own trace project/trace/<name>, lock); None: the poller finds it
+    # in the mirror's _hierarchy or _traces, else takes its URL's host.
+    trace_name: str | None = None
     # What the wiki's "become a mirror" request asks for. Facts, never observed.
     contact_name: str | None = None
     contact_email: str | None = None
@@ -82,6 +84,10 @@ class MirrorState:
     coverage_at: float | None = None
     coverage_note: str | None = None
     retry_at: float | None = None  # a failing mirror is not probed again before this (backoff)
+    # The name its own trace and lock were found under (its ftpsync MIRRORNAME), so the next
+    # round asks for it directly; None: not looked up yet.
+    trace_name: str | None = None
+    note: str | None = None  # a check skipped, or an unusual state explained, for the views
 
     def lag(self, now: float) -> float | None:
         """Seconds the mirror is behind the master at `now`: 0 when current, None when unknown."""

@@ -25,20 +25,31 @@ EARTH_RADIUS_KM = 6371.0088
 
 
 class Reason(enum.Enum):
-    """Why a mirror was not eligible for a request, in the order they are checked."""
+    """Why a mirror was not eligible for a request, in the order they are checked.
+
+    The values are identifiers (JSON, HTML attributes), not prose: the views word a rejection
+    (`views.condition.reason_text`).
+    """
 
     DISABLED = "disabled"
-    EXCLUDED = "excludes this subtree"
-    LACKS = "lacks this subtree"
-    REPODATA = "repodata mismatch"
-    NO_HTTPS = "no https"
-    NO_IPV6 = "no IPv6"
-    UNCHECKED = "not checked yet"
+    EXCLUDED = "excluded"
+    LACKS = "lacks"
+    REPODATA = "repodata"
+    NO_HTTPS = "no_https"
+    NO_IPV6 = "no_ipv6"
+    UNCHECKED = "unchecked"
     DOWN = "down"
     BROKEN = "broken"
-    UNKNOWN_LAG = "lag unknown"
+    UNKNOWN_LAG = "unknown_lag"
     STALE = "stale"
-    OUTDATED = "state too old"
+    OUTDATED = "outdated"
+
+
+# The reasons a mirror's own state gives, whatever the request: what `standing` checks.
+STANDING = frozenset(
+    {Reason.DISABLED, Reason.UNCHECKED, Reason.DOWN, Reason.BROKEN, Reason.UNKNOWN_LAG,
+     Reason.STALE, Reason.OUTDATED}
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,9 +95,23 @@ class Ranked:
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
+    """Why one mirror cannot serve a request, as facts: no words, no `now`.
+
+    `subject`: the subtree (EXCLUDED, LACKS), the repo directory (REPODATA) or the poller's
+    error (DOWN, BROKEN). `since`: a unix time, STALE: since when the master has had content
+    the mirror lacks (the lag is `now - since`); OUTDATED: the mirror's last check (its age is
+    `now - since`). A time rather than a number of seconds, so that a rejection stays true as
+    the clock moves and the router's cached rejections equal `select`'s at any later `now`.
+    """
+
     mirror: Mirror
     reason: Reason
-    detail: str  # human text, e.g. "stale by 9.2 h"
+    subject: str | None = None
+    since: float | None = None
+
+    def seconds(self, now: float) -> float | None:
+        """The lag (STALE) or the age of the last check (OUTDATED) at `now`; None otherwise."""
+        return None if self.since is None else max(0.0, now - self.since)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,40 +168,52 @@ def check(
 
     The router caches these answers (router.py): for a path it keys them by the exclude, lacks
     and repodata prefixes the path starts with, and in time it ends each cached answer where
-    `router.valid_until` says the lag and last-check tests below change. A new test that reads
-    the path or `now` differently must be taught to those two as well.
+    `router.valid_until` says the lag and last-check tests of `standing` change. A new test
+    that reads the path or `now` differently must be taught to those two as well.
     """
     m, s = c.mirror, c.state
     if not m.enabled:
-        return Rejection(m, Reason.DISABLED, "disabled in the config")
+        return Rejection(m, Reason.DISABLED)
     for sub in m.exclude:
         if req_path.startswith(sub):
-            return Rejection(m, Reason.EXCLUDED, f"excludes {sub} (config)")
+            return Rejection(m, Reason.EXCLUDED, sub)
     if s is not None:
         for sub in s.lacks:
             if req_path.startswith(sub):
-                return Rejection(m, Reason.LACKS, f"lacks {sub} (found by the poller)")
+                return Rejection(m, Reason.LACKS, sub)
     for d in c.bad_repodata:
         if req_path.startswith(d + "/repodata/") or req_path == d + "/repodata":
-            return Rejection(m, Reason.REPODATA, f"repodata mismatch for {d}")
+            return Rejection(m, Reason.REPODATA, d)
     if scheme == "https" and m.https is None:
-        return Rejection(m, Reason.NO_HTTPS, "has no https URL")
+        return Rejection(m, Reason.NO_HTTPS)
     if ipv6 and not m.ipv6:
-        return Rejection(m, Reason.NO_IPV6, "not reachable over IPv6")
+        return Rejection(m, Reason.NO_IPV6)
+    return _state_test(c, now, max_lag)
+
+
+def standing(c: Candidate, now: float, max_lag: float) -> Rejection | None:
+    """Why `c` can serve no request at all (a reason in `STANDING`), or None when it serves
+    some: `check` without the tests of the request. What a mirror's condition is made of."""
+    if not c.mirror.enabled:
+        return Rejection(c.mirror, Reason.DISABLED)
+    return _state_test(c, now, max_lag)
+
+
+def _state_test(c: Candidate, now: float, max_lag: float) -> Rejection | None:
+    m, s = c.mirror, c.state
     if s is None or s.status is Status.UNKNOWN:
-        return Rejection(m, Reason.UNCHECKED, "not checked yet")
+        return Rejection(m, Reason.UNCHECKED)
     if s.status not in SERVABLE:
         reason = Reason.BROKEN if s.status is Status.BROKEN else Reason.DOWN
-        return Rejection(m, reason, f"{s.status.value}: {s.error or 'no reason given'}")
+        return Rejection(m, reason, s.error)
     lag = s.lag(now)
     if lag is None:
-        return Rejection(m, Reason.UNKNOWN_LAG, "holds no readable master trace")
+        return Rejection(m, Reason.UNKNOWN_LAG)
     if lag > max_lag:
-        return Rejection(m, Reason.STALE, f"stale by {lag / 3600:.1f} h")
+        return Rejection(m, Reason.STALE, since=s.behind_since)
     # It was current when last checked, but nobody has looked since: it may have fallen behind.
     if now - s.checked_at > max_lag:
-        ago = (now - s.checked_at) / 3600
-        return Rejection(m, Reason.OUTDATED, f"last checked {ago:.1f} h ago")
+        return Rejection(m, Reason.OUTDATED, since=s.checked_at)
     return None
 
 

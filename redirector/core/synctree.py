@@ -18,7 +18,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from redirector.core.condition import Condition, assess
 from redirector.core.models import HierarchyEntry, Mirror, MirrorState, SyncInfo
+from redirector.core.selection import Candidate, Policy
 
 MASTER = "master"  # the master's node key, and the `upstream` value naming it
 MAX_HIERARCHY_LINES = 200  # a real chain is a handful of lines; the rest is not a _hierarchy
@@ -60,13 +62,21 @@ def _loose(name: str) -> str:
 class Identities:
     """Matches the names mirrors use for each other to node keys (configured name or MASTER)."""
 
-    def __init__(self, mirrors: Sequence[Mirror], master_aliases: Iterable[str]) -> None:
+    def __init__(
+        self,
+        mirrors: Sequence[Mirror],
+        master_aliases: Iterable[str],
+        found: Mapping[str, str] | None = None,
+    ) -> None:
+        """`found`: the MIRRORNAME the poller found each mirror's own trace under, by name."""
         self.exact: dict[str, str] = {}
         self.loose: dict[str, str] = {}
         groups: list[tuple[str, list[str]]] = [(MASTER, [MASTER, *master_aliases])]
+        found = found or {}
         for m in mirrors:
             hosts = [urlsplit(u).hostname or "" for u in (m.http, m.https) if u]
-            groups.append((m.name, [m.name, m.trace_name or "", *hosts, m.ssh_host or ""]))
+            names = [m.name, m.trace_name or found.get(m.name, ""), *hosts, m.ssh_host or ""]
+            groups.append((m.name, names))
         for key, names in groups:  # the master first, then config order: first claim wins
             for name in filter(None, map(_norm, names)):
                 self.exact.setdefault(name, key)
@@ -99,7 +109,7 @@ class Node:
     said: str | None = None  # the upstream as the mirror named it, when observed
     configured: str | None = None  # the configured upstream, when stated
     mismatch: str | None = None  # why the drawn upstream is not the configured one
-    status: str | None = None  # the poller's last status of a configured mirror
+    condition: Condition | None = None  # a configured mirror's (core.condition); None: others
     mirror: Mirror | None = None
     children: tuple[str, ...] = ()
 
@@ -249,6 +259,7 @@ def build_tree(
     master_label: str,
     aliases: Iterable[str],
     now: float,
+    max_lag: float = Policy().max_lag,
 ) -> SyncTree:
     """The real tree from what mirrors say, the config filling in where they say nothing.
 
@@ -257,7 +268,8 @@ def build_tree(
     master, flagged. Lags come from `states` (MirrorState.lag at `now`); unconfigured hops have
     none.
     """
-    edges = _Edges(Identities(mirrors, aliases))
+    found = {k: s.trace_name for k, s in states.items() if s.trace_name}
+    edges = _Edges(Identities(mirrors, aliases, found))
     for m in mirrors:
         edges.add_mirror(m, infos.get(m.name))
     edges.add_externals([e for info in infos.values() for e in info.hierarchy])
@@ -286,6 +298,7 @@ def build_tree(
     for k, hop in edges.hops.items():
         own, up = lag[k], lag.get(hop.parent)
         st = states.get(k) if k in by_name else None
+        mine = by_name.get(k)
         nodes[k] = Node(
             key=k,
             label=label(k),
@@ -298,8 +311,8 @@ def build_tree(
             said=hop.said,
             configured=hop.configured,
             mismatch=hop.mismatch,
-            status=st.status.value if st is not None else None,
-            mirror=by_name.get(k),
+            condition=assess(Candidate(mine, st), now, max_lag).condition if mine else None,
+            mirror=mine,
             children=tuple(sorted(children.get(k, []), key=label)),
         )
     order: list[str] = []

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_tz
 from itertools import pairwise
 
+from redirector.core.localedate import LocaleDateError, looks_like_date, parse_locale_date
 from redirector.core.models import MasterVersion
 
 __all__ = [
@@ -159,6 +160,18 @@ def _detect_format(fields: tuple[tuple[str, str], ...]) -> str:
     return "B"
 
 
+def _locale_date(line: str) -> float:
+    """Line 1 in the cron's locale (ftpsync's releases of November 2008), or why it is not."""
+    try:
+        return parse_locale_date(line)
+    except LocaleDateError as e:
+        if looks_like_date(line):
+            raise TraceError(
+                f"first line is a date in a locale that cannot be read exactly ({e}): {line[:80]!r}"
+            ) from None
+        raise TraceError(f"first line is not a date: {line[:80]!r}") from None
+
+
 def parse_trace(
     body: bytes, *, last_modified: float | None = None, max_bytes: int = MAX_TRACE_BYTES
 ) -> Trace:
@@ -168,7 +181,9 @@ def parse_trace(
     time; without one it is a TraceError. The first non-empty line must be a date, otherwise
     the body is not a trace (typically an HTML "not found" page served with status 200). Lines
     after it that are not `Key: value` are ignored. A date in the future is returned as is; see
-    is_future. Raises TraceError with a short reason.
+    is_future. A first line in another locale than POSIX (ftpsync of November 2008 ran `date
+    -u` in the cron's) is read by localedate.py when it can be read exactly. Raises TraceError
+    with a short reason.
     """
     if len(body) > max_bytes:
         raise TraceError(f"body exceeds {max_bytes} bytes")
@@ -184,7 +199,7 @@ def parse_trace(
     try:
         date = parse_date(first)
     except TraceError:
-        raise TraceError(f"first line is not a date: {first[:80]!r}") from None
+        date = _locale_date(first)
     fields: list[tuple[str, str]] = []
     for line in rest:
         if match := _FIELD.fullmatch(line):

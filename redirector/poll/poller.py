@@ -3,8 +3,13 @@
 Per mirror and pass it makes a bounded number of requests: its copy of the master trace (a
 failure there ends the round: one request for a dead mirror), its own trace, a HEAD for the
 ``Archive-Update-in-Progress-<name>`` flag, and, about once an hour, one HEAD per subtree for
-coverage. A failing mirror is backed off (verdict.backoff_delay) and skipped until its retry
-time. Extensions run after each pass as pass hooks, only in the process that polls.
+coverage. `<name>` is the mirror's ftpsync MIRRORNAME (`find_own_trace`): ``trace_name`` when
+configured, else the name found last round, else its URL's host; when no trace answers under
+that name, ``_hierarchy`` and ``_traces`` are read for the real one (two more GETs, then the
+name is remembered). A mirror whose own trace is older than its copy costs one GET more, for
+its ``<name>-stage1`` trace (between the stages of a staged sync, see judge.py). A failing
+mirror is backed off (verdict.backoff_delay) and skipped until its retry time. Extensions
+run after each pass as pass hooks, only in the process that polls.
 """
 
 from __future__ import annotations
@@ -22,6 +27,13 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from redirector.config.settings import Settings
+from redirector.core.condition import Condition, assess
+from redirector.core.ftpsync import (
+    STAGE1_SUFFIX,
+    FoundName,
+    name_from_hierarchy,
+    name_from_traces,
+)
 from redirector.core.judge import (
     FUTURE_SLACK,
     Fault,
@@ -29,13 +41,13 @@ from redirector.core.judge import (
     Presence,
     Rules,
     coverage_plan,
-    describe,
     due,
     judge,
     rejudge,
     transition,
 )
 from redirector.core.models import MasterState, MasterVersion, Mirror, MirrorState, Status
+from redirector.core.selection import Candidate
 from redirector.core.trace import (
     Trace,
     TraceError,
@@ -45,7 +57,7 @@ from redirector.core.trace import (
 )
 from redirector.poll.probe import ProbeError, Tally, fetch
 from redirector.store.base import Store, StoreError
-from redirector.store.lease import Lease
+from redirector.store.lease import Lease, let_go
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +111,85 @@ async def probe_master(
 
 
 def own_name(mirror: Mirror) -> str:
-    """The name of a mirror's own trace and sync flag: `trace_name`, else its base URL's host."""
+    """The name of a mirror's own trace and sync flag before any is found: `trace_name`, else
+    its base URL's host."""
     return mirror.trace_name or urlsplit(mirror.base).hostname or mirror.name
+
+
+async def read_small(
+    session: aiohttp.ClientSession, url: str, timeout: float, tally: Tally | None
+) -> bytes | None:
+    """The body at `url` when it answers 200, else None (never raises for what it answers)."""
+    try:
+        got = await fetch(session, url, timeout=timeout, tally=tally)
+    except ProbeError:
+        return None
+    return got.body if got.status == 200 else None
+
+
+async def discover_name(
+    session: aiohttp.ClientSession,
+    mirror: Mirror,
+    settings: Settings,
+    tally: Tally | None = None,
+) -> FoundName | None:
+    """The mirror's MIRRORNAME as its `_hierarchy`, else its `_traces`, says (ftpsync.py)."""
+    trace_dir = posixpath.dirname(settings.master_trace)
+    base, timeout = mirror.base, settings.probe_timeout
+    body = await read_small(session, base + posixpath.join(trace_dir, "_hierarchy"), timeout, tally)
+    if body is not None and (name := name_from_hierarchy(body)) is not None:
+        return FoundName(name, "_hierarchy")
+    body = await read_small(session, base + posixpath.join(trace_dir, "_traces"), timeout, tally)
+    master_name = posixpath.basename(settings.master_trace)
+    if body is not None and (name := name_from_traces(body, master_name)) is not None:
+        return FoundName(name, "_traces")
+    return None
+
+
+async def fetch_own(
+    session: aiohttp.ClientSession,
+    mirror: Mirror,
+    settings: Settings,
+    name: str,
+    tally: Tally | None = None,
+) -> Trace | Fault | None:
+    """The trace `project/trace/<name>` on the mirror: None when missing, a Fault when unusable."""
+    path = posixpath.join(posixpath.dirname(settings.master_trace), name)
+    try:
+        return await fetch_trace(
+            session, mirror.base + path, settings.probe_timeout, missing_ok=True, tally=tally
+        )
+    except ProbeError as e:
+        return e.fault
+
+
+async def find_own_trace(
+    session: aiohttp.ClientSession,
+    mirror: Mirror,
+    settings: Settings,
+    prev: MirrorState | None,
+    tally: Tally | None = None,
+) -> tuple[str, Trace | Fault | None]:
+    """(the mirror's MIRRORNAME, its own trace under that name).
+
+    A configured `trace_name` is used as is. Otherwise the name found last round, or the URL's
+    host, is tried first; when nothing readable answers under it (404, or a page that is not a
+    trace), the name `_hierarchy` or `_traces` gives is tried, and failing those the URL host.
+    """
+    if mirror.trace_name:
+        return mirror.trace_name, await fetch_own(
+            session, mirror, settings, mirror.trace_name, tally
+        )
+    host = urlsplit(mirror.base).hostname or mirror.name
+    first = prev.trace_name if prev is not None and prev.trace_name else host
+    own = await fetch_own(session, mirror, settings, first, tally)
+    if isinstance(own, Trace) or (isinstance(own, Fault) and own.kind is Status.DOWN):
+        return first, own
+    found = await discover_name(session, mirror, settings, tally)
+    name = found.name if found is not None else host
+    if name == first:
+        return first, own
+    return name, await fetch_own(session, mirror, settings, name, tally)
 
 
 def rules_of(settings: Settings) -> Rules:
@@ -120,20 +209,16 @@ async def observe(
     tally: Tally | None = None,
 ) -> Observation:
     """Make this round's probes of one mirror; never raises for anything the mirror does."""
-    base, timeout, name = mirror.base, settings.probe_timeout, own_name(mirror)
+    base, timeout = mirror.base, settings.probe_timeout
     try:
         held = await fetch_trace(session, base + settings.master_trace, timeout, tally=tally)
     except ProbeError as e:
         return Observation(master=e.fault)
     assert held is not None
-    own: Trace | Fault | None
-    try:
-        own_path = posixpath.join(posixpath.dirname(settings.master_trace), name)
-        own = await fetch_trace(session, base + own_path, timeout, missing_ok=True, tally=tally)
-    except ProbeError as e:
-        own = e.fault
-    if isinstance(own, Fault):
-        return Observation(master=held, own=own)
+    name, own = await find_own_trace(session, mirror, settings, prev, tally)
+    if isinstance(own, Fault) and own.kind is Status.DOWN:
+        # It stopped answering: the flag and coverage probes would only cost more timeouts.
+        return Observation(master=held, own=own, trace_name=name)
     syncing = False
     with contextlib.suppress(ProbeError):  # the flag is a hint; no answer means no sync shown
         got = await fetch(
@@ -144,6 +229,14 @@ async def observe(
             tally=tally,
         )
         syncing = 200 <= got.status < 300
+    stage1: Trace | Fault | None = None
+    if (
+        isinstance(own, Trace)
+        and not syncing
+        and own.date < held.date - rules_of(settings).own_slack
+    ):
+        # Torn, or between the stages of a staged sync: its stage-1 trace tells (judge.py).
+        stage1 = await fetch_own(session, mirror, settings, name + STAGE1_SUFFIX, tally)
     plan = coverage_plan(mirror, settings.coverage_probes, prev, now, settings.coverage_interval)
     coverage: dict[str, Presence] | None = None
     if plan:
@@ -152,7 +245,9 @@ async def observe(
             coverage[sub] = await probe_presence(session, base, path, timeout, tally)
             if coverage[sub].found is None:
                 break  # it stopped answering: the rest would only cost more timeouts
-    return Observation(master=held, own=own, syncing=syncing, coverage=coverage)
+    return Observation(
+        master=held, own=own, syncing=syncing, coverage=coverage, stage1=stage1, trace_name=name
+    )
 
 
 async def probe_presence(
@@ -216,34 +311,31 @@ def log_transitions(prev: Mapping[str, MirrorState], new: Sequence[MirrorState])
             log.log(said[0], "%s", said[1])
 
 
-# The order the per-pass summary names states in: the good news first, then what to look at.
-_SUMMARY_ORDER = ("fresh", "syncing", "stale", "broken", "down", "unknown")
-
-
 def pass_summary(
     master: MasterState,
+    mirrors: Sequence[Mirror],
     states: Sequence[MirrorState],
     now: float,
     max_lag: float,
-    countries: Mapping[str, str] | None = None,
 ) -> str:
     """One line for a pass: "4 fresh, 1 stale (au), 1 down (br); master answers".
 
-    Every state but fresh says where its mirrors are, by country code: the line is the
-    network's picture at a glance, once per pass. The mirrors' names are logged when each one
-    changes state (`log_transitions`); naming them again every pass would repeat that line
-    for as long as a mirror stays down.
+    Conditions in their own order (served first, then worst news last); every one but fresh
+    says where its mirrors are, by country code: the line is the network's picture at a
+    glance, once per pass. The mirrors' names are logged when each one changes state
+    (`log_transitions`); naming them again every pass would repeat that line for as long as
+    a mirror stays down. `mirrors`: the enabled mirrors the pass covered.
     """
-    where = countries or {}
-    by: dict[str, list[str]] = {}
-    for st in states:
-        cc = where.get(st.name, "").lower() or "?"
-        by.setdefault(describe(st, now, max_lag)[0], []).append(cc)
+    by_name = {s.name: s for s in states}
+    by: dict[Condition, list[str]] = {}
+    for m in mirrors:
+        condition = assess(Candidate(m, by_name.get(m.name)), now, max_lag).condition
+        by.setdefault(condition, []).append(m.country.lower())
     parts = []
-    for label in sorted(by, key=lambda k: (*_SUMMARY_ORDER, k).index(k)):
-        ccs = by[label]
-        part = f"{len(ccs)} {label}"
-        if label != "fresh":
+    for condition in (c for c in Condition if c in by):
+        ccs = by[condition]
+        part = f"{len(ccs)} {condition.value}"
+        if condition is not Condition.FRESH:
             counted = {cc: ccs.count(cc) for cc in sorted(set(ccs))}
             part += " (" + ", ".join(cc if n == 1 else f"{cc} x{n}" for cc, n in counted.items())
             part += ")"
@@ -359,8 +451,7 @@ async def poll_once(
         return dataclasses.replace(result, written=False)
     log_transitions(prev_states, states)
     log_master_change(prev_master, master)
-    countries = {m.name: m.country for m in settings.mirrors}
-    log.info("pass: %s", pass_summary(master, states, clock(), settings.max_lag, countries))
+    log.info("pass: %s", pass_summary(master, mirrors, states, clock(), settings.max_lag))
     try:
         await store.put_master(master)
         await store.put_states(states)
@@ -383,6 +474,17 @@ async def run_hooks(
             raise
         except Exception:
             log.exception("pass hook %s failed", getattr(hook, "__qualname__", repr(hook)))
+
+
+async def stop_task(task: asyncio.Task[None]) -> None:
+    """Cancel `task` (the poller's) and wait until it has ended. The cancel is repeated every
+    second: one swallowed on its way (by a hook or a library under it) must not hang the
+    shutdown, and a cancel of the shutdown itself still goes through."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=1.0)
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("background task %s failed", task.get_name(), exc_info=exc)
 
 
 async def run_poller(
@@ -427,9 +529,4 @@ async def run_poller(
                 log.exception("poller pass failed; trying again next interval")
             await asyncio.sleep(settings.poll_interval)
     finally:
-        if keeper is not None:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
-        if lease is not None:
-            await lease.release()
+        await let_go(lease, keeper)

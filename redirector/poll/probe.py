@@ -17,6 +17,7 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 from yarl import URL
 
+from redirector.core.humanize import duration
 from redirector.core.judge import Fault
 from redirector.core.models import Status
 from redirector.core.trace import parse_http_date
@@ -41,6 +42,10 @@ class ProbeError(Exception):
 
 class OffHost(ProbeError):
     """A redirect to another origin: the poller refuses it, the per-file check accepts it."""
+
+    @property
+    def fault(self) -> Fault:
+        return Fault(self.kind, str(self), off_host=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +172,7 @@ async def fetch(
                     )
             raise ProbeError(f"more than {MAX_REDIRECTS} redirects", Status.BROKEN)
     except TimeoutError as e:
-        raise ProbeError(f"timed out after {timeout:g} s") from e
+        raise ProbeError(f"timed out after {duration(timeout)}") from e
     except aiohttp.ClientSSLError as e:
         raise ProbeError(f"TLS error: {e}") from e
     except aiohttp.ClientConnectorError as e:

@@ -31,22 +31,27 @@ HIERARCHY = "_hierarchy"
 EVERY = 3600.0
 
 
-def own_trace_path(mirror: Mirror, master_trace: str) -> str:
-    """The mirror's own trace, next to the master trace: `trace_name`, else its URL's host."""
-    name = mirror.trace_name or urlsplit(mirror.base).hostname or mirror.name
+def own_trace_path(mirror: Mirror, master_trace: str, found: str | None = None) -> str:
+    """The mirror's own trace, next to the master trace: `trace_name`, else the name the poller
+    found it under (`found`, its MIRRORNAME), else its URL's host."""
+    name = mirror.trace_name or found or urlsplit(mirror.base).hostname or mirror.name
     return posixpath.join(posixpath.dirname(master_trace), name)
 
 
 async def read_sync(
-    session: aiohttp.ClientSession, mirror: Mirror, settings: Settings, now: float
+    session: aiohttp.ClientSession,
+    mirror: Mirror,
+    settings: Settings,
+    now: float,
+    found: str | None = None,
 ) -> SyncInfo:
     """What one mirror says of its upstream; failures are recorded in `error`, never raised."""
     trace_dir = posixpath.dirname(settings.master_trace)
     timeout = settings.probe_timeout
     upstream, error = None, None
     try:
-        got = await fetch(session, mirror.base + own_trace_path(mirror, settings.master_trace),
-                          timeout=timeout)  # fmt: skip
+        own = own_trace_path(mirror, settings.master_trace, found)
+        got = await fetch(session, mirror.base + own, timeout=timeout)
         if got.status == 200:
             upstream = parse_trace(got.body, last_modified=got.last_modified).upstream
         else:
@@ -86,7 +91,7 @@ def sync_hook(
         if not isinstance(st, SyncStore):
             return
         now = clock()
-        answering = {x.name for x in result.states if x.status in SERVABLE}
+        answering = {x.name: x.trace_name for x in result.states if x.status in SERVABLE}
         due = [
             m for m in s.mirrors
             if m.enabled and m.name in answering and now - last.get(m.name, -every) >= every
@@ -97,7 +102,7 @@ def sync_hook(
 
         async def one(m: Mirror) -> SyncInfo:
             async with gate:
-                return await read_sync(session, m, s, now)
+                return await read_sync(session, m, s, now, answering[m.name])
 
         infos = await asyncio.gather(*(one(m) for m in due))
         try:

@@ -244,6 +244,8 @@ def encode_state(s: MirrorState) -> str:
             "coverage_at": s.coverage_at,
             "coverage_note": s.coverage_note,
             "retry_at": s.retry_at,
+            "trace_name": s.trace_name,
+            "note": s.note,
         }
     )
 
@@ -280,6 +282,8 @@ def decode_state(raw: str | bytes) -> MirrorState:
         coverage_at=_optional_number(obj, "coverage_at", what),
         coverage_note=_optional_string(obj, "coverage_note", what),
         retry_at=_optional_number(obj, "retry_at", what),
+        trace_name=_optional_string(obj, "trace_name", what),
+        note=_optional_string(obj, "note", what),
     )
 
 

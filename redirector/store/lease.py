@@ -10,6 +10,7 @@ reach the store does not count itself the holder, so it stops polling; its lease
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -95,3 +96,13 @@ class Lease:
         else:
             if was:
                 log.info("released the %s lease", self.name)
+
+
+async def let_go(lease: Lease | None, keeper: asyncio.Task[None] | None) -> None:
+    """The end of a holding: stop `keeper` (the `Lease.keep` task), then release `lease`."""
+    if keeper is not None:
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
+    if lease is not None:
+        await lease.release()

@@ -15,15 +15,15 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from html import escape
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from redirector.core.condition import assess
+from redirector.core.humanize import table
 from redirector.core.selection import Candidate, Policy, distance_km
 from redirector.router import Routed
-
-if TYPE_CHECKING:
-    pass
+from redirector.views.condition import reason_text
 
 
 def wants_mirrorlist(query: str) -> bool:
@@ -59,8 +59,9 @@ class Entry:
     distance_km: float | None  # None without a client location
     tier: bool  # in the nearest tier (spread by weight)
     url: str | None  # where this request would go on it; None when rejected
-    reason: str | None  # selection.Reason name in lower case, for rejected mirrors
+    reason: str | None  # the selection.Reason's value, for rejected mirrors
     why: str  # the whole story in words
+    condition: str | None = None  # the mirror's `core.condition.Condition` value
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,9 +96,11 @@ def explain(
     candidates: Sequence[Candidate],
     policy: Policy,
     *,
+    now: float,
     geo_note: str | None = None,
 ) -> Explanation:
-    """The story of one decision. `geo_note` says why there is no location (no database...)."""
+    """The story of one decision made at `now`. `geo_note` says why there is no location (no
+    database...)."""
     loc = routed.location
     decision = routed.decision
     ranked = decision.ranked
@@ -134,11 +137,18 @@ def explain(
     for rej, d in rejected:
         m = rej.mirror
         entries.append(
-            Entry(m.name, m.country, m.weight, None, d, False, None, rej.reason.name.lower(),
-                  f"rejected: {rej.detail}")
+            Entry(m.name, m.country, m.weight, None, d, False, None, rej.reason.value,
+                  f"rejected: {reason_text(rej, now)}")
         )  # fmt: skip
 
     # Mirrors the decision never saw (a config reload between the two): listed, not judged.
+    by_name = {c.mirror.name: c for c in candidates}
+    entries = [
+        e
+        if e.name not in by_name
+        else replace(e, condition=assess(by_name[e.name], now, policy.max_lag).condition.value)
+        for e in entries
+    ]
     seen = {e.name for e in entries}
     for c in candidates:
         if c.mirror.name not in seen:
@@ -217,6 +227,7 @@ def to_json(e: Explanation) -> dict[str, Any]:
                 "tier": x.tier,
                 "url": x.url,
                 "reason": x.reason,
+                "condition": x.condition,
                 "why": x.why,
             }
             for x in e.entries
@@ -252,15 +263,12 @@ def render_text(e: Explanation) -> str:
             f"mirrors within {e.tier_limit_km:,.0f} km count as equally close"
         )
     lines.append("")
-    rows = [("RANK", "MIRROR", "CC", "KM", "WEIGHT", "WHY")]
+    rows = [("RANK", "MIRROR", "CC", "KM", "WEIGHT", "STATE", "WHY")]
     for x in e.entries:
         km = "-" if x.distance_km is None else f"{x.distance_km:,.0f}"
-        rows.append((str(x.rank) if x.rank else "-", x.name, x.country, km, str(x.weight), x.why))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    for r in rows:
-        lines.append(
-            "  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5]
-        )
+        rank = str(x.rank) if x.rank else "-"
+        rows.append((rank, x.name, x.country, km, str(x.weight), x.condition or "-", x.why))
+    lines.append(table(rows))
     return "\n".join(lines) + "\n"
 
 
@@ -292,7 +300,8 @@ def render_html(e: Explanation) -> str:
             f'<tr class="{cls}" data-mirror="{escape(x.name)}" '
             f'data-reason="{escape(x.reason or "")}"><td>{x.rank or "&ndash;"}</td>'
             f"<td>{escape(x.name)}</td><td>{escape(x.country)}</td><td class=num>{km}</td>"
-            f"<td class=num>{x.weight}</td><td>{escape(x.why)}<br><small>{url}</small></td></tr>"
+            f'<td class=num>{x.weight}</td><td class="state">{x.condition or "&ndash;"}</td>'
+            f"<td>{escape(x.why)}<br><small>{url}</small></td></tr>"
         )
     tier = ""
     if e.tier_limit_km is not None and e.nearest_km is not None:
@@ -313,7 +322,7 @@ def render_html(e: Explanation) -> str:
         f'<dt>Target</dt><dd><a id="target" href="{escape(e.target)}">{escape(e.target)}</a>'
         f"{fallback}</dd>{tier}</dl>"
         "<table><thead><tr><th>Rank</th><th>Mirror</th><th>CC</th><th>km</th><th>Weight</th>"
-        f"<th>Why</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        f"<th>State</th><th>Why</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
         '<p><a href="/mirrors">All mirrors</a> · the same as JSON: add <code>&amp;json</code>'
         "</p></main></body></html>\n"
     )

@@ -11,20 +11,20 @@ title and an HTML fragment the caller has escaped) is rendered after the downloa
 
 from __future__ import annotations
 
-import enum
 import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import cache
 from html import escape
 from pathlib import Path
 from typing import Any
 
+from redirector.core.condition import Condition, assess
+from redirector.core.humanize import ago, duration, rfc3339, when
 from redirector.core.models import MasterState, Status
-from redirector.core.selection import Candidate, check
 from redirector.snapshot import Snapshot
 from redirector.stats import DownloadStats
+from redirector.views.condition import classify, failure_note, lag_text
 
 _HERE = Path(__file__).parent  # package data sits beside the modules
 
@@ -33,47 +33,15 @@ SCHEMA_ID = "mirrors-v1"
 SCHEMA_PATH = "/schema/mirrors-v1.json"  # where the server publishes the schema
 
 
-class State(enum.Enum):
-    """What the status views call a mirror, worst news last in `ORDER`."""
-
-    FRESH = "fresh"  # would be served: up, current within max_lag, checked within max_lag
-    SYNCING = "syncing"  # an ftpsync run is in progress
-    STALE = "stale"  # up, but too far behind the master (or not checked recently enough)
-    DOWN = "down"
-    BROKEN = "broken"  # answers, but with junk or inconsistent traces
-    UNCHECKED = "unchecked"  # configured, not probed yet
-    DISABLED = "disabled"  # switched off in the config
-
-
 COLOURS = {
-    State.FRESH: "#2e7d32",
-    State.SYNCING: "#1e88e5",
-    State.STALE: "#ef8f00",
-    State.DOWN: "#c62828",
-    State.BROKEN: "#8e24aa",
-    State.UNCHECKED: "#9e9e9e",
-    State.DISABLED: "#616161",
+    Condition.FRESH: "#2e7d32",
+    Condition.SYNCING: "#1e88e5",
+    Condition.STALE: "#ef8f00",
+    Condition.DOWN: "#c62828",
+    Condition.BROKEN: "#8e24aa",
+    Condition.UNCHECKED: "#9e9e9e",
+    Condition.DISABLED: "#616161",
 }
-
-
-def classify(c: Candidate, now: float, max_lag: float) -> tuple[State, str]:
-    """The state of one mirror and the reason, in words, for the views."""
-    m, s = c.mirror, c.state
-    if not m.enabled:
-        return State.DISABLED, "disabled in the config"
-    if s is None or s.status is Status.UNKNOWN:
-        return State.UNCHECKED, "not checked yet"
-    if s.status is Status.DOWN:
-        return State.DOWN, s.error or "no reason given"
-    if s.status is Status.BROKEN:
-        return State.BROKEN, s.error or "no reason given"
-    why = check(c, "", "http", False, now, max_lag)
-    if s.status is Status.SYNCING:
-        return State.SYNCING, why.detail if why is not None else "sync in progress, still served"
-    if why is not None:
-        return State.STALE, why.detail
-    lag = s.lag(now)
-    return State.FRESH, "current" if not lag else f"{duration(lag)} behind, within the limit"
 
 
 # --- the data --------------------------------------------------------------------------------
@@ -92,7 +60,7 @@ class MirrorRow:
     ipv6: bool
     weight: int
     enabled: bool
-    state: State
+    state: Condition
     reason: str
     status: str  # the poller's raw verdict: unknown, up, syncing, broken, down
     lag: float | None  # seconds behind the master; None: unknown
@@ -135,7 +103,7 @@ class Report:
     downloads: DownloadStats
     repodata_checked_at: float | None
 
-    def count(self, state: State) -> int:
+    def count(self, state: Condition) -> int:
         return sum(1 for r in self.mirrors if r.state is state)
 
     @property
@@ -288,7 +256,11 @@ def readiness(
                 else f"reload refused, the last good config runs: {config_error}"
             ),
         }
-    fresh = [c.mirror.name for c in snap.candidates if classify(c, now, max_lag)[0] is State.FRESH]
+    fresh = [
+        c.mirror.name
+        for c in snap.candidates
+        if assess(c, now, max_lag).condition is Condition.FRESH
+    ]
     master_up = master is not None and master.error is None
     if fresh:
         reason = f"{len(fresh)} fresh mirror{'s' if len(fresh) != 1 else ''}"
@@ -306,36 +278,6 @@ def readiness(
 
 
 # --- formatting helpers --------------------------------------------------------------------
-
-
-def iso(ts: float | None) -> str | None:
-    """Unix time -> RFC 3339 UTC with a Z, whole seconds."""
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(round(ts), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def duration(seconds: float) -> str:
-    """A short human duration: 40 s, 12 min, 3 h 20 min, 4 d 2 h."""
-    s = max(0, round(seconds))
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min"
-    if s < 86400:
-        h, m = divmod(s // 60, 60)
-        return f"{h} h {m} min" if m else f"{h} h"
-    d, h = divmod(s // 3600, 24)
-    return f"{d} d {h} h" if h else f"{d} d"
-
-
-def ago(ts: float | None, now: float) -> str:
-    if ts is None:
-        return "never"
-    delta = now - ts
-    if delta < -1:
-        return f"in {duration(-delta)}"
-    return "just now" if delta < 1 else f"{duration(delta)} ago"
 
 
 def _pct(share: float | None) -> str:
@@ -363,16 +305,16 @@ def _mirror_json(r: MirrorRow) -> dict[str, Any]:
         "reason": r.reason,
         "status": r.status,
         "lag_seconds": None if r.lag is None else round(r.lag, 1),
-        "master_trace": iso(r.master_date),
-        "last_sync": iso(r.last_sync),
-        "last_check": iso(r.last_check),
+        "master_trace": rfc3339(r.master_date),
+        "last_sync": rfc3339(r.last_sync),
+        "last_check": rfc3339(r.last_check),
         "failures": r.failures,
         "excludes": list(r.excludes),
         "lacks": list(r.lacks),
         "covered": list(r.covered),
-        "coverage_checked": iso(r.coverage_checked),
+        "coverage_checked": rfc3339(r.coverage_checked),
         "coverage_note": r.coverage_note,
-        "next_check": iso(r.next_check),
+        "next_check": rfc3339(r.next_check),
         "repodata": None if r.repodata is None else dict(r.repodata),
         "redirects": {"hour": r.redirects_hour, "day": r.redirects_day},
         "share": {
@@ -389,29 +331,29 @@ def to_json(report: Report) -> dict[str, Any]:
     return {
         "version": SCHEMA_VERSION,
         "schema": SCHEMA_PATH,
-        "generated_at": iso(report.generated_at),
+        "generated_at": rfc3339(report.generated_at),
         "max_lag_seconds": report.max_lag,
         "poll_interval_seconds": report.poll_interval,
         "summary": {
             "mirrors": len(report.mirrors),
             "enabled": report.enabled,
-            "fresh": report.count(State.FRESH),
-            "states": {s.value: report.count(s) for s in State},
+            "fresh": report.count(Condition.FRESH),
+            "states": {s.value: report.count(s) for s in Condition},
         },
         "master": {
             "url": m.url,
             "state": m.state,
             "error": m.error,
-            "last_check": iso(m.last_check),
-            "content_date": iso(m.content_date),
-            "changed_at": iso(m.changed_at),
+            "last_check": rfc3339(m.last_check),
+            "content_date": rfc3339(m.content_date),
+            "changed_at": rfc3339(m.changed_at),
         },
         "store": {
             "kind": report.store_kind,
             "ok": report.store_error is None,
             "error": report.store_error,
         },
-        "repodata_checked_at": iso(report.repodata_checked_at),
+        "repodata_checked_at": rfc3339(report.repodata_checked_at),
         "mirrors": [_mirror_json(r) for r in report.mirrors],
         "downloads": {
             "error": d.error,
@@ -484,7 +426,7 @@ LABEL_SIZE = 0.62  # font size of inset labels, in degrees of latitude
 def _dots(rows: Iterable[MirrorRow], radius: float, xscale: float = 1.0) -> str:
     out = []
     # Worst news drawn last, so a down mirror is never hidden under a fresh neighbour.
-    for r in sorted(rows, key=lambda r: list(State).index(r.state)):
+    for r in sorted(rows, key=lambda r: list(Condition).index(r.state)):
         title = escape(f"{r.name} ({r.country}): {r.state.value}: {r.reason}")
         out.append(
             f'<circle class="dot s-{r.state.value}" cx="{r.longitude * xscale:.2f}" '
@@ -608,22 +550,20 @@ def _repodata(r: MirrorRow, checked: bool) -> str:
 def _time_cell(ts: float | None, now: float) -> str:
     if ts is None:
         return '<span class="muted">never</span>'
-    return f'<time datetime="{iso(ts)}" title="{iso(ts)}">{escape(ago(ts, now))}</time>'
+    return f'<time datetime="{rfc3339(ts)}" title="{rfc3339(ts)}">{escape(ago(ts, now))}</time>'
 
 
 def _lag_cell(r: MirrorRow) -> str:
-    if r.lag is None:
-        return '<span class="muted">unknown</span>'
-    return "current" if r.lag == 0 else escape(duration(r.lag))
+    text = escape(lag_text(r.lag))
+    return f'<span class="muted">{text}</span>' if r.lag is None else text
 
 
 def _row(r: MirrorRow, now: float, repo_checked: bool) -> str:
     url = r.https or r.http or ""
     ip6 = ' <span class="tag" title="reachable over IPv6">v6</span>' if r.ipv6 else ""
     tls = ' <span class="tag" title="has an https URL">https</span>' if r.https else ""
-    failures = f" ({r.failures} failed checks)" if r.failures > 1 else ""
-    if r.next_check is not None and r.next_check > now and r.state in (State.DOWN, State.BROKEN):
-        failures += f"; next try {ago(r.next_check, now)}"
+    note = failure_note(r.failures, r.next_check, r.state, now)
+    failures = f" {note}" if note else ""
     cells = [
         ("Mirror", f'<a href="{escape(url)}">{escape(r.name)}</a>{tls}{ip6}'),
         ("Country", escape(r.country)),
@@ -648,7 +588,7 @@ def _row(r: MirrorRow, now: float, repo_checked: bool) -> str:
 
 def _summary(report: Report) -> str:
     now = report.generated_at
-    fresh = report.count(State.FRESH)
+    fresh = report.count(Condition.FRESH)
     m = report.master
     if m.state == "unchecked":
         master = "master not checked yet"
@@ -661,8 +601,8 @@ def _summary(report: Report) -> str:
         master = f'master <span class="badge s-fresh">up</span> (checked {ago(m.last_check, now)})'
     if m.content_date is not None:
         master += (
-            f', content of <time datetime="{iso(m.content_date)}">'
-            f"{_short_time(m.content_date)}</time>, current since {ago(m.changed_at, now)}"
+            f', content of <time datetime="{rfc3339(m.content_date)}">'
+            f"{when(m.content_date)}</time>, current since {ago(m.changed_at, now)}"
         )
     store = ""
     if report.store_error is not None:
@@ -676,15 +616,11 @@ def _summary(report: Report) -> str:
     )
 
 
-def _short_time(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%d %b %Y %H:%M UTC")
-
-
 def _legend(report: Report) -> str:
     return "".join(
         f'<span class="legend-item"><span class="swatch s-{s.value}"></span>{s.value} '
         f"{report.count(s)}</span>"
-        for s in State
+        for s in Condition
     )
 
 
@@ -822,7 +758,7 @@ def render_html(
         '<link rel="alternate" type="application/json" href="/mirrors.json">'
         "</head><body>"
         "<header><h1>SME Server download mirrors</h1>"
-        f"<p>mirror.contribs.org · state as of {_short_time(now)} · "
+        f"<p>mirror.contribs.org · state as of {when(now)} · "
         f"fresh means at most {duration(report.max_lag)} behind the master</p></header>"
         "<main>"
         f'<div class="card">{_summary(report)}{warns}</div>'

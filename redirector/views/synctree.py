@@ -5,20 +5,9 @@ from __future__ import annotations
 from html import escape
 
 from redirector.config.settings import format_bandwidth
+from redirector.core.humanize import duration
 from redirector.core.models import Mirror
 from redirector.core.synctree import Node, SyncTree
-
-
-def duration(seconds: float) -> str:
-    """3725 -> '1h02m', 90 -> '1m30s', negative -> '-1m30s'."""
-    sign, s = ("-" if seconds < 0 else ""), int(abs(seconds))
-    if s >= 86400:
-        return f"{sign}{s // 86400}d{s % 86400 // 3600:02d}h"
-    if s >= 3600:
-        return f"{sign}{s // 3600}h{s % 3600 // 60:02d}m"
-    if s >= 60:
-        return f"{sign}{s // 60}m{s % 60:02d}s"
-    return f"{sign}{s}s"
 
 
 def shown_email(email: str | None, mode: str) -> str | None:
@@ -56,8 +45,8 @@ def _node_svg(n: Node, x: int, y: int) -> str:
         tip.append(f"syncs from {n.parent} ({n.via})")
     if n.mismatch:
         tip.append(n.mismatch)
-    if n.status:
-        tip.append(f"state: {n.status}")
+    if n.condition is not None:
+        tip.append(f"state: {n.condition.value}")
     lag_attr = "" if n.lag is None else f' data-lag="{n.lag:.0f}"'
     added_attr = "" if n.added is None else f' data-added="{n.added:.0f}"'
     flag = "! " if n.mismatch else ""

@@ -24,6 +24,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from redirector.config.settings import Settings
+from redirector.core.humanize import rfc3339
 from redirector.router import Routed, Router
 from redirector.web import keys
 
@@ -50,12 +51,6 @@ class AccessEntry:
     decision_seconds: float | None  # the selection alone
     seconds: float  # the whole request, as aiohttp measured it
     user_agent: str
-
-
-def _iso(ts: float) -> str:
-    whole = int(ts)
-    ms = int((ts - whole) * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{ms:03d}Z"
 
 
 def _clean(value: str) -> str:
@@ -86,7 +81,8 @@ def format_text(e: AccessEntry) -> str:
     with `-` for what is unknown.
     """
     return (
-        f"{_iso(e.time)} {e.client or '-'} {e.country or '-'} {e.scheme} {_clean(e.host) or '-'}"
+        f"{rfc3339(e.time, ms=True)} {e.client or '-'} {e.country or '-'} {e.scheme} "
+        f"{_clean(e.host) or '-'}"
         f' "{_clean(e.method)} {_clean(e.path)}" {e.status} {e.mirror or "-"}'
         f' {_us(e.decision_seconds)} {e.seconds * 1000:.2f}ms "{_clean(e.user_agent)}"'
     )
@@ -95,7 +91,7 @@ def format_text(e: AccessEntry) -> str:
 def format_json(e: AccessEntry) -> str:
     """One JSON object on one line; keys as in AccessEntry, times in ISO 8601 and microseconds."""
     doc: dict[str, Any] = {
-        "time": _iso(e.time),
+        "time": rfc3339(e.time, ms=True),
         "client": e.client,
         "country": e.country,
         "scheme": e.scheme,

@@ -12,7 +12,7 @@ from redirector.config.live import LiveSettings
 from redirector.config.settings import Settings
 from redirector.geo import GeoReader, open_geo
 from redirector.poll.filecheck import Verifier, open_check_session
-from redirector.poll.poller import PassHook, PassResult, run_poller
+from redirector.poll.poller import PassHook, PassResult, run_poller, stop_task
 from redirector.poll.probe import open_session
 from redirector.poll.repodata import make_repodata_pass
 from redirector.poll.syncread import sync_hook
@@ -28,17 +28,6 @@ from redirector.web import yum as lists
 from redirector.web.limits import HTTP_LIMITS, quiet_bad_requests
 
 log = logging.getLogger(__name__)
-
-
-async def _stop(task: asyncio.Task[None]) -> None:
-    """Cancel `task` and wait until it has ended. The cancel is repeated every second: one
-    swallowed on its way (by an extension or a library under it) must not hang the shutdown,
-    and a cancel of the shutdown itself still goes through."""
-    while not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=1.0)
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        log.error("background task %s failed", task.get_name(), exc_info=exc)
 
 
 def _poller_ctx(settings: Settings) -> Callable[[web.Application], AsyncIterator[None]]:
@@ -70,7 +59,7 @@ def _poller_ctx(settings: Settings) -> Callable[[web.Application], AsyncIterator
                 )
             )
             yield
-            await _stop(task)
+            await stop_task(task)
 
     return poller_ctx
 
@@ -141,7 +130,7 @@ def reload_ctx(
             app[keys.RELOADER] = reloader
             yield
         for task in list(running):
-            await _stop(task)
+            await stop_task(task)
 
     return ctx
 
@@ -238,7 +227,7 @@ def create_app(
             refresh_forever(holder, app[keys.STORE], settings.snapshot_interval)
         )
         yield
-        await _stop(task)
+        await stop_task(task)
 
     app.cleanup_ctx.append(geo_ctx)
     app.cleanup_ctx.append(store_ctx)

@@ -54,13 +54,14 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from redirector.core.condition import Condition, assess
 from redirector.core.models import RepodataState, Status
 from redirector.geo import GeoReader
 from redirector.poll.poller import PassResult
 from redirector.reload import Reloader
 from redirector.snapshot import SnapshotHolder
 from redirector.store.base import Store, StoreError
-from redirector.views.status import State, classify, readiness
+from redirector.views.status import readiness
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -412,12 +413,12 @@ class StateCollector(Collector):
             ["mirror", "state"],
         )
         counts = _gauge("redirector_mirrors", "Configured mirrors by state.", ["state"])
-        by_state = dict.fromkeys(State, 0)
+        by_state = dict.fromkeys(Condition, 0)
         for c in snap.candidates:
             name, s = c.mirror.name, c.state
-            current, _ = classify(c, now, max_lag)
+            current = assess(c, now, max_lag).condition
             by_state[current] += 1
-            for st in State:
+            for st in Condition:
                 state.add_metric([name, st.value], 1.0 if st is current else 0.0)
             up.add_metric(
                 [name], 1.0 if s is not None and s.status in (Status.UP, Status.SYNCING) else 0.0

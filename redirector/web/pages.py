@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from redirector.config.settings import Settings
+from redirector.core.humanize import duration, rfc3339
 from redirector.core.models import SyncInfo
 from redirector.core.synctree import build_tree, master_aliases
 from redirector.poll.poller import PassResult
@@ -129,7 +130,7 @@ async def watch_poller(app: web.Application, every: float = 1.0) -> None:
         if now_silent and not silent:
             log.warning(
                 "no poller pass for %s (3 intervals): serving the last snapshot",
-                status.duration(age),
+                duration(age),
             )
         elif silent and not now_silent:
             log.info("poller passes again")
@@ -200,7 +201,9 @@ def mirrorlist(request: web.Request, routed: Routed) -> web.Response:
     app = request.app
     router = app[keys.ROUTER]
     note = app.get(keys.GEO_WARNING) if router.geo is None else None
-    expl = explain.explain(routed, router.holder.current.candidates, router.policy, geo_note=note)
+    expl = explain.explain(
+        routed, router.holder.current.candidates, router.policy, now=time.time(), geo_note=note
+    )
     _, query = request.raw_path.split("?", 1)
     if explain.wants_json(query, request.headers.get("Accept")):
         return _json(explain.dumps(expl), Vary="Accept")
@@ -238,7 +241,7 @@ def _document(app: web.Application, report: status.Report) -> dict[str, Any]:
             "ok": refused is None,
             "refused": None
             if refused is None
-            else {**refused.to_json(), "at": status.iso(refused.at)},
+            else {**refused.to_json(), "at": rfc3339(refused.at)},
         }
     return doc
 
@@ -273,7 +276,7 @@ def _notices(app: web.Application) -> list[str]:
     if refused is None:
         return []
     return [
-        f"The config file was refused at its last reload ({status.iso(refused.at)}); the last "
+        f"The config file was refused at its last reload ({rfc3339(refused.at)}); the last "
         f"good config keeps running. {refused.error}"
     ]
 
@@ -363,6 +366,7 @@ async def tree_section(app: web.Application) -> Section:
         master_label=urlsplit(settings.master).hostname or "master",
         aliases=master_aliases(settings.master, settings.master_trace),
         now=time.time(),
+        max_lag=settings.max_lag,
     )
     return Section(
         "sync-tree", "Sync tree", note + render_html(tree, email_mode=settings.status_email)

@@ -6,12 +6,12 @@ import json
 import os
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 
 from aiohttp import web
 
+from redirector.core.condition import assess
+from redirector.core.humanize import rfc3339
 from redirector.core.paths import BadPath, split_target
-from redirector.core.selection import check
 from redirector.poll.filecheck import heads_waited, start_request
 from redirector.reload import Reloader
 from redirector.views.explain import wants_mirrorlist
@@ -81,12 +81,6 @@ async def redirect(request: web.Request) -> web.StreamResponse:
     return web.Response(status=302, headers=out)
 
 
-def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
-
-
 async def health(request: web.Request) -> web.Response:
     """Fresh-mirror count, poller age and store status; 503 when there is nowhere to send anyone.
 
@@ -98,9 +92,7 @@ async def health(request: web.Request) -> web.Response:
     holder = app[keys.HOLDER]
     snap = holder.current
     now = time.time()
-    fresh = sum(
-        1 for c in snap.candidates if check(c, "", "http", False, now, settings.max_lag) is None
-    )
+    fresh = sum(1 for c in snap.candidates if assess(c, now, settings.max_lag).condition.served)
     master = snap.master
     master_down = master is not None and master.error is not None
     geo = app[keys.ROUTER].geo  # the live reader: a replaced database is swapped there
@@ -121,7 +113,7 @@ async def health(request: web.Request) -> web.Response:
             "fresh": fresh,
         },
         "poller": {
-            "last_pass": _iso(master.checked_at if master else None),
+            "last_pass": rfc3339(master.checked_at if master else None, ms=True),
             "age_seconds": round(now - master.checked_at, 1) if master else None,
             "interval_seconds": settings.poll_interval,
             # No pass in 3 intervals: this node serves its last snapshot (the web side's
@@ -132,7 +124,7 @@ async def health(request: web.Request) -> web.Response:
             "url": settings.master,
             "reachable": None if master is None else master.error is None,
             "error": master.error if master else None,
-            "current": _iso(master.current.date if master and master.current else None),
+            "current": rfc3339(master.current.date if master and master.current else None, ms=True),
         },
         "store": {
             "kind": app[keys.STORE].kind,
@@ -162,8 +154,8 @@ def _config_health(reloader: Reloader | None) -> dict[str, object]:
     return {
         "ok": refused is None,
         "file": str(source) if source is not None else None,
-        "last_reload": None if last is None else {"ok": last.ok, "at": _iso(last.at)},
-        "refused": None if refused is None else {**refused.to_json(), "at": _iso(refused.at)},
+        "last_reload": None if last is None else {"ok": last.ok, "at": rfc3339(last.at)},
+        "refused": None if refused is None else {**refused.to_json(), "at": rfc3339(refused.at)},
     }
 
 

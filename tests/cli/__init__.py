@@ -1,0 +1,1 @@
+"""Tests of redirector/cli/: the commands as real processes."""

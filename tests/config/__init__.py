@@ -1,0 +1,1 @@
+"""Tests of redirector/config/: settings, their TOML and every kind of mistake."""

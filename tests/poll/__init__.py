@@ -1,0 +1,1 @@
+"""Tests of redirector/poll/: the poller, repodata and file checks against loopback mirrors."""

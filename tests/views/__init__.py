@@ -1,0 +1,1 @@
+"""Tests of redirector/views/: the status and explain pages, HTML and JSON."""
