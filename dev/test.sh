@@ -32,12 +32,11 @@ elif ((${#missing[@]})); then
   # (they never skip), and -m "not system" leaves out all that need more than redis-server.
   echo "== not root, not installing: ${missing[*]} (or run: bash dev/test.sh -m \"not system\")"
 fi
-# The packages start redis-server, nginx and prometheus as services, which the tests do not
-# need: they run their own on free loopback ports (and only promtool of prometheus), so a host's
-# own servers keep running. Only a throwaway CI machine has them stopped, to leave its memory to
-# the tests.
+# The packages start redis-server and nginx as services, which the tests do not need: they run
+# their own on free loopback ports, so a host's own servers keep running. Only a throwaway CI
+# machine has them stopped, to leave its memory to the tests.
 if [[ -n "${CI:-}" ]] && command -v systemctl >/dev/null 2>&1; then
-  systemctl disable --now redis-server nginx prometheus >/dev/null 2>&1 || true
+  systemctl disable --now redis-server nginx >/dev/null 2>&1 || true
 fi
 
 python3 -m venv .venv
