@@ -13,8 +13,10 @@ packages=(redis-server chromium dnf createrepo-c rpm openssl)
 packages+=(nginx wrk)
 # deploy/ is checked with the real tools: nginx -t and a live nginx, systemd-analyze verify.
 packages+=(nginx openssl curl systemd)
-# tests/test_ftpsync_system.py runs Debian's ftpsync against a loopback rsync daemon.
+# tests/e2e/test_ftpsync_system.py runs Debian's ftpsync against a loopback rsync daemon.
 packages+=(ftpsync rsync)
+# tests/e2e/test_poison.py makes a file store's directory immutable (chattr +i): unwritable to root.
+packages+=(e2fsprogs)
 # deploy/prometheus/alerts.yml is checked and unit-tested with promtool, which Debian ships in
 # the prometheus package.
 packages+=(prometheus)

@@ -29,8 +29,11 @@ from pathlib import Path
 from redirector.config.live import LiveSettings
 from redirector.config.settings import TOP_KEYS, ConfigError, Settings, load_settings
 from redirector.geo import GeoError, GeoReader, find_database
+from redirector.supervise import Tasks
 
 log = logging.getLogger(__name__)
+
+WATCHER = "config watcher"  # the supervised task name, as /health shows it
 
 WATCH_INTERVAL = 1.0  # seconds between two looks at the watched files
 GEO_GRACE = 30.0  # seconds a replaced GeoIP reader stays open before it is closed
@@ -404,22 +407,23 @@ async def watching(
     swap_geo: Callable[[GeoReader | None], None] | None = None,
     interval: float = WATCH_INTERVAL,
     grace: float = GEO_GRACE,
+    tasks: Tasks | None = None,
     speak: bool = True,
 ) -> AsyncIterator[Reloader]:
     """A Reloader watching its files and listening for SIGHUP while the block runs.
 
     Outside an app (the `redirector poll` process) `reloader.live` holds the live config.
+    The watcher runs supervised in `tasks` (the app's, so /health shows it), or its own.
     """
     reloader = Reloader(
         settings, apply or (lambda _: None), geo=geo, swap_geo=swap_geo, grace=grace, speak=speak
     )
     listen_sighup(reloader)
-    task = asyncio.create_task(reloader.run(interval))
+    tasks = tasks if tasks is not None else Tasks()
+    tasks.start(WATCHER, lambda: reloader.run(interval))
     try:
         yield reloader
     finally:
         unlisten_sighup(reloader)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await tasks.stop(WATCHER)
         reloader.close()

@@ -10,9 +10,13 @@ from dataclasses import dataclass, field
 
 from redirector.core.models import MasterState, Mirror, MirrorState, RepodataState
 from redirector.core.selection import Candidate, name_seed
-from redirector.store.base import Store, StoreData, StoreError
+from redirector.store.base import Poison, Store, StoreData, StoreError
 
 log = logging.getLogger(__name__)
+
+# How often the refresher checks that the store takes writes (`Store.ping`): reads alone say
+# nothing of a file store whose directory turned read-only, or full.
+PING_INTERVAL = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +67,10 @@ class SnapshotHolder:
         self.current = Snapshot.build(self.mirrors, None, clock())
         self.store_error: str | None = None
         self.store_checked_at: float | None = None
+        self.write_error: str | None = None  # the last `Store.ping` failed: writes would fail
+        self._pinged_at: float | None = None
+        # What the last load had to drop as unreadable (the poller's next pass replaces it).
+        self.poisoned: tuple[Poison, ...] = ()
         # The whole of the last load, the states of mirrors not configured here included: a
         # reload that adds a mirror finds its state at once (another process polled it).
         self._data: StoreData | None = None
@@ -103,6 +111,8 @@ class SnapshotHolder:
                     self._empty = False
                     self._data = data
                     self.current = Snapshot.build(self.mirrors, data, self._clock())
+                self.poisoned = data.poisoned
+            await self._ping(store)
         except StoreError as e:
             if self.store_error is None:
                 log.warning("store unreachable, serving the last snapshot: %s", e)
@@ -114,6 +124,22 @@ class SnapshotHolder:
         self.store_error = None
         self.store_checked_at = self._clock()
         return changed
+
+    async def _ping(self, store: Store) -> None:
+        now = self._clock()
+        if self._pinged_at is not None and abs(now - self._pinged_at) < PING_INTERVAL:
+            return
+        self._pinged_at = now
+        try:
+            await store.ping()
+        except StoreError as e:
+            if self.write_error is None:
+                log.warning("store does not take writes: %s", e)
+            self.write_error = str(e)
+        else:
+            if self.write_error is not None:
+                log.warning("store takes writes again")
+            self.write_error = None
 
 
 async def refresh_forever(holder: SnapshotHolder, store: Store, interval: float) -> None:

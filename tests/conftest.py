@@ -6,6 +6,7 @@ The helpers behind the fixtures are in tests/support/.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -131,6 +132,17 @@ class RedisServer:
             client.flushall()
         finally:
             client.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def state_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`serve --workers N` keeps its file store under $XDG_STATE_HOME by default
+    (`workers.default_state_dir`): the servers tests start keep theirs in this session's
+    temporary directory, never in the home directory of whoever runs the tests."""
+    path = tmp_path_factory.mktemp("state-home")
+    os.environ.pop("STATE_DIRECTORY", None)
+    os.environ["XDG_STATE_HOME"] = str(path)
+    return path
 
 
 @pytest.fixture(scope="session")

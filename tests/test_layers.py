@@ -22,7 +22,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("core", ("core",)),
     ("config", ("config",)),
     ("store", ("store",)),
-    ("spine", ("geo", "snapshot", "stats", "router", "reload")),
+    ("spine", ("geo", "snapshot", "stats", "router", "reload", "supervise")),
     ("poll", ("poll",)),
     ("views", ("views",)),
     ("web", ("web",)),

@@ -327,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--state-dir",
-        help="without Redis: the directory the workers share state in (default: a private one)",
+        help="without Redis: the directory the workers share state in, kept across restarts "
+        "(default: under $STATE_DIRECTORY or ~/.local/state/redirector)",
     )
     s.set_defaults(func=cmd_serve)
 

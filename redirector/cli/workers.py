@@ -9,8 +9,10 @@ SIGTERM or SIGINT stops them all and exits.
 How the workers agree on mirror state: through the store, as several hosts do.
 
 * With `redis_url`, through Redis.
-* Without it, through a `FileStore` in a private runtime directory the supervisor creates
-  (or `--state-dir`): one JSON file replaced atomically. In both cases the poller lease
+* Without it, through a `FileStore` (one JSON file replaced atomically) in `--state-dir`, or
+  by default in a directory kept across restarts (`default_state_dir`): a restart is then
+  not a cold start, which would forget the master's history and take a mirror days behind
+  for one an hour behind. In both cases the poller lease
   (`lease.py`) makes exactly one worker poll, another takes over within one lease ttl if that
   one dies, and every worker's snapshot refresher reloads when the generation moves.
 
@@ -21,6 +23,7 @@ The supervisor also gives the workers a shared prometheus-client multiprocess di
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import multiprocessing
 import multiprocessing.process
@@ -31,6 +34,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -64,6 +68,24 @@ class WorkerSpec:
     poll: bool
     state_dir: Path | None  # the FileStore directory; None: the settings' store (Redis)
     log_level: int
+
+
+def default_state_dir(settings: Settings, environ: Mapping[str, str] | None = None) -> Path:
+    """Where the workers keep their file store without `--state-dir`: kept across restarts.
+
+    Under systemd's ``StateDirectory=`` (``$STATE_DIRECTORY``), else under
+    ``$XDG_STATE_HOME/redirector`` (default ``~/.local/state/redirector``), in a subdirectory
+    named after the listening address and the master, so that two redirectors on one host
+    never share state, and one whose master changed starts afresh.
+    """
+    env = os.environ if environ is None else environ
+    if env.get("STATE_DIRECTORY"):
+        root = Path(env["STATE_DIRECTORY"].split(":")[0])  # several are colon-separated
+    else:
+        home = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        root = Path(home) / "redirector"
+    identity = f"{settings.listen_host}:{settings.listen_port} {settings.master}"
+    return root / hashlib.sha256(identity.encode()).hexdigest()[:16]
 
 
 def check_address(host: str, port: int) -> None:
@@ -153,13 +175,22 @@ class Supervisor:
         self._reload = True
 
     def _prepare(self) -> Path | None:
-        """The runtime directory: the FileStore (unless Redis or --state-dir) and metrics."""
+        """The runtime directory (metrics), and the FileStore's directory unless Redis."""
         runtime = Path(tempfile.mkdtemp(prefix="redirector-"))  # 0700
         self._runtime = runtime
         store_dir = None
         if self.settings.redis_url is None:
-            store_dir = self.state_dir or runtime / "state"
+            from redirector.store.base import StoreError
+            from redirector.store.file import FileStore
+
+            store_dir = self.state_dir or default_state_dir(self.settings)
             store_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # No worker runs yet: a lease left by the last run is nobody's (and its expiry is
+            # on a monotonic clock that a reboot restarted).
+            try:
+                FileStore(store_dir).drop_leases()
+            except StoreError as e:
+                raise OSError(str(e)) from e  # reported as an unusable state directory
         if MULTIPROC_ENV not in os.environ:
             metrics = runtime / "metrics"
             metrics.mkdir(mode=0o700)

@@ -20,7 +20,7 @@ import dataclasses
 import logging
 import posixpath
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -57,9 +57,12 @@ from redirector.core.trace import (
 )
 from redirector.poll.probe import ProbeError, Tally, fetch
 from redirector.store.base import Store, StoreError
-from redirector.store.lease import Lease, let_go
+from redirector.store.lease import Lease
+from redirector.supervise import Tasks
 
 log = logging.getLogger(__name__)
+
+LEASE_KEEPER = "lease keeper"  # the supervised task name, as /health shows it
 
 
 async def fetch_trace(
@@ -380,7 +383,73 @@ class PassResult:
     duration: float
     probed: int = 0  # mirrors probed this pass (the rest were backed off)
     requests: int = 0  # HTTP requests made, master included
-    written: bool = True  # False: the lease was lost, nothing was written to the store
+    written: bool = True  # False: lease lost or store unreadable; nothing was written
+
+
+@dataclass(frozen=True, slots=True)
+class Previous:
+    """What the store held before a pass, as the pass may use it."""
+
+    states: dict[str, MirrorState]
+    master: MasterState | None
+    unreadable: frozenset[str] = frozenset()  # states entries the store could not read
+    failed: bool = False  # the read failed: nothing is known, so nothing may be written
+
+
+async def read_previous(store: Store, now: float, settings: Settings) -> Previous:
+    """The store's states and master before a pass.
+
+    A read that failed is not an empty store: judged as a first start, the pass would reset
+    every mirror's failures and backoff and the master's history, and writing it would make
+    that permanent. So a failed read is marked, and such a pass is made but not written.
+    """
+    try:
+        data = await store.load()
+    except StoreError as e:
+        log.warning("poller cannot read the store, this pass will not be written: %s", e)
+        return Previous({}, None, failed=True)
+    states = {n: _sane_backoff(s, now, settings) for n, s in data.states.items()}
+    master = data.master
+    if master is None and states:
+        # The master's key is gone or was unreadable while the mirrors' states survived: they
+        # say since when each mirror has lacked something, which a history rebuilt from
+        # scratch would forget (a mirror three days behind would look an hour behind).
+        rebuilt = history_from_states(states.values())
+        if rebuilt:
+            log.warning("no readable master history in the store: rebuilt from mirror states")
+            master = MasterState(rebuilt, max(s.checked_at for s in states.values()))
+    return Previous(states, master, data.poisoned_states())
+
+
+# A rebuilt history places the master state a behind mirror lacked just after what it holds:
+# its true date is unknown, only that it is newer and when it was first seen.
+_JUST_AFTER = 1e-3
+
+
+def history_from_states(states: Iterable[MirrorState]) -> tuple[MasterVersion, ...]:
+    """A master history consistent with what the mirrors' states say, oldest first.
+
+    A mirror current at its check held a master state (its date, first seen no later than
+    that check); a mirror behind since B holding D means a state newer than D was first seen
+    at B. Points that contradict an earlier one (first seen before an older state) are
+    dropped. The result gives each mirror back its own lag, so a lost master key costs no
+    mirror its history.
+    """
+    points: dict[float, float] = {}
+    for s in states:
+        if s.master_date is None:
+            continue
+        if s.behind_since is None:
+            date, seen = s.master_date, min(s.master_date, s.checked_at)
+        else:
+            date, seen = s.master_date + _JUST_AFTER, s.behind_since
+        points[date] = min(seen, points.get(date, seen))
+    out: list[MasterVersion] = []
+    for date in sorted(points):
+        if out and points[date] < out[-1].first_seen:
+            continue
+        out.append(MasterVersion(date, points[date]))
+    return tuple(out)
 
 
 PassHook = Callable[[aiohttp.ClientSession, PassResult], Awaitable[None]]
@@ -404,12 +473,8 @@ async def poll_once(
     """
     started = clock()
     tally = Tally()
-    try:
-        data = await store.load()
-        prev_states, prev_master = dict(data.states), data.master
-    except StoreError as e:
-        log.warning("poller cannot read the store: %s", e)
-        prev_states, prev_master = {}, None
+    before = await read_previous(store, clock(), settings)
+    prev_states, prev_master = before.states, before.master
     master = await probe_master(session, settings, prev_master, clock(), tally)
     if master.error and (prev_master is None or prev_master.error is None):
         log.warning("master unreachable, keeping its last known state: %s", master.error)
@@ -446,6 +511,8 @@ async def poll_once(
     result = PassResult(
         master, tuple(states), started, clock() - started, probed, tally.requests, True
     )
+    if before.failed:
+        return dataclasses.replace(result, written=False)
     if guard is not None and not await guard():
         log.warning("lost the poller lease during a pass; its results are discarded")
         return dataclasses.replace(result, written=False)
@@ -455,12 +522,27 @@ async def poll_once(
     try:
         await store.put_master(master)
         await store.put_states(states)
-        gone = set(prev_states) - {m.name for m in settings.mirrors}
+        # Mirrors no longer configured, and entries nobody could read that this pass did not
+        # just replace (a junk field, a state filed under another name).
+        gone = (set(prev_states) - {m.name for m in settings.mirrors}) | (
+            before.unreadable - {s.name for s in states}
+        )
         if gone:
             await store.forget(gone)
     except StoreError as e:
         log.warning("poller cannot write the store: %s", e)
     return result
+
+
+def _sane_backoff(state: MirrorState, now: float, settings: Settings) -> MirrorState:
+    """`state`, without a retry time later than any backoff our rules set (a stray write
+    could hold a mirror out of probing, and so in its last state, for as long as it says)."""
+    if (
+        state.retry_at is None
+        or state.retry_at <= now + settings.backoff_max + settings.poll_interval
+    ):
+        return state
+    return dataclasses.replace(state, retry_at=None)
 
 
 async def run_hooks(
@@ -497,6 +579,7 @@ async def run_poller(
     hooks: Sequence[PassHook] = (),
     lease: Lease | None = None,
     current: Callable[[], Settings] | None = None,
+    tasks: Tasks | None = None,
 ) -> None:
     """Poll every `poll_interval` until cancelled; one failing pass never stops the loop.
 
@@ -506,9 +589,12 @@ async def run_poller(
     With a `lease` (Redis) the lease is kept in the background and a pass runs only while this
     process holds it: the others wait, reading. Without one (in-process store) it always polls.
     After each written pass `on_pass` runs, then every hook in `hooks`, which is read afresh
-    each pass, so hooks appended to a live list later are called too.
+    each pass, so hooks appended to a live list later are called too. The lease keeper runs
+    supervised in `tasks` (the app's, so /health shows it), restarted if it crashes.
     """
-    keeper = asyncio.create_task(lease.keep()) if lease is not None else None
+    tasks = tasks if tasks is not None else Tasks()
+    if lease is not None:
+        tasks.start(LEASE_KEEPER, lease.keep)
     try:
         while True:
             if lease is not None:
@@ -529,4 +615,6 @@ async def run_poller(
                 log.exception("poller pass failed; trying again next interval")
             await asyncio.sleep(settings.poll_interval)
     finally:
-        await let_go(lease, keeper)
+        if lease is not None:
+            await tasks.stop(LEASE_KEEPER)
+            await lease.release()

@@ -14,9 +14,10 @@ Key schema (every key starts with the store's `prefix`, by default ``redirector:
     String holding an integer, ``INCR``-ed in the same ``MULTI``/script as every write of
     ``states`` or ``master``; absent reads as generation 0. Readers poll it (one ``GET``) and
     reload only when it differs from the generation they last loaded. Each write first seeds
-    it, if absent, with the writer's wall clock in microseconds (``SET NX``), so after Redis
-    lost its data the count resumes far above any generation a reader still holds instead of
-    climbing back through 1, 2, ... where a reader could miss a change.
+    it, if absent (or not an integer: junk reads as `POISONED_GENERATION`), with the writer's
+    wall clock in microseconds (`_BUMP_LUA`), so after Redis lost its data the count resumes
+    far above any generation a reader still holds instead of climbing back through 1, 2, ...
+    where a reader could miss a change.
 ``{prefix}repomd``
     Hash: repo directory (e.g. ``releases/10/smeos/x86_64``) -> the master's repomd.xml
     history for it as JSON (see `encode_repomd_history`). Replaced whole by `put_repodata`.
@@ -41,6 +42,13 @@ JSON values carry ``"v": 1``. Decoders ignore keys they do not know, so a newer 
 fields without a version bump; ``v`` changes only for an incompatible change, and a reader
 refuses a version it does not know (`StoreError`).
 
+Bad data: `load` decodes entry by entry. A value it cannot read (junk, a wrong type, a key of
+the wrong Redis type, a date outside [`EARLIEST`, now + `FUTURE_SLACK`]) is dropped and listed
+in `StoreData.poisoned`, never an error for the whole load: one stray write must not freeze
+every reader on the last state it could read. Writers replace what they cannot read: every
+write of a key first removes a value of the wrong Redis type, and the generation bump resets a
+counter that is not an integer. The poller's next pass therefore repairs every key it owns.
+
 If Redis loses its data (flush, restart without persistence), `RedisStore.load` returns no
 states, no master and generation 0; readers then serve from nothing until the poller's next
 cycle writes every configured mirror's state and the master again, which it must do each
@@ -51,6 +59,7 @@ them.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 import types
@@ -63,9 +72,10 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.typing import EncodableT, FieldT
 
+from redirector.core.judge import FUTURE_SLACK
 from redirector.core.models import (
     HierarchyEntry,
     MasterState,
@@ -79,11 +89,34 @@ from redirector.core.models import (
     SyncInfo,
 )
 
+log = logging.getLogger(__name__)
+
 SCHEMA_VERSION = 1
+
+# Stored dates are plausible within [0 or EARLIEST, now + FUTURE_SLACK] (see `_date`). An old
+# date on a mirror only makes it look behind or unchecked; an old master history would make
+# every mirror look current, so the master's dates must be after 2000-01-01T00:00:00Z, which
+# no SME master state predates.
+EARLIEST = 946684800.0
+# A backoff's retry time is in the future by design, but never by more than this (backoff_max
+# is an hour by default); a later one would keep a mirror unprobed for good.
+RETRY_HORIZON = 31 * 86400.0
+# The generation that a counter holding junk reads as: readers load once, then wait for a
+# writer to reset it (every write does), instead of failing on it forever.
+POISONED_GENERATION = -2
 
 
 class StoreError(Exception):
     """The store failed: backend unreachable, too slow, or holding data we cannot read."""
+
+
+@dataclass(frozen=True, slots=True)
+class Poison:
+    """One stored value a load could not read, dropped from its result: where, and why."""
+
+    key: str  # the key without prefix ("states", "master", "gen", ...) or a file section
+    field: str | None  # the hash field or entry name; None for the key as a whole
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +127,11 @@ class StoreData:
     master: MasterState | None
     generation: int  # differs after every write; equal generations mean equal data
     repodata: RepodataState | None = None  # the last repodata pass; None before the first
+    poisoned: tuple[Poison, ...] = ()  # values dropped because they could not be read
+
+    def poisoned_states(self) -> frozenset[str]:
+        """Names of the ``states`` entries that were dropped, for the writer to replace."""
+        return frozenset(p.field for p in self.poisoned if p.key == "states" and p.field)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,11 +239,40 @@ def _number(obj: Mapping[str, Any], key: str, what: str) -> float:
     # bool is an int subclass; True is not a time
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise StoreError(f"bad {what}: {key} must be a number, got {value!r}")
-    return float(value)
+    # json reads 1e400 as infinity, and an int past float range cannot become a time
+    try:
+        out = float(value)
+    except OverflowError as exc:
+        raise StoreError(f"bad {what}: {key} is out of range") from exc
+    if not math.isfinite(out):
+        raise StoreError(f"bad {what}: {key} is not finite")
+    return out
 
 
-def _optional_number(obj: Mapping[str, Any], key: str, what: str) -> float | None:
-    return None if obj.get(key) is None else _number(obj, key, what)
+def _date(
+    obj: Mapping[str, Any],
+    key: str,
+    what: str,
+    now: float | None,
+    horizon: float = FUTURE_SLACK,
+    earliest: float = 0.0,
+) -> float:
+    """A unix time, within [earliest, now + horizon] when `now` is given.
+
+    The upper bound is what the poller itself accepts from a trace (judge.FUTURE_SLACK): a
+    stored date past it was never written by us, and believing it makes every mirror look
+    current (a master dated 2100) or breaks date formatting (1e308).
+    """
+    value = _number(obj, key, what)
+    if now is not None and not earliest <= value <= now + horizon:
+        raise StoreError(f"bad {what}: {key} {value!r} is not a plausible date")
+    return value
+
+
+def _optional_date(
+    obj: Mapping[str, Any], key: str, what: str, now: float | None, horizon: float = FUTURE_SLACK
+) -> float | None:
+    return None if obj.get(key) is None else _date(obj, key, what, now, horizon)
 
 
 def _string(obj: Mapping[str, Any], key: str, what: str) -> str:
@@ -250,11 +317,11 @@ def encode_state(s: MirrorState) -> str:
     )
 
 
-def decode_state(raw: str | bytes) -> MirrorState:
+def decode_state(raw: str | bytes, *, now: float | None = None) -> MirrorState:
     """Parse `encode_state` output; unknown keys are ignored, anything else wrong is StoreError.
 
     Only ``v``, ``name``, ``status`` and ``checked_at`` are required; the rest default as in
-    `MirrorState`.
+    `MirrorState`. With `now`, every date must be plausible at `now` (see `_date`).
     """
     what = "mirror state"
     obj = _load_object(raw, what)
@@ -263,7 +330,7 @@ def decode_state(raw: str | bytes) -> MirrorState:
     except ValueError as exc:
         raise StoreError(f"bad {what}: unknown status {obj.get('status')!r}") from exc
     failures = obj.get("failures", 0)
-    if isinstance(failures, bool) or not isinstance(failures, int) or failures < 0:
+    if isinstance(failures, bool) or not isinstance(failures, int) or not 0 <= failures <= 10**9:
         raise StoreError(f"bad {what}: failures must be a non-negative integer")
     lacks = obj.get("lacks", [])
     if not isinstance(lacks, list) or not all(isinstance(p, str) for p in lacks):
@@ -271,17 +338,17 @@ def decode_state(raw: str | bytes) -> MirrorState:
     return MirrorState(
         name=_string(obj, "name", what),
         status=status,
-        checked_at=_number(obj, "checked_at", what),
-        master_date=_optional_number(obj, "master_date", what),
-        behind_since=_optional_number(obj, "behind_since", what),
-        own_date=_optional_number(obj, "own_date", what),
+        checked_at=_date(obj, "checked_at", what, now),
+        master_date=_optional_date(obj, "master_date", what, now),
+        behind_since=_optional_date(obj, "behind_since", what, now),
+        own_date=_optional_date(obj, "own_date", what, now),
         error=_optional_string(obj, "error", what),
         failures=failures,
         lacks=tuple(lacks),
         covered=_string_tuple(obj, "covered", what),
-        coverage_at=_optional_number(obj, "coverage_at", what),
+        coverage_at=_optional_date(obj, "coverage_at", what, now),
         coverage_note=_optional_string(obj, "coverage_note", what),
-        retry_at=_optional_number(obj, "retry_at", what),
+        retry_at=_optional_date(obj, "retry_at", what, now, RETRY_HORIZON),
         trace_name=_optional_string(obj, "trace_name", what),
         note=_optional_string(obj, "note", what),
     )
@@ -299,25 +366,31 @@ def encode_master(m: MasterState) -> str:
     )
 
 
-def decode_master(raw: str | bytes) -> MasterState:
-    """Parse `encode_master` output; unknown keys are ignored, anything else wrong is StoreError."""
+def decode_master(raw: str | bytes, *, now: float | None = None) -> MasterState:
+    """Parse `encode_master` output; unknown keys are ignored, anything else wrong is StoreError.
+
+    The history must be in date order (the poller appends only newer dates). With `now`,
+    every date must be plausible at `now` (see `_date`).
+    """
     what = "master state"
     obj = _load_object(raw, what)
     history = obj.get("history", [])
     if not isinstance(history, list):
         raise StoreError(f"bad {what}: history must be a list")
-    versions = []
+    versions: list[MasterVersion] = []
     for entry in history:
         if not isinstance(entry, dict):
             raise StoreError(f"bad {what}: history entries must be objects")
-        versions.append(
-            MasterVersion(
-                date=_number(entry, "date", what), first_seen=_number(entry, "first_seen", what)
-            )
+        version = MasterVersion(
+            date=_date(entry, "date", what, now, earliest=EARLIEST),
+            first_seen=_date(entry, "first_seen", what, now, earliest=EARLIEST),
         )
+        if versions and version.date <= versions[-1].date:
+            raise StoreError(f"bad {what}: history is not in date order")
+        versions.append(version)
     return MasterState(
         history=tuple(versions),
-        checked_at=_number(obj, "checked_at", what),
+        checked_at=_date(obj, "checked_at", what, now),
         error=_optional_string(obj, "error", what),
     )
 
@@ -352,7 +425,7 @@ def _whole(obj: Mapping[str, Any], key: str, what: str) -> int:
     return value
 
 
-def decode_repomd_history(raw: str | bytes) -> RepomdHistory:
+def decode_repomd_history(raw: str | bytes, *, now: float | None = None) -> RepomdHistory:
     """Parse `encode_repomd_history` output; anything wrong is StoreError."""
     what = "repomd history"
     obj = _load_object(raw, what)
@@ -368,11 +441,11 @@ def decode_repomd_history(raw: str | bytes) -> RepomdHistory:
                 sha1=_string(e, "sha1", what),
                 sha256=_string(e, "sha256", what),
                 sha512=_string(e, "sha512", what),
-                first_seen=_number(e, "first_seen", what),
+                first_seen=_date(e, "first_seen", what, now),
             )
             for e in history
         ),
-        checked_at=_number(obj, "checked_at", what),
+        checked_at=_date(obj, "checked_at", what, now),
         error=_optional_string(obj, "error", what),
     )
 
@@ -391,7 +464,9 @@ def encode_repo_checks(mirrors: Mapping[str, Mapping[str, RepoCheck]], checked_a
     )
 
 
-def decode_repo_checks(raw: str | bytes) -> tuple[dict[str, dict[str, RepoCheck]], float]:
+def decode_repo_checks(
+    raw: str | bytes, *, now: float | None = None
+) -> tuple[dict[str, dict[str, RepoCheck]], float]:
     """Parse `encode_repo_checks` output -> (verdicts by mirror, checked_at)."""
     what = "repodata verdicts"
     obj = _load_object(raw, what)
@@ -406,7 +481,7 @@ def decode_repo_checks(raw: str | bytes) -> tuple[dict[str, dict[str, RepoCheck]
             out[name] = {str(d): RepoCheck(v) for d, v in verdicts.items()}
         except ValueError as exc:
             raise StoreError(f"bad {what}: unknown verdict for {name!r}") from exc
-    return out, _number(obj, "checked_at", what)
+    return out, _date(obj, "checked_at", what, now)
 
 
 # --- the sync tree ------------------------------------------------------------------
@@ -439,7 +514,7 @@ def encode_sync(info: SyncInfo) -> str:
     )
 
 
-def decode_sync(raw: str | bytes) -> SyncInfo:
+def decode_sync(raw: str | bytes, *, now: float | None = None) -> SyncInfo:
     """Parse `encode_sync` output; unknown keys are ignored, anything else wrong is StoreError."""
     what = "sync info"
     obj = _load_object(raw, what)
@@ -450,7 +525,7 @@ def decode_sync(raw: str | bytes) -> SyncInfo:
         raise StoreError(f"bad {what}: hierarchy must be a list of four strings each")
     return SyncInfo(
         name=_string(obj, "name", what),
-        checked_at=_number(obj, "checked_at", what),
+        checked_at=_date(obj, "checked_at", what, now),
         upstream=_optional_string(obj, "upstream", what),
         hierarchy=tuple(HierarchyEntry(*x) for x in lines),
         error=_optional_string(obj, "error", what),
@@ -460,6 +535,136 @@ def decode_sync(raw: str | bytes) -> SyncInfo:
 def _check_ttl(ttl: float) -> None:
     if not (ttl > 0 and math.isfinite(ttl)):
         raise ValueError(f"lease ttl must be a positive number of seconds, got {ttl!r}")
+
+
+# --- reading a whole store, entry by entry ----------------------------------------------
+
+
+def field_name(raw: bytes | str) -> str:
+    """A hash field or entry name as text; bytes that are not UTF-8 keep their value through
+    surrogate escapes, so a writer can still name (and delete) them."""
+    return raw if isinstance(raw, str) else raw.decode("utf-8", "surrogateescape")
+
+
+def _json_value(raw_name: bytes | str, value: Any, what: str) -> str | bytes:
+    """The stored JSON text of one entry, after checking its name is UTF-8."""
+    if isinstance(raw_name, bytes):
+        try:
+            raw_name.decode()
+        except UnicodeDecodeError as exc:
+            raise StoreError(f"bad {what}: name is not UTF-8") from exc
+    if not isinstance(value, str | bytes):
+        raise StoreError(f"bad {what}: not a JSON string")
+    return value
+
+
+def _named_state(name: str, raw: str | bytes, now: float) -> MirrorState:
+    state = decode_state(raw, now=now)
+    if state.name != name:
+        raise StoreError(f"bad mirror state: {name!r} holds the state of {state.name!r}")
+    return state
+
+
+def decode_states(
+    raw: Mapping[Any, Any], now: float, poisoned: list[Poison]
+) -> dict[str, MirrorState]:
+    """Every readable state of a ``states`` hash; each unreadable one goes to `poisoned`."""
+    out: dict[str, MirrorState] = {}
+    for raw_name, value in raw.items():
+        name = field_name(raw_name)
+        try:
+            out[name] = _named_state(name, _json_value(raw_name, value, "mirror state"), now)
+        except StoreError as e:
+            poisoned.append(Poison("states", name, str(e)))
+    return out
+
+
+def decode_master_entry(
+    raw: str | bytes | None, now: float, poisoned: list[Poison]
+) -> MasterState | None:
+    """The master state, or None when absent or unreadable (then listed in `poisoned`)."""
+    if raw is None:
+        return None
+    try:
+        return decode_master(raw, now=now)
+    except StoreError as e:
+        poisoned.append(Poison("master", None, str(e)))
+        return None
+
+
+def decode_repodata(
+    raw_repomd: Mapping[Any, Any],
+    raw_checks: str | bytes | None,
+    now: float,
+    poisoned: list[Poison],
+) -> RepodataState | None:
+    """The repodata state from its two keys; None before the first repodata pass wrote them.
+
+    An unreadable history drops that repo only; unreadable verdicts drop every verdict but
+    keep the histories, which the next repodata pass needs to judge the mirrors again.
+    """
+    repos: dict[str, RepomdHistory] = {}
+    for raw_dir, value in raw_repomd.items():
+        d = field_name(raw_dir)
+        try:
+            repos[d] = decode_repomd_history(_json_value(raw_dir, value, "repomd history"), now=now)
+        except StoreError as e:
+            poisoned.append(Poison("repomd", d, str(e)))
+    if raw_checks is None:
+        return None
+    try:
+        mirrors, checked_at = decode_repo_checks(raw_checks, now=now)
+    except StoreError as e:
+        poisoned.append(Poison("repodata", None, str(e)))
+        if not repos:
+            return None
+        mirrors, checked_at = {}, max(h.checked_at for h in repos.values())
+    return RepodataState(
+        repos=types.MappingProxyType(repos),
+        mirrors=types.MappingProxyType(mirrors),
+        checked_at=checked_at,
+    )
+
+
+def _named_sync(name: str, raw: str | bytes, now: float) -> SyncInfo:
+    info = decode_sync(raw, now=now)
+    if info.name != name:
+        raise StoreError(f"bad sync info: {name!r} holds the info of {info.name!r}")
+    return info
+
+
+def decode_syncs(raw: Mapping[Any, Any], now: float, poisoned: list[Poison]) -> dict[str, SyncInfo]:
+    """Every readable entry of the ``sync`` hash; each unreadable one goes to `poisoned`."""
+    out: dict[str, SyncInfo] = {}
+    for raw_name, value in raw.items():
+        name = field_name(raw_name)
+        try:
+            out[name] = _named_sync(name, _json_value(raw_name, value, "sync info"), now)
+        except StoreError as e:
+            poisoned.append(Poison("sync", name, str(e)))
+    return out
+
+
+class PoisonLog:
+    """Logs each unreadable value once while it stays unreadable, and again if it comes back
+    after a repair: a reader loads twice a second, a line per load would flood the log."""
+
+    def __init__(self, where: str) -> None:
+        self._where = where
+        self._seen: dict[str, frozenset[tuple[str, str | None]]] = {}
+
+    def report(self, scope: str, poisoned: Iterable[Poison]) -> None:
+        """`poisoned`: everything unreadable in `scope` (e.g. "load") at this read."""
+        now = {(p.key, p.field): p for p in poisoned}
+        before = self._seen.get(scope, frozenset())
+        for where, p in now.items():
+            if where not in before:
+                entry = p.key if p.field is None else f"{p.key}[{p.field!r}]"
+                log.warning(
+                    "%s: dropped unreadable %s (the next write replaces it): %s",
+                    self._where, entry, p.reason,
+                )  # fmt: skip
+        self._seen[scope] = frozenset(now)
 
 
 # --- in-process store ----------------------------------------------------------------------
@@ -576,9 +781,22 @@ class MemoryStore:
 
 # --- Redis store ---------------------------------------------------------------------------
 
-# KEYS[1] lease key; ARGV[1] owner, ARGV[2] ttl in ms. Take if free, renew if ours.
+# Every script below first checks the Redis type of the keys it touches: a key of the wrong
+# type (a stray SET over a hash, say) fails every command on it, so a writer that did not
+# replace it would leave the store broken for good.
+
+# KEYS[1] lease key; ARGV[1] owner, ARGV[2] ttl in ms. Take if free, renew if ours. A lease
+# without an expiry was never written here (we always set one): it would be held for ever.
 _ACQUIRE_LUA = """
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t ~= 'string' and t ~= 'none' then
+  redis.call('DEL', KEYS[1])
+end
 local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] and redis.call('PTTL', KEYS[1]) < 0 then
+  redis.call('DEL', KEYS[1])
+  holder = false
+end
 if not holder then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return 1
@@ -592,44 +810,111 @@ return 0
 
 # KEYS[1] lease key; ARGV[1] owner. Delete only if ours.
 _RELEASE_LUA = """
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'string' then
+  return 0
+end
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
 """
 
+# KEYS[1] generation; ARGV[1] seed. INCR, after resetting to the seed a counter that is
+# absent, not a string, or not a non-negative integer INCR can step (at most 18 digits).
+_BUMP_LUA = """
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t ~= 'string' then
+  if t ~= 'none' then
+    redis.call('DEL', KEYS[1])
+  end
+  redis.call('SET', KEYS[1], ARGV[1])
+else
+  local v = redis.call('GET', KEYS[1])
+  if #v > 18 or not string.match(v, '^%d+$') then
+    redis.call('SET', KEYS[1], ARGV[1])
+  end
+end
+return redis.call('INCR', KEYS[1])
+"""
+
+# KEYS[1] a key that must be a hash (or absent).
+_HASH_LUA = """
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t ~= 'hash' and t ~= 'none' then
+  redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+# KEYS[1] a counter bucket; ARGV the fields about to be HINCRBY-ed. Drop a value HINCRBY
+# would refuse, so one junk field cannot make every flush fail (and be retried) for good.
+_COUNTS_LUA = """
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t ~= 'hash' then
+  if t ~= 'none' then
+    redis.call('DEL', KEYS[1])
+  end
+  return 0
+end
+for i = 1, #ARGV do
+  local v = redis.call('HGET', KEYS[1], ARGV[i])
+  if v and (#v > 18 or not string.match(v, '^%-?%d+$')) then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+  end
+end
+return 0
+"""
+
 # KEYS[1] states hash, KEYS[2] generation; ARGV[1] generation seed, ARGV[2..] names.
 # Bump only if something went away. One HDEL per name: unpack() of a long ARGV would overflow
-# the Lua stack.
+# the Lua stack. A states key of the wrong type goes away whole.
 _FORGET_LUA = """
 local removed = 0
-for i = 2, #ARGV do
-  removed = removed + redis.call('HDEL', KEYS[1], ARGV[i])
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t == 'hash' then
+  for i = 2, #ARGV do
+    removed = removed + redis.call('HDEL', KEYS[1], ARGV[i])
+  end
+elseif t ~= 'none' then
+  removed = redis.call('DEL', KEYS[1])
 end
 if removed > 0 then
-  redis.call('SET', KEYS[2], ARGV[1], 'NX')
+  local g = redis.call('TYPE', KEYS[2])['ok']
+  if g ~= 'string' then
+    if g ~= 'none' then
+      redis.call('DEL', KEYS[2])
+    end
+    redis.call('SET', KEYS[2], ARGV[1])
+  else
+    local v = redis.call('GET', KEYS[2])
+    if #v > 18 or not string.match(v, '^%d+$') then
+      redis.call('SET', KEYS[2], ARGV[1])
+    end
+  end
   redis.call('INCR', KEYS[2])
 end
 return removed
 """
 
 
-def _text(raw: bytes | str, what: str) -> str:
-    if isinstance(raw, str):
-        return raw
-    try:
-        return raw.decode()
-    except UnicodeDecodeError as exc:
-        raise StoreError(f"bad {what}: not UTF-8") from exc
-
-
-def _int(raw: bytes | str | None, what: str) -> int:
+def _int(raw: bytes | str | None) -> int | None:
+    """An integer as Redis keeps one: at most 18 digits (INCR-able), or None for junk."""
     if raw is None:
         return 0
-    try:
-        return int(raw)
-    except ValueError as exc:
-        raise StoreError(f"bad {what}: {raw!r} is not an integer") from exc
+    text = raw.decode("ascii", "replace") if isinstance(raw, bytes) else raw
+    if not (text.isascii() and 0 < len(text.lstrip("-")) <= 18 and text.lstrip("-").isdigit()):
+        return None
+    return int(text)
+
+
+def generation_of(raw: bytes | str | None, poisoned: list[Poison]) -> int:
+    """The generation counter's value; POISONED_GENERATION (and an entry in `poisoned`) for
+    junk. An absent counter reads as 0."""
+    value = _int(raw)
+    if value is None or value < 0:
+        poisoned.append(Poison("gen", None, f"not an integer: {raw!r:.40}"))
+        return POISONED_GENERATION
+    return value
 
 
 def _generation_seed() -> int:
@@ -639,6 +924,15 @@ def _generation_seed() -> int:
     microsecond would be needed to catch up), and below 2**53, so exact as a JSON number.
     """
     return time.time_ns() // 1000
+
+
+def _reply(value: Any, key: str, poisoned: list[Poison]) -> Any:
+    """A pipeline reply, or None (and an entry in `poisoned`) when Redis refused the command:
+    the key holds another type than the schema says."""
+    if isinstance(value, ResponseError):
+        poisoned.append(Poison(key, None, f"wrong type: {value}"))
+        return None
+    return value
 
 
 @asynccontextmanager
@@ -658,13 +952,22 @@ class RedisStore:
     is down. Each call waits at most about `timeout` seconds to connect and `timeout` seconds
     for a reply, and raises StoreError on any failure. A dropped connection is retried once at
     once (a restarted Redis leaves stale pooled connections); timeouts are not retried.
-    Raises ValueError for a URL redis-py cannot parse.
+    Raises ValueError for a URL redis-py cannot parse. `wall` is the clock stored dates are
+    checked against (see `_date`).
     """
 
     kind = "redis"
 
-    def __init__(self, url: str, *, prefix: str = "redirector:", timeout: float = 1.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "redirector:",
+        timeout: float = 1.0,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self.prefix = prefix
+        self._wall = wall
         self._client = aioredis.Redis.from_url(
             url,
             socket_timeout=timeout,
@@ -678,9 +981,11 @@ class RedisStore:
         self._gen_key = f"{prefix}gen"
         self._repomd_key = f"{prefix}repomd"
         self._repodata_key = f"{prefix}repodata"
+        self._sync_key = f"{prefix}sync"
         self._acquire = self._client.register_script(_ACQUIRE_LUA)
         self._release = self._client.register_script(_RELEASE_LUA)
         self._forget = self._client.register_script(_FORGET_LUA)
+        self._poison_log = PoisonLog(f"redis store {prefix}")
 
     def _lease_key(self, name: str) -> str:
         return f"{self.prefix}lease:{name}"
@@ -692,25 +997,40 @@ class RedisStore:
             pipe.get(self._gen_key)
             pipe.hgetall(self._repomd_key)
             pipe.get(self._repodata_key)
-            raw_states, raw_master, raw_gen, raw_repomd, raw_checks = await pipe.execute()
-        states: dict[str, MirrorState] = {}
-        for raw_name, raw in raw_states.items():
-            name = _text(raw_name, "states field")
-            state = decode_state(raw)
-            if state.name != name:
-                raise StoreError(f"bad mirror state: {name!r} holds the state of {state.name!r}")
-            states[name] = state
-        return StoreData(
-            states=types.MappingProxyType(states),
-            master=None if raw_master is None else decode_master(raw_master),
-            generation=_int(raw_gen, "generation"),
-            repodata=_repodata(raw_repomd, raw_checks),
+            # Per-command errors come back as values: a wrong-type key is poisoned data.
+            replies = await pipe.execute(raise_on_error=False)
+        poisoned: list[Poison] = []
+        names = ("states", "master", "gen", "repomd", "repodata")
+        raw_states, raw_master, raw_gen, raw_repomd, raw_checks = (
+            _reply(r, k, poisoned) for r, k in zip(replies, names, strict=True)
         )
+        now = self._wall()
+        gen = (
+            POISONED_GENERATION
+            if any(p.key == "gen" for p in poisoned)
+            else generation_of(raw_gen, poisoned)
+        )
+        data = StoreData(
+            states=types.MappingProxyType(decode_states(raw_states or {}, now, poisoned)),
+            master=decode_master_entry(raw_master, now, poisoned),
+            generation=gen,
+            repodata=decode_repodata(raw_repomd or {}, raw_checks, now, poisoned),
+            poisoned=tuple(poisoned),
+        )
+        self._poison_log.report("load", data.poisoned)
+        return data
 
     async def generation(self) -> int:
         async with _translated("generation"):
-            raw = await self._client.get(self._gen_key)
-        return _int(raw, "generation")
+            try:
+                raw = await self._client.get(self._gen_key)
+            except ResponseError:  # not a string: junk, as far as readers are concerned
+                return POISONED_GENERATION
+        value = _int(raw)
+        return POISONED_GENERATION if value is None or value < 0 else value
+
+    def _bump(self, pipe: Any) -> None:
+        pipe.eval(_BUMP_LUA, 1, self._gen_key, _generation_seed())
 
     async def put_states(self, states: Iterable[MirrorState]) -> None:
         # annotated with redis-py's own types: Mapping keys are invariant, dict[str, str] fails
@@ -718,9 +1038,9 @@ class RedisStore:
         if not mapping:
             return
         async with _translated("put_states"), self._client.pipeline(transaction=True) as pipe:
+            pipe.eval(_HASH_LUA, 1, self._states_key)
             pipe.hset(self._states_key, mapping=mapping)
-            pipe.set(self._gen_key, _generation_seed(), nx=True)
-            pipe.incr(self._gen_key)
+            self._bump(pipe)
             await pipe.execute()
 
     async def put_repodata(self, repodata: RepodataState) -> None:
@@ -733,16 +1053,14 @@ class RedisStore:
             if repos:
                 pipe.hset(self._repomd_key, mapping=repos)
             pipe.set(self._repodata_key, checks)
-            pipe.set(self._gen_key, _generation_seed(), nx=True)
-            pipe.incr(self._gen_key)
+            self._bump(pipe)
             await pipe.execute()
 
     async def put_master(self, master: MasterState) -> None:
         raw = encode_master(master)
         async with _translated("put_master"), self._client.pipeline(transaction=True) as pipe:
-            pipe.set(self._master_key, raw)
-            pipe.set(self._gen_key, _generation_seed(), nx=True)
-            pipe.incr(self._gen_key)
+            pipe.set(self._master_key, raw)  # SET replaces a key of any type
+            self._bump(pipe)
             await pipe.execute()
 
     async def forget(self, names: Iterable[str]) -> None:
@@ -751,7 +1069,9 @@ class RedisStore:
             return
         async with _translated("forget"):
             await self._forget(
-                keys=[self._states_key, self._gen_key], args=[_generation_seed(), *args]
+                keys=[self._states_key, self._gen_key],
+                # surrogate escapes back to the bytes they stand for (see field_name)
+                args=[_generation_seed(), *(n.encode("utf-8", "surrogateescape") for n in args)],
             )
 
     async def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
@@ -767,8 +1087,11 @@ class RedisStore:
 
     async def lease_holder(self, name: str) -> str | None:
         async with _translated("lease_holder"):
-            raw = await self._client.get(self._lease_key(name))
-        return None if raw is None else _text(raw, "lease holder")
+            try:
+                raw = await self._client.get(self._lease_key(name))
+            except ResponseError:  # not a string: nobody's lease; the next acquire replaces it
+                return None
+        return None if raw is None else field_name(raw)
 
     async def add_counts(self, batches: Iterable[Counts]) -> None:
         todo = list(batches)
@@ -777,10 +1100,11 @@ class RedisStore:
         if not todo:
             return
         # MULTI/EXEC: all or nothing, so a batch that failed can be retried without counting
-        # part of it twice.
+        # part of it twice. Each bucket is cleaned first, so no HINCRBY fails half-way.
         async with _translated("add_counts"), self._client.pipeline(transaction=True) as pipe:
             for b in todo:
                 key = f"{self.prefix}stats:{b.bucket}"
+                pipe.eval(_COUNTS_LUA, 1, key, *b.fields)
                 for f, n in b.fields.items():
                     pipe.hincrby(key, f, n)
                 pipe.expire(key, max(1, math.ceil(b.ttl)))
@@ -793,11 +1117,20 @@ class RedisStore:
         async with _translated("get_counts"), self._client.pipeline(transaction=False) as pipe:
             for b in names:
                 pipe.hgetall(f"{self.prefix}stats:{b}")
-            raws = await pipe.execute()
-        return {
-            b: {_text(f, "stats field"): _int(v, "stats count") for f, v in raw.items()}
-            for b, raw in zip(names, raws, strict=True)
-        }
+            raws = await pipe.execute(raise_on_error=False)
+        poisoned: list[Poison] = []
+        out: dict[str, dict[str, int]] = {}
+        for b, raw in zip(names, raws, strict=True):
+            fields: dict[str, int] = {}
+            for f, v in (_reply(raw, f"stats:{b}", poisoned) or {}).items():
+                n = _int(v)
+                if n is None:
+                    poisoned.append(Poison(f"stats:{b}", field_name(f), f"not a count: {v!r:.40}"))
+                else:
+                    fields[field_name(f)] = n
+            out[b] = fields
+        self._poison_log.report("counts", poisoned)
+        return out
 
     async def ping(self) -> None:
         async with _translated("ping"):
@@ -806,37 +1139,26 @@ class RedisStore:
     async def put_sync(self, infos: Iterable[SyncInfo]) -> None:
         mapping: dict[FieldT, EncodableT] = {i.name: encode_sync(i) for i in infos}
         if mapping:
-            async with _translated("put_sync"):
-                await self._client.hset(f"{self.prefix}sync", mapping=mapping)
+            async with _translated("put_sync"), self._client.pipeline(transaction=True) as pipe:
+                pipe.eval(_HASH_LUA, 1, self._sync_key)
+                pipe.hset(self._sync_key, mapping=mapping)
+                await pipe.execute()
 
     async def load_sync(self) -> dict[str, SyncInfo]:
+        poisoned: list[Poison] = []
         async with _translated("load_sync"):
-            raw = await self._client.hgetall(f"{self.prefix}sync")
-        out: dict[str, SyncInfo] = {}
-        for raw_name, value in raw.items():
-            name = _text(raw_name, "sync field")
-            info = decode_sync(value)
-            if info.name != name:
-                raise StoreError(f"bad sync info: {name!r} holds the info of {info.name!r}")
-            out[name] = info
+            try:
+                raw = await self._client.hgetall(self._sync_key)
+            except ResponseError as e:
+                raw = {}
+                poisoned.append(Poison("sync", None, f"wrong type: {e}"))
+        out = decode_syncs(raw, self._wall(), poisoned)
+        self._poison_log.report("sync", poisoned)
         return out
 
     async def close(self) -> None:
         async with _translated("close"):
             await self._client.aclose()
-
-
-def _repodata(raw_repomd: Mapping[bytes, bytes], raw_checks: bytes | None) -> RepodataState | None:
-    """The repodata state from its two keys; None before the first repodata pass wrote them."""
-    if raw_checks is None:
-        return None
-    mirrors, checked_at = decode_repo_checks(raw_checks)
-    repos = {_text(d, "repomd field"): decode_repomd_history(raw) for d, raw in raw_repomd.items()}
-    return RepodataState(
-        repos=types.MappingProxyType(repos),
-        mirrors=types.MappingProxyType(mirrors),
-        checked_at=checked_at,
-    )
 
 
 def open_store(url: str | None, *, prefix: str = "redirector:", timeout: float = 1.0) -> Store:

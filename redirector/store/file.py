@@ -15,6 +15,12 @@ Layout of the directory:
     ``repodata`` (as in Redis), ``leases`` (name -> [owner, expiry]) and ``counts`` (bucket ->
     [fields, expiry]). Expiries are `time.monotonic()` seconds, one clock for every process of
     the host (CLOCK_MONOTONIC is system-wide on Linux). ``sync``: as in Redis.
+``state.prev.json``
+    The same as ``state.json``, written after it by every write that bumps the generation:
+    while ``state.json``'s body cannot be parsed (truncated, overwritten by hand), readers
+    read this copy instead, so a worker starting meanwhile still serves from the mirrors'
+    states. Every part of either file of the wrong shape is dropped on reading (listed in
+    `StoreData.poisoned`) and the next write replaces it.
 ``lock``
     `flock`ed exclusively around every read-modify-write, so writers from several processes
     never lose each other's updates.
@@ -40,15 +46,17 @@ from typing import Any
 
 from redirector.core.models import MasterState, MirrorState, RepodataState, SyncInfo
 from redirector.store.base import (
+    POISONED_GENERATION,
     SCHEMA_VERSION,
     Counts,
+    Poison,
+    PoisonLog,
     StoreData,
     StoreError,
-    decode_master,
-    decode_repo_checks,
-    decode_repomd_history,
-    decode_state,
-    decode_sync,
+    decode_master_entry,
+    decode_repodata,
+    decode_states,
+    decode_syncs,
     encode_master,
     encode_repo_checks,
     encode_repomd_history,
@@ -57,7 +65,12 @@ from redirector.store.base import (
 )
 
 STATE_FILE = "state.json"
+PREV_FILE = "state.prev.json"  # a copy of state.json as of its last state change
 LOCK_FILE = "lock"
+# Longest a lease or a counter bucket may still have to live when read (see `_sanitize`):
+# leases live for seconds (`lease_ttl`), the counters' buckets for days.
+_MAX_LEASE = 86400.0
+_MAX_BUCKET = 400 * 86400.0
 
 _Doc = dict[str, Any]
 
@@ -70,7 +83,81 @@ def _empty() -> _Doc:
         "repodata": None,
         "leases": {},
         "counts": {},
+        "sync": {},
     }
+
+
+def _json_text(value: Any) -> bool:
+    return value is None or isinstance(value, str)
+
+
+def _finite(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+
+
+def _sanitize(doc: Any, now: float, poisoned: list[Poison]) -> _Doc:
+    """`doc` with every section and entry of the wrong shape dropped (and listed in
+    `poisoned`); the values inside ``states``, ``master``, ``repomd``, ``repodata`` and
+    ``sync`` are checked later by the shared decoders.
+
+    Lease and counter expiries are `time.monotonic()` seconds (`now` is that clock): one
+    further ahead than any lease or bucket lives was not written on this boot (a reboot
+    restarts the clock), and would hold a lease for good.
+    """
+    full = _empty()
+    if not isinstance(doc, dict):
+        poisoned.append(Poison("file", "body", "body is not an object"))
+        return full
+    for key in ("states", "repomd", "sync"):
+        value = doc.get(key, {})
+        if isinstance(value, dict):
+            full[key] = value
+        else:
+            poisoned.append(Poison(key, None, f"not an object: {type(value).__name__}"))
+    for key in ("master", "repodata"):
+        value = doc.get(key)
+        if _json_text(value):
+            full[key] = value
+        else:
+            poisoned.append(Poison(key, None, f"not a JSON string: {type(value).__name__}"))
+    leases = doc.get("leases", {})
+    if not isinstance(leases, dict):
+        poisoned.append(Poison("leases", None, "not an object"))
+        leases = {}
+    for name, entry in leases.items():
+        if (
+            isinstance(entry, list)
+            and len(entry) == 2
+            and isinstance(entry[0], str)
+            and _finite(entry[1])
+            and entry[1] <= now + _MAX_LEASE
+        ):
+            full["leases"][name] = entry
+        else:
+            poisoned.append(Poison("leases", name, f"bad lease entry {entry!r:.60}"))
+    counts = doc.get("counts", {})
+    if not isinstance(counts, dict):
+        poisoned.append(Poison("counts", None, "not an object"))
+        counts = {}
+    for bucket, entry in counts.items():
+        if not (
+            isinstance(entry, list)
+            and len(entry) == 2
+            and isinstance(entry[0], dict)
+            and _finite(entry[1])
+            and entry[1] <= now + _MAX_BUCKET
+        ):
+            poisoned.append(Poison("counts", bucket, f"bad counter entry {entry!r:.60}"))
+            continue
+        fields = {
+            f: n
+            for f, n in entry[0].items()
+            if not isinstance(n, bool) and isinstance(n, int) and abs(n) < 2**62
+        }
+        if len(fields) != len(entry[0]):
+            poisoned.append(Poison("counts", bucket, "counts that are not integers"))
+        full["counts"][bucket] = [fields, entry[1]]
+    return full
 
 
 def _check_ttl(ttl: float) -> None:
@@ -88,44 +175,73 @@ class FileStore:
 
     kind = "file"
 
-    def __init__(self, directory: str | Path, *, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ):
         self.directory = Path(directory)
         self._path = self.directory / STATE_FILE
+        self._prev_path = self.directory / PREV_FILE
         self._lock_path = self.directory / LOCK_FILE
-        self._clock = clock
+        self._clock = clock  # lease and counter expiries
+        self._wall = wall  # what stored dates are checked against
+        self._poison_log = PoisonLog(f"file store {self._path}")
 
     # --- reading --------------------------------------------------------------------------
 
-    def _read(self) -> tuple[int, _Doc]:
+    def _read(self) -> tuple[int, _Doc, list[Poison]]:
+        """The generation, the document with every part of the wrong shape dropped, and what
+        was dropped. Only a failure to read the file at all is a StoreError: a file that
+        reads but holds junk (a truncated write by hand, a stray edit) is repaired by the next
+        write, never an error for every worker for good. While ``state.json`` cannot be
+        parsed at all, the copy of its last state change (``state.prev.json``) is read
+        instead, so that a worker starting meanwhile still has the mirrors' states."""
+        generation, doc, poisoned = self._read_file(self._path)
+        if any(p.key == "file" and p.field == "body" for p in poisoned):
+            prev_gen, prev_doc, prev_poisoned = self._read_file(self._prev_path)
+            if prev_gen > 0 and not any(p.key == "file" for p in prev_poisoned):
+                note = f"; read {PREV_FILE} instead"
+                return (
+                    prev_gen if generation == POISONED_GENERATION else generation,
+                    prev_doc,
+                    [Poison(p.key, p.field, p.reason + note) for p in poisoned] + prev_poisoned,
+                )
+        return generation, doc, poisoned
+
+    def _read_file(self, path: Path) -> tuple[int, _Doc, list[Poison]]:
         try:
-            with open(self._path, "rb") as f:
+            with open(path, "rb") as f:
                 head = f.readline()
                 body = f.read()
         except FileNotFoundError:
-            return 0, _empty()
+            return 0, _empty(), []
         except OSError as e:
-            raise StoreError(f"file store {self._path}: {e.strerror or e}") from e
-        generation = self._generation_of(head)
+            raise StoreError(f"file store {path}: {e.strerror or e}") from e
+        poisoned: list[Poison] = []
+        generation = self._generation_of(head, poisoned)
         try:
             doc = json.loads(body)
-        except ValueError as e:
-            raise StoreError(f"file store {self._path}: bad body: {e}") from e
-        if not isinstance(doc, dict):
-            raise StoreError(f"file store {self._path}: body is not an object")
-        full = _empty()
-        full.update(doc)
-        return generation, full
+        except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            poisoned.append(Poison("file", "body", f"bad body: {e}"))
+            doc = {}
+        return generation, _sanitize(doc, self._clock(), poisoned), poisoned
 
-    def _generation_of(self, head: bytes) -> int:
+    def _generation_of(self, head: bytes, poisoned: list[Poison]) -> int:
         try:
             obj = json.loads(head)
         except ValueError as e:
-            raise StoreError(f"file store {self._path}: bad header: {e}") from e
+            poisoned.append(Poison("file", "header", f"bad header: {e}"))
+            return POISONED_GENERATION
         if not isinstance(obj, dict) or obj.get("v") != SCHEMA_VERSION:
-            raise StoreError(f"file store {self._path}: unknown header {head[:80]!r}")
+            poisoned.append(Poison("file", "header", f"unknown header {head[:80]!r}"))
+            return POISONED_GENERATION
         gen = obj.get("generation")
-        if isinstance(gen, bool) or not isinstance(gen, int):
-            raise StoreError(f"file store {self._path}: bad generation {gen!r}")
+        if isinstance(gen, bool) or not isinstance(gen, int) or not 0 <= gen < 2**53:
+            poisoned.append(Poison("gen", None, f"bad generation {gen!r:.40}"))
+            return POISONED_GENERATION
         return gen
 
     def _read_generation(self) -> int:
@@ -136,39 +252,23 @@ class FileStore:
             return 0
         except OSError as e:
             raise StoreError(f"file store {self._path}: {e.strerror or e}") from e
-        return self._generation_of(head)
+        return self._generation_of(head, [])
 
     async def generation(self) -> int:
         return self._read_generation()
 
     async def load(self) -> StoreData:
-        generation, doc = self._read()
-        states: dict[str, MirrorState] = {}
-        for name, raw in doc["states"].items():
-            state = decode_state(raw)
-            if state.name != name:
-                raise StoreError(f"bad mirror state: {name!r} holds the state of {state.name!r}")
-            states[name] = state
-        master = doc["master"]
-        return StoreData(
-            states=types.MappingProxyType(states),
-            master=None if master is None else decode_master(master),
+        generation, doc, poisoned = self._read()
+        now = self._wall()
+        data = StoreData(
+            states=types.MappingProxyType(decode_states(doc["states"], now, poisoned)),
+            master=decode_master_entry(doc["master"], now, poisoned),
             generation=generation,
-            repodata=self._repodata(doc),
+            repodata=decode_repodata(doc["repomd"], doc["repodata"], now, poisoned),
+            poisoned=tuple(poisoned),
         )
-
-    @staticmethod
-    def _repodata(doc: _Doc) -> RepodataState | None:
-        raw_checks = doc["repodata"]
-        if raw_checks is None:
-            return None
-        mirrors, checked_at = decode_repo_checks(raw_checks)
-        repos = {d: decode_repomd_history(raw) for d, raw in doc["repomd"].items()}
-        return RepodataState(
-            repos=types.MappingProxyType(repos),
-            mirrors=types.MappingProxyType(mirrors),
-            checked_at=checked_at,
-        )
+        self._poison_log.report("load", data.poisoned)
+        return data
 
     # --- writing --------------------------------------------------------------------------
 
@@ -188,25 +288,34 @@ class FileStore:
         """Apply `change` to the document under the lock; it returns whether to bump the
         generation. Writes only when something may have changed (`change` ran)."""
         with self._locked():
-            generation, doc = self._read()
+            generation, doc, _ = self._read()
             bump = change(doc)
-            self._write(generation + 1 if bump else generation, doc)
+            if generation == POISONED_GENERATION:
+                # Restart the count where no reader can still hold it (as RedisStore does).
+                generation = time.time_ns() // 1000
+            data = self._encode(generation + 1 if bump else generation, doc)
+            self._write(self._path, data)
+            if bump:  # a state change: keep a copy to read while state.json is damaged
+                self._write(self._prev_path, data)
 
-    def _write(self, generation: int, doc: _Doc) -> None:
+    @staticmethod
+    def _encode(generation: int, doc: _Doc) -> bytes:
         head = json.dumps({"v": SCHEMA_VERSION, "generation": generation})
-        data = (head + "\n" + json.dumps(doc, separators=(",", ":"))).encode()
+        return (head + "\n" + json.dumps(doc, separators=(",", ":"))).encode()
+
+    def _write(self, path: Path, data: bytes) -> None:
         try:
             fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".state-", suffix=".tmp")
             try:
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
-                os.replace(tmp, self._path)
+                os.replace(tmp, path)
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
                 raise
         except OSError as e:
-            raise StoreError(f"file store {self._path}: {e.strerror or e}") from e
+            raise StoreError(f"file store {path}: {e.strerror or e}") from e
 
     async def put_states(self, states: Iterable[MirrorState]) -> None:
         new = {s.name: encode_state(s) for s in states}
@@ -287,8 +396,18 @@ class FileStore:
         self._update(change)
 
     async def lease_holder(self, name: str) -> str | None:
-        _, doc = self._read()
+        _, doc, _ = self._read()
         return self._live_lease(doc, name)
+
+    def drop_leases(self) -> None:
+        """Forget every lease, held or not: for a supervisor starting workers on a file a
+        previous run left behind, before any of them can hold one."""
+
+        def change(doc: _Doc) -> bool:
+            doc["leases"] = {}
+            return False
+
+        self._update(change)
 
     # --- counters -------------------------------------------------------------------------
 
@@ -320,7 +439,7 @@ class FileStore:
         self._update(change)
 
     async def get_counts(self, buckets: Iterable[str]) -> dict[str, dict[str, int]]:
-        _, doc = self._read()
+        _, doc, _ = self._read()
         return {b: self._live_counts(doc, b) or {} for b in buckets}
 
     # --- the sync tree: what mirrors say of their upstreams, under "sync" ----------
@@ -331,26 +450,31 @@ class FileStore:
             return
 
         def change(doc: _Doc) -> bool:
-            doc.setdefault("sync", {}).update(new)
+            doc["sync"].update(new)
             return False  # not mirror state: no snapshot reload for it
 
         self._update(change)
 
     async def load_sync(self) -> dict[str, SyncInfo]:
-        _, doc = self._read()
-        out: dict[str, SyncInfo] = {}
-        for name, raw in (doc.get("sync") or {}).items():
-            info = decode_sync(raw)
-            if info.name != name:
-                raise StoreError(f"bad sync info: {name!r} holds the info of {info.name!r}")
-            out[name] = info
+        _, doc, poisoned = self._read()
+        out = decode_syncs(doc["sync"], self._wall(), poisoned)
+        self._poison_log.report("sync", poisoned)
         return out
 
     # --- housekeeping ---------------------------------------------------------------------
 
     async def ping(self) -> None:
-        if not os.access(self.directory, os.R_OK | os.W_OK | os.X_OK):
-            raise StoreError(f"file store {self.directory}: not a writable directory")
+        """Return if a write would work now: a real file made and removed in the directory
+        (permission bits say nothing to root, nor of a full or read-only file system), and
+        the lock and state files open for writing."""
+        try:
+            with tempfile.NamedTemporaryFile(dir=self.directory, prefix=".ping-"):
+                pass
+            for path in (self._lock_path, self._path):
+                with contextlib.suppress(FileNotFoundError):
+                    os.close(os.open(path, os.O_WRONLY))
+        except OSError as e:
+            raise StoreError(f"file store {self.directory}: cannot write: {e.strerror or e}") from e
 
     async def close(self) -> None:
         return None

@@ -21,6 +21,7 @@ from redirector.router import Router
 from redirector.snapshot import SnapshotHolder, refresh_forever
 from redirector.store.base import Store, open_store
 from redirector.store.lease import Lease
+from redirector.supervise import Tasks
 from redirector.views.status import Section
 from redirector.web import accesslog, keys, pages
 from redirector.web import redirect as handlers
@@ -28,6 +29,8 @@ from redirector.web import yum as lists
 from redirector.web.limits import HTTP_LIMITS, quiet_bad_requests
 
 log = logging.getLogger(__name__)
+
+POLLER, REFRESHER = "poller", "snapshot refresher"  # supervised task names, for /health
 
 
 def _poller_ctx(settings: Settings) -> Callable[[web.Application], AsyncIterator[None]]:
@@ -47,8 +50,10 @@ def _poller_ctx(settings: Settings) -> Callable[[web.Application], AsyncIterator
                 await holder.refresh(st)  # this process sees its own pass at once
                 pages.observe_pass(app, result)
 
-            task = asyncio.create_task(
-                run_poller(
+            tasks = app[keys.TASKS]
+            tasks.start(
+                POLLER,
+                lambda: run_poller(
                     session,
                     settings,
                     st,
@@ -56,10 +61,11 @@ def _poller_ctx(settings: Settings) -> Callable[[web.Application], AsyncIterator
                     current=app[keys.LIVE].get,  # reloads reach the poller
                     hooks=hooks,
                     lease=lease,
-                )
+                    tasks=tasks,
+                ),
             )
             yield
-            await stop_task(task)
+            await tasks.stop(POLLER)
 
     return poller_ctx
 
@@ -124,6 +130,7 @@ def reload_ctx(
             interval=interval,
             grace=grace,
             speak=app.get(keys.SPEAKS, True),
+            tasks=app[keys.TASKS],
         ) as reloader:
             if app.get(keys.SPEAKS, True):  # host-wide news: recorded by one worker per host
                 reloader.listeners.append(tell_hooks)
@@ -189,6 +196,8 @@ def create_app(
     # Live lists: others append pass hooks and vouchers after create_app, before startup.
     app[keys.PASS_HOOKS] = list(pass_hooks)
     app[keys.VOUCHERS] = []
+    # Every long-lived task runs supervised here: restarted after a crash, shown in /health.
+    app[keys.TASKS] = Tasks()
 
     async def geo_ctx(app: web.Application) -> AsyncIterator[None]:
         reader, warning = (
@@ -223,11 +232,11 @@ def create_app(
         app[keys.HOLDER] = holder
         await holder.refresh(app[keys.STORE])
         app[keys.ROUTER] = Router(settings, holder, app[keys.GEO])
-        task = asyncio.create_task(
-            refresh_forever(holder, app[keys.STORE], settings.snapshot_interval)
+        app[keys.TASKS].start(
+            REFRESHER, lambda: refresh_forever(holder, app[keys.STORE], settings.snapshot_interval)
         )
         yield
-        await stop_task(task)
+        await app[keys.TASKS].stop(REFRESHER)
 
     app.cleanup_ctx.append(geo_ctx)
     app.cleanup_ctx.append(store_ctx)

@@ -18,6 +18,7 @@ from redirector.snapshot import SnapshotHolder
 from redirector.stats import StatsReader, Tally
 from redirector.store.base import Store
 from redirector.store.lease import Lease
+from redirector.supervise import Tasks
 from redirector.views.status import SectionProvider
 from redirector.web.metrics import Metrics
 
@@ -48,6 +49,7 @@ PASS_HOOKS = web.AppKey[list[PassHook]]("pass_hooks")
 VOUCHERS = web.AppKey[list[Voucher]]("vouchers")
 VERIFIER = web.AppKey("verifier", Verifier)
 LEASE = web.AppKey[Lease | None]("lease")
+TASKS = web.AppKey("tasks", Tasks)  # the supervised background tasks (supervise.py)
 # Operator views (pages.py): metrics, the download tally and its reader, and the extra
 # sections other modules add to the status page (append a provider to the list).
 METRICS = web.AppKey("metrics", Metrics)

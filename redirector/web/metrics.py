@@ -60,7 +60,7 @@ from redirector.geo import GeoReader
 from redirector.poll.poller import PassResult
 from redirector.reload import Reloader
 from redirector.snapshot import SnapshotHolder
-from redirector.store.base import Store, StoreError
+from redirector.store.base import Poison, Store, StoreData, StoreError
 from redirector.views.status import readiness
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -213,6 +213,13 @@ class Metrics:
             ["op"],
             registry=reg,
         )
+        self.store_poisoned = Counter(
+            "redirector_store_poisoned",
+            "Stored values a load dropped as unreadable (junk, wrong type, implausible date), "
+            "by key; the poller's next pass replaces them.",
+            ["key"],
+            registry=reg,
+        )
         self._master = self.redirects.labels(OUTCOME_MASTER, "")
         self._refused = {r: self.refusals.labels(r) for r in (REFUSED_PATH, REFUSED_METHOD)}
         self._checks = {o: self.file_checks.labels(o) for o in CHECK_OUTCOMES}
@@ -292,10 +299,15 @@ class Metrics:
     def store_error(self, op: str) -> None:
         self.store_errors.labels(op).inc()
 
+    def poisoned(self, found: Iterable[Poison]) -> None:
+        for p in found:
+            self.store_poisoned.labels(p.key).inc()
+
     def instrument(self, store: Store) -> Store:
-        """`store`, counting every StoreError it raises by operation."""
+        """`store`, counting every StoreError it raises by operation, and every value its
+        loads drop as unreadable by key."""
         # Forwarding by __getattr__ keeps methods other modules add to the protocol working.
-        return cast(Store, _CountingStore(store, self.store_error))
+        return cast(Store, _CountingStore(store, self.store_error, self.poisoned))
 
     # --- scraping ---
 
@@ -331,11 +343,18 @@ class Metrics:
 
 
 class _CountingStore:
-    """A store proxy: forwards everything, counts StoreErrors from coroutine methods."""
+    """A store proxy: forwards everything, counts StoreErrors from coroutine methods and the
+    values each load dropped as unreadable."""
 
-    def __init__(self, inner: Store, on_error: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        inner: Store,
+        on_error: Callable[[str], None],
+        on_poison: Callable[[Iterable[Poison]], None],
+    ) -> None:
         self._inner = inner
         self._on_error = on_error
+        self._on_poison = on_poison
         self.kind = inner.kind
 
     def __getattr__(self, name: str) -> Any:
@@ -345,10 +364,13 @@ class _CountingStore:
 
         async def counted(*args: Any, **kwargs: Any) -> Any:
             try:
-                return await attr(*args, **kwargs)
+                out = await attr(*args, **kwargs)
             except StoreError:
                 self._on_error(name)
                 raise
+            if isinstance(out, StoreData) and out.poisoned:
+                self._on_poison(out.poisoned)
+            return out
 
         return counted
 

@@ -8,7 +8,6 @@ download statistics and their flusher (`setup`, `stats_ctx`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -40,6 +39,9 @@ from redirector.web.metrics import (
 )
 
 log = logging.getLogger(__name__)
+
+FLUSHER = "stats flusher"  # the supervised task name, as /health shows it
+POLLER_WATCH = "poller watch"  # logs once when the poller goes quiet
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -76,15 +78,15 @@ async def stats_ctx(app: web.Application) -> AsyncIterator[None]:
         reloader=lambda: app.get(keys.RELOADER),
         geo=lambda: router.geo,  # the live reader: a replaced database is swapped there
     )
-    task = asyncio.create_task(flush_forever(tally, store))
-    quiet = asyncio.create_task(watch_poller(app)) if app.get(keys.SPEAKS, True) else None
+    tasks = app[keys.TASKS]
+    tasks.start(FLUSHER, lambda: flush_forever(tally, store))
+    speaks = app.get(keys.SPEAKS, True)
+    if speaks:
+        tasks.start(POLLER_WATCH, lambda: watch_poller(app))
     yield
-    for t in (task, quiet):
-        if t is None:
-            continue
-        t.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await t
+    if speaks:
+        await tasks.stop(POLLER_WATCH)
+    await tasks.stop(FLUSHER)
     try:
         await flush(tally, store, time.time())
     except StoreError as e:

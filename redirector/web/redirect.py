@@ -96,11 +96,13 @@ async def health(request: web.Request) -> web.Response:
     master = snap.master
     master_down = master is not None and master.error is not None
     geo = app[keys.ROUTER].geo  # the live reader: a replaced database is swapped there
+    tasks = app[keys.TASKS].health()
+    store_ok = holder.store_error is None and holder.write_error is None
     reloader = app.get(keys.RELOADER)
     refused = reloader.refusal if reloader is not None else None
     silent = master is None or now - master.checked_at > SILENT_INTERVALS * settings.poll_interval
     status = "ok"
-    if holder.store_error is not None or fresh == 0 or refused is not None:
+    if not store_ok or fresh == 0 or not all(t.ok for t in tasks.values()) or refused is not None:
         status = "degraded"
     if fresh == 0 and master_down:
         status = "failing"
@@ -128,8 +130,15 @@ async def health(request: web.Request) -> web.Response:
         },
         "store": {
             "kind": app[keys.STORE].kind,
-            "ok": holder.store_error is None,
-            "error": holder.store_error,
+            "ok": store_ok,
+            "error": holder.store_error or holder.write_error,  # a read or a write test
+        },
+        # values the last load dropped as unreadable; the poller's next pass replaces them
+        "poisoned": [p.key + (f":{p.field}" if p.field else "") for p in holder.poisoned],
+        # long-lived tasks (supervise.py): a crashed one is restarted, and not ok for a while
+        "tasks": {
+            t.name: {"ok": t.ok, "running": t.running, "restarts": t.restarts, "error": t.error}
+            for t in tasks.values()
         },
         "geoip": {
             "database": geo.describe() if geo is not None else None,

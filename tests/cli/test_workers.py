@@ -12,14 +12,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from redirector.cli.workers import check_address, default_workers
+from redirector.cli.workers import check_address, default_state_dir, default_workers
 from redirector.config.settings import parse_settings
 from tests.conftest import free_port
 from tests.farm import Farm, error_500
@@ -212,3 +212,88 @@ def test_workers_must_be_a_positive_number() -> None:
     assert r.returncode == 2
     assert "--workers" in r.stderr
     assert default_workers() >= 1
+
+
+async def mirrors_json(session: aiohttp.ClientSession, port: int) -> dict[str, dict[str, object]]:
+    async with session.get(f"http://127.0.0.1:{port}/mirrors.json") as resp:
+        body = json.loads(await resp.text())
+    return {m["name"]: m for m in body["mirrors"]}
+
+
+async def test_a_restart_keeps_the_masters_history(
+    farm: Farm, tmp_path: Path, state_home: Path
+) -> None:
+    # Every restart with the file store used to be a cold start: the state lived in a private
+    # directory removed on exit, so the master's history was lost, and a mirror 3 days behind
+    # was taken for one 1 h behind (the age of the master's current trace).
+    now = time.time()
+    day = 86400.0
+    farm.set_trace("master", now - 3 * day)
+    farm.set_trace("nl", now - 3 * day)
+    farm.set_trace("us", now - 4 * day)  # lacks the master state first seen 3 days ago
+    port = free_port()
+    cfg = tmp_path / "workers.toml"
+    cfg.write_text(config(farm, port))
+    settings = parse_settings(cfg.read_text(), cfg)
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def lag_of_us() -> float | None:
+            with contextlib.suppress(aiohttp.ClientError):
+                rows = await mirrors_json(session, port)
+                lag = rows["us"]["lag_seconds"]
+                return float(lag) if isinstance(lag, int | float) else None
+            return None
+
+        async def run(until: Callable[[], Awaitable[bool]], what: str) -> None:
+            log = tmp_path / "serve.log"
+            with log.open("ab") as out:
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "redirector.cli", "serve", "--config", str(cfg),
+                    "--workers", "2",
+                    cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                )  # fmt: skip
+            try:
+                deadline = time.monotonic() + 30
+                while not await until():
+                    assert proc.returncode is None, log.read_text()
+                    assert time.monotonic() < deadline, f"timed out: {what}\n{log.read_text()}"
+                    await asyncio.sleep(0.1)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+        async def three_days_behind() -> bool:
+            lag = await lag_of_us()
+            return lag is not None and lag > 2.9 * day
+
+        await run(three_days_behind, "us 3 days behind")
+        # The master moves on (its trace now an hour old); nl follows, us still lacks both.
+        farm.set_trace("master", now - 3600)
+        farm.set_trace("nl", now - 3600)
+
+        async def nl_current() -> bool:
+            with contextlib.suppress(aiohttp.ClientError):
+                rows = await mirrors_json(session, port)
+                return rows["nl"]["lag_seconds"] == 0 and rows["nl"]["state"] == "fresh"
+            return False
+
+        await run(nl_current, "nl current again")
+        # A third start, after one pass: us is still 3 days behind, not 1 h.
+        started = time.time()
+
+        async def passed_and_us_behind() -> bool:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(f"http://127.0.0.1:{port}/health") as resp:
+                    body = json.loads(await resp.text())
+                age = body["poller"]["age_seconds"]
+                if age is None or time.time() - age < started:
+                    return False
+                lag = await lag_of_us()
+                assert lag is not None
+                assert lag > 2.9 * day, f"us lag {lag} s after a restart"
+                return True
+            return False
+
+        await run(passed_and_us_behind, "a pass after the restart")
+    assert default_state_dir(settings).is_relative_to(state_home)

@@ -22,7 +22,8 @@ from redirector.core.humanize import duration
 from redirector.core.judge import Rules, backoff_delay, judge
 from redirector.core.models import MasterState, MasterVersion, MirrorState, Status
 from redirector.core.selection import Candidate, Reason, check
-from redirector.poll.poller import PassResult, poll_once, run_poller
+from redirector.core.trace import behind_since
+from redirector.poll.poller import PassResult, history_from_states, poll_once, run_poller
 from redirector.store.base import MemoryStore, RedisStore
 from redirector.views.condition import state_table
 from tests.conftest import free_port
@@ -533,3 +534,23 @@ async def test_poll_once_does_not_write_while_another_process_polls(
         assert await store.lease_holder("poller") is None  # released after the pass
     finally:
         await store.close()
+
+
+def test_a_lost_master_history_is_rebuilt_from_the_mirrors_states() -> None:
+    # The master's key unreadable, the mirrors' states intact: each mirror keeps its lag.
+    day = 86400.0
+    current = T0 - 3600
+    states = [
+        MirrorState("fresh", Status.UP, T0 - 60, master_date=current),
+        MirrorState("days", Status.UP, T0 - 60, T0 - 4 * day, behind_since=T0 - 3 * day),
+        MirrorState("hours", Status.DOWN, T0 - 60, T0 - 2 * day, behind_since=T0 - 5 * 3600),
+        MirrorState("new", Status.UNKNOWN, T0 - 60),
+        # contradicts "days": a newer state first seen earlier; dropped, not believed
+        MirrorState("odd", Status.UP, T0 - 60, T0 - 3.5 * day, behind_since=T0 - 6 * day),
+    ]
+    history = history_from_states(states)
+    assert [v.first_seen for v in history] == [T0 - 3 * day, T0 - 5 * 3600, current]
+    assert behind_since(current, history) is None
+    assert behind_since(T0 - 4 * day, history) == T0 - 3 * day
+    assert behind_since(T0 - 2 * day, history) == T0 - 5 * 3600
+    assert history_from_states([MirrorState("new", Status.UNKNOWN, T0)]) == ()

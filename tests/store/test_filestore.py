@@ -19,8 +19,8 @@ from redirector.core.models import (
     RepomdVersion,
     Status,
 )
-from redirector.store.base import Counts, MemoryStore, StoreError
-from redirector.store.file import STATE_FILE, FileStore
+from redirector.store.base import POISONED_GENERATION, Counts, MemoryStore, StoreError
+from redirector.store.file import PREV_FILE, STATE_FILE, FileStore
 from tests.support.clock import Clock
 
 NOW = 1_764_000_000.0
@@ -112,16 +112,64 @@ async def test_counts_add_up_and_expire(tmp_path: Path) -> None:
     assert await store.generation() == 0
 
 
-async def test_a_damaged_file_is_a_store_error(tmp_path: Path) -> None:
+async def test_a_damaged_file_is_read_as_far_as_it_goes_and_repaired(tmp_path: Path) -> None:
+    # A damaged file used to fail every load and every write for good: every worker froze on
+    # its last snapshot, and a worker restarted meanwhile had none.
     (tmp_path / STATE_FILE).write_text("not json\n{}")
     store = FileStore(tmp_path)
-    with pytest.raises(StoreError, match="bad header"):
-        await store.generation()
-    with pytest.raises(StoreError):
-        await store.load()
+    assert await store.generation() == POISONED_GENERATION
+    data = await store.load()
+    assert [(p.key, p.field) for p in data.poisoned] == [("file", "header")]
+    await store.put_states([state("nl")])
+    assert (await store.load()).poisoned == ()
+    assert await store.generation() > 0
     (tmp_path / STATE_FILE).write_text('{"v": 1, "generation": 3}\n[1, 2]')
-    with pytest.raises(StoreError, match="not an object"):
-        await store.load()
+    data = await store.load()
+    assert data.generation == 3
+    assert [p.key for p in data.poisoned] == ["file"]
+    await store.put_states([state("nl")])
+    assert (await store.load()).states == {"nl": state("nl")}
+
+
+@pytest.mark.parametrize(
+    ("body", "key"),
+    [
+        ('{"states": []}', "states"),
+        ('{"states": {"nl": {"v": 1}}}', "states"),
+        ('{"states": {"nl": "junk"}}', "states"),
+        ('{"master": 7}', "master"),
+        ('{"leases": {"poller": [1, 2, 3]}}', "leases"),
+        ('{"leases": {"poller": "me"}}', "leases"),
+        ('{"leases": []}', "leases"),
+        ('{"counts": {"d": [{"n": "x"}, 1e9]}}', "counts"),
+        ('{"repodata": {"v": 1}}', "repodata"),
+        ('{"sync": 3}', "sync"),
+        ('{"states": {"nl": "', "file"),  # truncated
+    ],
+)
+async def test_wrong_shapes_are_dropped_not_fatal(tmp_path: Path, body: str, key: str) -> None:
+    good = FileStore(tmp_path)
+    await good.put_states([state("us")])
+    (tmp_path / STATE_FILE).write_text('{"v": 1, "generation": 5}\n' + body)
+    data = await good.load()
+    assert key in {p.key for p in data.poisoned}
+    assert await good.acquire_lease("poller", "me", 10.0)  # the lease keeper is not stopped
+    assert await good.lease_holder("poller") == "me"
+    assert await good.get_counts(["d"]) is not None
+    await good.put_states([state("nl")])
+    assert "nl" in (await good.load()).states
+
+
+async def test_a_lease_expiring_beyond_any_ttl_is_dropped(tmp_path: Path) -> None:
+    clock = Clock()
+    store = FileStore(tmp_path, clock=clock)
+    await store.put_states([state("nl")])
+    # expiries are CLOCK_MONOTONIC seconds: a file from before a reboot holds huge ones
+    (tmp_path / STATE_FILE).write_text(
+        '{"v": 1, "generation": 5}\n{"leases": {"poller": ["gone", 1e12]}}'
+    )
+    assert await store.lease_holder("poller") is None
+    assert await store.acquire_lease("poller", "me", 10.0)
 
 
 async def test_an_unwritable_directory_is_a_store_error(tmp_path: Path) -> None:
@@ -156,5 +204,24 @@ def test_writers_in_several_processes_lose_nothing(tmp_path: Path) -> None:
     assert len(data.states) == 120
     assert data.generation == 120
     assert asyncio.run(store.get_counts(["total"])) == {"total": {"n": 120}}
-    # Only the state file and the lock remain: every temporary file was renamed into place.
-    assert sorted(os.listdir(tmp_path)) == ["lock", STATE_FILE]
+    # Only the state file, its copy and the lock remain: every temporary file was renamed
+    # into place.
+    assert sorted(os.listdir(tmp_path)) == ["lock", STATE_FILE, PREV_FILE]
+
+
+async def test_a_truncated_file_is_read_from_its_last_copy(tmp_path: Path) -> None:
+    # A worker starting while state.json is damaged used to have no state at all and send
+    # every client to the master; it now reads the copy of the last state change.
+    store = FileStore(tmp_path)
+    await store.put_states([state("nl"), state("us")])
+    whole = (tmp_path / STATE_FILE).read_bytes()
+    (tmp_path / STATE_FILE).write_bytes(whole[: len(whole) // 2])
+    fresh = FileStore(tmp_path)  # a worker restarted meanwhile
+    data = await fresh.load()
+    assert set(data.states) == {"nl", "us"}
+    assert [(p.key, p.field) for p in data.poisoned] == [("file", "body")]
+    assert data.generation == await fresh.generation()
+    await fresh.put_master(MasterState((MasterVersion(NOW - 60, NOW - 60),), NOW))
+    repaired = await fresh.load()
+    assert repaired.poisoned == ()
+    assert set(repaired.states) == {"nl", "us"}

@@ -15,6 +15,8 @@ from redis.exceptions import RedisError
 
 from redirector.core.models import MasterState, MasterVersion, MirrorState, Status
 from redirector.store.base import (
+    POISONED_GENERATION,
+    Counts,
     MemoryStore,
     RedisStore,
     Store,
@@ -492,22 +494,99 @@ async def test_key_schema(redis_store: RedisStore, raw: redis.Redis) -> None:
         ("redirector:gen", None, "seven"),
     ],
 )
-async def test_garbage_in_redis_is_store_error(
+async def test_garbage_in_redis_is_dropped_listed_and_repaired(
     redis_store: RedisStore,
     raw: redis.Redis,
     key: str,
     field: str | bytes | None,
     value: str | bytes,
 ) -> None:
+    # One bad value used to fail every load for good: no reader got past it, and no writer
+    # replaced what it could not read. Now it costs only itself, until the next write.
+    await redis_store.put_states([full_state("good")])
     if field is None:
         raw.set(key, value)
     else:
         raw.hset(key, field, value)
-    with pytest.raises(StoreError):
-        await redis_store.load()
+    data = await redis_store.load()
+    assert data.states.get("good") == full_state("good")
+    assert [p.key for p in data.poisoned] == [key.removeprefix("redirector:")]
+    assert data.poisoned_states() <= {"a", "b", b"\xff".decode("utf-8", "surrogateescape")}
+    # what the poller does each pass: write every state and the master, forget the unreadable
+    await redis_store.put_states([full_state("a")])
+    await redis_store.put_master(MASTER)
+    await redis_store.forget(data.poisoned_states() - {"a"})
+    repaired = await redis_store.load()
+    assert repaired.poisoned == ()
+    assert repaired.master == MASTER
+    assert repaired.generation > 0
 
 
-async def test_garbage_generation_is_store_error(redis_store: RedisStore, raw: redis.Redis) -> None:
+async def test_garbage_generation_reads_as_poisoned_until_the_next_write(
+    redis_store: RedisStore, raw: redis.Redis
+) -> None:
     raw.set("redirector:gen", "seven")
-    with pytest.raises(StoreError):
-        await redis_store.generation()
+    assert await redis_store.generation() == POISONED_GENERATION
+    assert (await redis_store.load()).generation == POISONED_GENERATION
+    await redis_store.put_master(MASTER)
+    assert await redis_store.generation() > 0
+
+
+@pytest.mark.parametrize(
+    "key", ["redirector:states", "redirector:master", "redirector:gen", "redirector:repodata"]
+)
+async def test_a_key_of_the_wrong_type_is_dropped_and_replaced(
+    redis_store: RedisStore, raw: redis.Redis, key: str
+) -> None:
+    raw.delete(key)
+    raw.rpush(key, "junk")  # a list where the schema has a hash or a string
+    data = await redis_store.load()
+    assert [p.key for p in data.poisoned] == [key.removeprefix("redirector:")]
+    await redis_store.put_states([full_state("a")])
+    await redis_store.put_master(MASTER)
+    repaired = await redis_store.load()
+    assert repaired.states == {"a": full_state("a")}
+    assert repaired.master == MASTER
+    assert [p.key for p in repaired.poisoned] == (["repodata"] if "repodata" in key else [])
+
+
+async def test_a_lease_of_the_wrong_type_or_without_expiry_is_taken(
+    redis_store: RedisStore, raw: redis.Redis
+) -> None:
+    raw.rpush("redirector:lease:poller", "junk")
+    assert await redis_store.lease_holder("poller") is None
+    assert await redis_store.acquire_lease("poller", "me", 5.0)
+    raw.set("redirector:lease:poller", "stray")  # no PX: it would be held for ever
+    assert await redis_store.acquire_lease("poller", "me", 5.0)
+    assert await redis_store.lease_holder("poller") == "me"
+
+
+@pytest.mark.parametrize(
+    ("date", "where"),
+    [(1e308, "first_seen"), (4_102_444_800.0, "date"), (100.0, "date")],  # 1e308, 2100, 1970
+)
+async def test_master_dates_out_of_range_are_dropped(
+    redis_store: RedisStore, raw: redis.Redis, date: float, where: str
+) -> None:
+    history = [{"date": 1_700_000_000.0, "first_seen": 1_700_000_000.0}]
+    history[0][where] = date
+    if where == "date":
+        history[0]["first_seen"] = min(date, time.time())
+    raw.set(
+        "redirector:master",
+        json.dumps({"v": 1, "history": history, "checked_at": time.time(), "error": None}),
+    )
+    data = await redis_store.load()
+    assert data.master is None
+    assert [p.key for p in data.poisoned] == ["master"]
+
+
+async def test_counts_with_junk_still_add_up(redis_store: RedisStore, raw: redis.Redis) -> None:
+    raw.hset("redirector:stats:d", mapping={"n": "junk", "m": "2"})
+    assert await redis_store.get_counts(["d"]) == {"d": {"m": 2}}
+    await redis_store.add_counts([Counts("d", 60, {"n": 1, "m": 1})])
+    assert await redis_store.get_counts(["d"]) == {"d": {"n": 1, "m": 3}}
+    raw.delete("redirector:stats:d")
+    raw.set("redirector:stats:d", "junk")
+    await redis_store.add_counts([Counts("d", 60, {"n": 1})])
+    assert await redis_store.get_counts(["d"]) == {"d": {"n": 1}}

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -329,3 +330,32 @@ def test_counts_add_up_across_worker_processes(
     procs[0].wait(10)
     status, text = http_get(f"http://127.0.0.1:{b}/metrics")
     assert redirect_total(text) == 8
+
+
+async def test_poisoned_store_values_are_counted_by_key(
+    aiohttp_client: ClientFactory, redis_url: str
+) -> None:
+    writer = RedisStore(redis_url)
+    await fill(writer)
+    await writer.close()
+    client = await aiohttp_client(
+        create_app(
+            STATUS.config(extra=f'redis_url = "{redis_url}"'), poll=False, use_geo_settings=False
+        )
+    )
+    fams = await scrape(client)
+    assert not fams["redirector_store_poisoned"][1]
+    raw = redis.Redis.from_url(redis_url)
+    try:
+        raw.hset("redirector:states", "junk", "{")
+        raw.incr("redirector:gen")  # readers load again
+    finally:
+        raw.close()
+    deadline = time.monotonic() + 5
+    while not fams["redirector_store_poisoned"][1]:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+        fams = await scrape(client)
+    assert value(fams, "redirector_store_poisoned", key="states") >= 1
+    # the rest of the load was served: the mirror's state is still there
+    assert value(fams, "redirector_mirror_state", mirror="nluug", state="fresh") == 1.0
