@@ -17,6 +17,9 @@ packages+=(nginx openssl curl systemd)
 packages+=(ftpsync rsync)
 # tests/e2e/test_poison.py makes a file store's directory immutable (chattr +i): unwritable to root.
 packages+=(e2fsprogs)
+# deploy/prometheus/alerts.yml is checked and unit-tested with promtool, which Debian ships in
+# the prometheus package.
+packages+=(prometheus)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

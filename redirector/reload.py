@@ -2,9 +2,12 @@
 
 A reload never drops a request. Everything here runs on the event loop between requests, and a
 swap is a few plain assignments in one synchronous call, so a handler sees the old config or the
-new one, never a mix. A config that does not validate is refused: the error is logged and the
-running config stays. A replaced GeoIP database is opened beside the old one, swapped in, and the
-old reader is closed after a grace period, in case something still holds it.
+new one, never a mix. A config that does not validate is refused: the running config stays, and
+the refusal is kept (`Reloader.last`, with file, line and field) for /health, /health/ready,
+/metrics and /mirrors to show until a good file is read. Listeners (`Reloader.listeners`) hear
+of every accepted or refused reload: the event log's hook. A replaced GeoIP database is opened
+beside the old one, swapped in, and the old reader is closed after a grace period, in case
+something still holds it.
 
 Files are watched by polling their (device, inode, size, mtime, ctime) once a second: that sees
 an edit in place and a replacement by rename (how geoipupdate and config tools write), needs no
@@ -19,7 +22,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -41,6 +44,35 @@ GEO_GRACE = 30.0  # seconds a replaced GeoIP reader stays open before it is clos
 RESTART_KEYS: tuple[tuple[str, tuple[str, ...]], ...] = tuple(
     (key.name, key.fields) for key in TOP_KEYS if not key.reloadable
 )
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadOutcome:
+    """One config reload, accepted or refused; for a refusal, where the file is wrong."""
+
+    ok: bool
+    at: float  # wall-clock time of the attempt
+    reason: str  # what asked for it: "SIGHUP", "file changed"
+    path: str | None
+    error: str | None = None  # the whole message, as logged
+    line: int | None = None
+    field: str | None = None  # the key or table at fault, as the message names it
+    detail: str | None = None  # the message without its location
+
+    def to_json(self) -> dict[str, object]:
+        """For the views: when, why, and where the file is wrong (all None when accepted)."""
+        return {
+            "at": self.at,
+            "reason": self.reason,
+            "file": self.path,
+            "line": self.line,
+            "field": self.field,
+            "error": self.detail if self.detail is not None else self.error,
+        }
+
+
+ReloadListener = Callable[[ReloadOutcome], None]
+"""Told of every config reload; must not raise, nor block (schedule any I/O as a task)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +117,10 @@ class Reloader:
     accepted config replaces `live.current`, restart-only fields kept at their running values,
     right after `apply(settings)` has been called with it, in the same synchronous step.
     `swap_geo(reader)` (None: GeoIP is not watched here) is called with a newly opened reader,
-    or None when the config turns GeoIP off. Not thread-safe: one event loop.
+    or None when the config turns GeoIP off. `speak` False logs reloads and GeoIP swaps at
+    debug level only: in `serve --workers N` one worker speaks for the host, so the journal
+    gets each line once, not once per worker. `wall` is the clock of `ReloadOutcome.at`.
+    Not thread-safe: one event loop.
     """
 
     def __init__(
@@ -97,6 +132,9 @@ class Reloader:
         swap_geo: Callable[[GeoReader | None], None] | None = None,
         grace: float = GEO_GRACE,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        speak: bool = True,
+        listeners: Iterable[ReloadListener] = (),
     ) -> None:
         self.live = settings if isinstance(settings, LiveSettings) else LiveSettings(settings)
         startup = self.live.current
@@ -104,6 +142,11 @@ class Reloader:
         self.reloads = 0  # accepted config reloads
         self.refused = 0  # config reloads refused as invalid
         self.last_error: str | None = None
+        self.last: ReloadOutcome | None = None  # the latest attempt; None: none since startup
+        self.started_at = wall()
+        self.listeners: list[ReloadListener] = list(listeners)
+        self.speak = speak
+        self._wall = wall
         self._apply = apply
         self._swap_geo = swap_geo
         self._grace = grace
@@ -127,6 +170,17 @@ class Reloader:
         if geo is None and swap_geo is not None:
             self._geo_path = self._geo_target()
         self._geo_sig = file_signature(self._geo_path) if self._geo_path is not None else None
+
+    @property
+    def watches_config(self) -> bool:
+        """Whether the config comes from a file this reloader watches (reloads can happen)."""
+        return self._watch_config
+
+    @property
+    def refusal(self) -> ReloadOutcome | None:
+        """The last reload when it was refused: the file on disk is not the config in force."""
+        last = self.last
+        return last if last is not None and not last.ok else None
 
     @property
     def settings(self) -> Settings:
@@ -154,11 +208,21 @@ class Reloader:
             self.refused += 1
             self.last_error = str(e)
             # The message names file, line and field; a traceback would only hide it.
-            log.error("config reload (%s) refused, keeping the running config: %s", reason, e)  # noqa: TRY400
+            self._say(
+                logging.ERROR, "config reload (%s) refused, keeping the running config: %s",
+                reason, e,
+            )  # fmt: skip
+            self._tell(
+                ReloadOutcome(
+                    False, self._wall(), reason, e.path, str(e), e.line, e.where or None,
+                    e.message,
+                )
+            )  # fmt: skip
             return False
         restart = restart_changes(self._file, new)
         if restart:
-            log.warning(
+            self._say(
+                logging.WARNING,
                 "config reload (%s): %s changed; restart needed to apply (running values kept)",
                 reason,
                 ", ".join(restart),
@@ -170,12 +234,15 @@ class Reloader:
         except Exception as e:  # a bug, not a bad file: say so and keep serving
             self.last_error = f"applying the new config failed: {e}"
             log.exception("config reload (%s): applying the new config failed", reason)
+            self._tell(ReloadOutcome(False, self._wall(), reason, str(source), self.last_error))
             return False
         self.live.replace(applied)
         self.reloads += 1
         self.last_error = None
+        self._tell(ReloadOutcome(True, self._wall(), reason, str(source)))
         enabled = sum(1 for m in applied.mirrors if m.enabled)
-        log.info(
+        self._say(
+            logging.INFO,
             "config reloaded (%s) from %s: %d mirrors (%d enabled)",
             reason,
             source,
@@ -184,6 +251,17 @@ class Reloader:
         )
         self.check_geo()  # the new config may name another GeoIP database
         return True
+
+    def _say(self, level: int, msg: str, *args: object) -> None:
+        log.log(level if self.speak else logging.DEBUG, msg, *args)
+
+    def _tell(self, outcome: ReloadOutcome) -> None:
+        self.last = outcome
+        for listener in list(self.listeners):
+            try:
+                listener(outcome)
+            except Exception:  # a listener's bug must not undo a reload
+                log.exception("reload listener %r failed", listener)
 
     # -- the GeoIP database
 
@@ -207,7 +285,7 @@ class Reloader:
         if path is None:
             if self.geo is None:
                 return False
-            log.warning("GeoIP turned off by the config: location-blind from now on")
+            self._say(logging.WARNING, "GeoIP turned off by the config: location-blind from now on")
             self._swap(None)
             self._geo_path = self._geo_sig = None
             return True
@@ -217,16 +295,20 @@ class Reloader:
         self._geo_path, self._geo_sig = path, sig
         if sig is None:
             if self.geo is not None:
-                log.warning("GeoIP database %s is gone; keeping the one already open", path)
+                self._say(
+                    logging.WARNING, "GeoIP database %s is gone; keeping the one already open", path
+                )
             return False
         try:
             new = GeoReader.open(path)
         except GeoError as e:
             kept = self.geo.describe() if self.geo is not None else "location-blind"
-            log.error("GeoIP database changed but cannot be used (%s), keeping %s", e, kept)  # noqa: TRY400  # the message says all
+            self._say(
+                logging.ERROR, "GeoIP database changed but cannot be used (%s), keeping %s", e, kept
+            )
             return False
         self._swap(new)
-        log.info("GeoIP database reloaded: %s", new.describe())
+        self._say(logging.INFO, "GeoIP database reloaded: %s", new.describe())
         return True
 
     def _swap(self, new: GeoReader | None) -> None:
@@ -326,6 +408,7 @@ async def watching(
     interval: float = WATCH_INTERVAL,
     grace: float = GEO_GRACE,
     tasks: Tasks | None = None,
+    speak: bool = True,
 ) -> AsyncIterator[Reloader]:
     """A Reloader watching its files and listening for SIGHUP while the block runs.
 
@@ -333,7 +416,7 @@ async def watching(
     The watcher runs supervised in `tasks` (the app's, so /health shows it), or its own.
     """
     reloader = Reloader(
-        settings, apply or (lambda _: None), geo=geo, swap_geo=swap_geo, grace=grace
+        settings, apply or (lambda _: None), geo=geo, swap_geo=swap_geo, grace=grace, speak=speak
     )
     listen_sighup(reloader)
     tasks = tasks if tasks is not None else Tasks()

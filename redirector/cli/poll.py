@@ -7,22 +7,25 @@ import contextlib
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TextIO
 
 import aiohttp
 
+from redirector.cli.workers import check_address
 from redirector.config.settings import Settings
 from redirector.core.condition import assess
 from redirector.core.humanize import duration, when
 from redirector.core.models import MasterState, MirrorState
 from redirector.core.selection import Candidate
-from redirector.poll.poller import poll_once, run_poller, stop_task
+from redirector.poll.poller import PassResult, poll_once, run_poller, stop_task
 from redirector.poll.probe import open_session
 from redirector.poll.repodata import make_repodata_pass
-from redirector.reload import watching
+from redirector.reload import Reloader, watching
 from redirector.store.base import MemoryStore, Store, StoreData, StoreError, open_store
 from redirector.store.lease import Lease, let_go
 from redirector.views.condition import state_table
+from redirector.web.pollermetrics import PollerMetrics, serving
 
 
 async def poll_command(
@@ -34,6 +37,14 @@ async def poll_command(
     to the store only when no other process holds the poller lease. Exit status 0 when at
     least one mirror can be served, 1 when none can.
     """
+    if not once and settings.poller_metrics_listen is not None:
+        host, port = settings.poller_metrics_listen
+        try:
+            check_address(host, port)
+        except OSError as e:
+            # Said once, before any work: a poller without its port would run unwatched.
+            print(f"poller_metrics_listen {host}:{port}: cannot listen: {e}", file=err)
+            return 1
     store = open_store(settings.redis_url, prefix=settings.redis_prefix)
     try:
         async with open_session(settings.probe_timeout) as session:
@@ -44,12 +55,16 @@ async def poll_command(
                 stopping = asyncio.Event()
                 asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
                 with contextlib.suppress(asyncio.CancelledError):
-                    async with watching(settings) as reloader:
+                    async with (
+                        watching(settings) as reloader,
+                        _metrics(settings, reloader, store, err) as observe,
+                    ):
                         poller = asyncio.create_task(
                             run_poller(
                                 session,
                                 settings,
                                 store,
+                                on_pass=observe,
                                 lease=lease,
                                 current=reloader.live.get,
                                 hooks=[
@@ -72,6 +87,22 @@ async def poll_command(
     finally:
         with contextlib.suppress(StoreError):
             await store.close()
+
+
+@contextlib.asynccontextmanager
+async def _metrics(
+    settings: Settings, reloader: Reloader, store: Store, err: TextIO
+) -> AsyncIterator[Callable[[PassResult], Awaitable[None]] | None]:
+    """The poller's own /metrics on `poller_metrics_listen` while the block runs; yields the
+    pass observer for `run_poller` (None when no port is configured)."""
+    where = settings.poller_metrics_listen
+    if where is None:
+        yield None
+        return
+    pm = PollerMetrics(reloader.live, store, reloader)
+    async with serving(pm.metrics, *where) as port:
+        print(f"poller metrics on http://{where[0]}:{port}/metrics", file=err, flush=True)
+        yield pm.observe
 
 
 async def _poll_once_command(

@@ -119,7 +119,15 @@ def worker_main(spec: WorkerSpec) -> None:
     from redirector.web.app import run
 
     store = FileStore(spec.state_dir) if spec.state_dir is not None else None
-    run(spec.settings, poll=spec.poll, store=store, reuse_port=True, print_fn=lambda _: None)
+    # Worker 0 speaks for the host: reloads and GeoIP swaps are the same news in every worker.
+    run(
+        spec.settings,
+        poll=spec.poll,
+        store=store,
+        reuse_port=True,
+        print_fn=lambda _: None,
+        speaks=spec.index == 0,
+    )
 
 
 class _Slot:

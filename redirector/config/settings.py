@@ -370,6 +370,11 @@ def _listen(v: object) -> tuple[str, int]:
     return parse_listen(_str(v))
 
 
+def _optional_listen(v: object) -> tuple[str, int] | None:
+    text = _str(v)
+    return parse_listen(text) if text else None
+
+
 def _networks_default() -> tuple[IPNetwork, ...]:
     return tuple(ipaddress.ip_network(n) for n in DEFAULT_TRUSTED)
 
@@ -586,6 +591,15 @@ class Settings:
         _DURATION_KIND,
         "poller",
         "A failing mirror is probed again after poll_interval x 2^(n-1), at most this long.",
+    )
+    poller_metrics_listen: tuple[str, int] | None = setting(
+        None,
+        _optional_listen,
+        "host:port",
+        "poller",
+        "Where `redirector poll` serves its own /metrics (its passes and failed probes, which"
+        " web nodes started with --no-poll do not have). Unset: no such port.",
+        reloadable=False,
     )
     lease_ttl: float = setting(
         30.0,

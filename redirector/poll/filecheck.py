@@ -22,6 +22,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 
 import aiohttp
 from cachetools import TTLCache
@@ -45,6 +46,21 @@ USER_AGENT = "redirector (SME Server mirror file check)"
 Voucher = Callable[[Snapshot, Mirror, str], bool]
 """True when the poller (or a pass hook's findings in `snapshot`) vouches that `mirror` holds
 `path`: no HEAD is made then. Register more in ``app[keys.VOUCHERS]``."""
+
+
+# HEADs the current request has waited for. A context variable, not a Verifier field: requests
+# interleave on the loop, and each one's task (or its connection's) sees only its own count.
+_HEADS: ContextVar[int] = ContextVar("redirector_file_check_heads", default=0)
+
+
+def start_request() -> int:
+    """Call before `Verifier.target`; hand the result to `heads_waited` after it."""
+    return _HEADS.get()
+
+
+def heads_waited(start: int) -> int:
+    """HEADs the current request waited for since `start_request` returned `start`."""
+    return _HEADS.get() - start
 
 
 def is_repodata(path: str) -> bool:
@@ -153,6 +169,12 @@ class Verifier:
                 return url
         return fallback_target(settings.fallback, settings.master, path)
 
+    def checks(self, routed: Routed) -> bool:
+        """Whether `target` looks at this decision at all (the same test it makes first)."""
+        settings = self.current() if self.current is not None else self.settings
+        enabled = settings.verify_files and self.session is not None
+        return enabled and not routed.fallback and needs_check(routed.path)
+
     def _state(self, snapshot: Snapshot, name: str) -> MirrorState | None:
         if self._states[0] is not snapshot:
             states = {c.mirror.name: c.state for c in snapshot.candidates if c.state is not None}
@@ -174,6 +196,7 @@ class Verifier:
 
     async def _lookup(self, key: tuple[str, str], url: str) -> bool:
         """The cached or fresh answer for `key`; concurrent askers share one HEAD."""
+        _HEADS.set(_HEADS.get() + 1)
         task = self._inflight.get(key)
         if task is None:
             task = asyncio.create_task(self._head(url))

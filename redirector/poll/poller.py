@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from redirector.config.settings import Settings
+from redirector.core.condition import Condition, assess
 from redirector.core.ftpsync import (
     STAGE1_SUFFIX,
     FoundName,
@@ -46,6 +47,7 @@ from redirector.core.judge import (
     transition,
 )
 from redirector.core.models import MasterState, MasterVersion, Mirror, MirrorState, Status
+from redirector.core.selection import Candidate
 from redirector.core.trace import (
     Trace,
     TraceError,
@@ -313,6 +315,65 @@ def log_transitions(prev: Mapping[str, MirrorState], new: Sequence[MirrorState])
             log.log(said[0], "%s", said[1])
 
 
+def pass_summary(
+    master: MasterState,
+    mirrors: Sequence[Mirror],
+    states: Sequence[MirrorState],
+    now: float,
+    max_lag: float,
+) -> str:
+    """One line for a pass: "4 fresh, 1 stale (au), 1 down (br); master answers".
+
+    Conditions in their own order (served first, then worst news last); every one but fresh
+    says where its mirrors are, by country code: the line is the network's picture at a
+    glance, once per pass. The mirrors' names are logged when each one changes state
+    (`log_transitions`); naming them again every pass would repeat that line for as long as
+    a mirror stays down. `mirrors`: the enabled mirrors the pass covered.
+    """
+    by_name = {s.name: s for s in states}
+    by: dict[Condition, list[str]] = {}
+    for m in mirrors:
+        condition = assess(Candidate(m, by_name.get(m.name)), now, max_lag).condition
+        by.setdefault(condition, []).append(m.country.lower())
+    parts = []
+    for condition in (c for c in Condition if c in by):
+        ccs = by[condition]
+        part = f"{len(ccs)} {condition.value}"
+        if condition is not Condition.FRESH:
+            counted = {cc: ccs.count(cc) for cc in sorted(set(ccs))}
+            part += " (" + ", ".join(cc if n == 1 else f"{cc} x{n}" for cc, n in counted.items())
+            part += ")"
+        parts.append(part)
+    said = ", ".join(parts) if parts else "nothing enabled"
+    if master.error is not None:
+        return f"{said}; master unreachable: {master.error}"
+    return f"{said}; master answers"
+
+
+def log_master_change(prev: MasterState | None, new: MasterState) -> None:
+    """Log a new master state (a push published) once, when the poller first sees it."""
+    cur = new.current
+    if cur is None or new.error is not None:
+        return
+    before = prev.current if prev is not None else None
+    if before is not None and before.date == cur.date:
+        return
+    dated = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(cur.date))
+    if before is None:
+        log.info("master state %s (first seen by this poller)", dated)
+    elif cur.date > before.date:
+        log.info("master published a new state: %s, %s after the last", dated,
+                 _span(cur.date - before.date))  # fmt: skip
+
+
+def _span(seconds: float) -> str:
+    s = round(seconds)
+    if s < 3600:
+        return f"{s // 60} min"
+    h, m = divmod(s // 60, 60)
+    return f"{h} h {m} min" if h < 48 else f"{h // 24} d {h % 24} h"
+
+
 @dataclass(frozen=True, slots=True)
 class PassResult:
     """What one pass found. `states` covers every enabled mirror, probed or backed off."""
@@ -457,6 +518,8 @@ async def poll_once(
         log.warning("lost the poller lease during a pass; its results are discarded")
         return dataclasses.replace(result, written=False)
     log_transitions(prev_states, states)
+    log_master_change(prev_master, master)
+    log.info("pass: %s", pass_summary(master, mirrors, states, clock(), settings.max_lag))
     try:
         await store.put_master(master)
         await store.put_states(states)

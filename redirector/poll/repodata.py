@@ -325,15 +325,38 @@ async def check_repodata(
 def log_transitions(
     prev: Mapping[str, Mapping[str, RepoCheck]], new: Mapping[str, Mapping[str, RepoCheck]]
 ) -> None:
-    """Log a mirror's metadata going bad for a repo and coming back, once each."""
+    """Log mirrors' metadata going bad and coming back, once each, in one line each per pass:
+    a new master push makes many mirrors and repos mismatch at once, and one line per mirror
+    and repo would bury everything else in the journal."""
+    bad, good = transitions(prev, new)
+    if bad:
+        log.warning("repodata differs from the master's: %s", bad)
+    if good:
+        log.info("repodata matches the master again: %s", good)
+
+
+def transitions(
+    prev: Mapping[str, Mapping[str, RepoCheck]], new: Mapping[str, Mapping[str, RepoCheck]]
+) -> tuple[str, str]:
+    """(what went bad, what came back) in words, "" when nothing did: mirrors grouped under
+    each verdict, each with its repo directories, e.g. "mismatched: au (releases/10/smeos/
+    x86_64, releases/10/smeupdates/x86_64), br (...); missing: za (...)"."""
+    went: dict[str, dict[str, list[str]]] = {}
+    back: dict[str, list[str]] = {}
     for name, verdicts in new.items():
         before = prev.get(name, {})
         for d, v in verdicts.items():
             was_bad = before.get(d) in BAD_REPODATA
             if v in BAD_REPODATA and not was_bad:
-                log.warning("mirror %s: repodata %s for %s", name, v.value, d)
+                went.setdefault(v.value, {}).setdefault(name, []).append(d)
             elif was_bad and v not in BAD_REPODATA:
-                log.info("mirror %s: repodata for %s matches the master again", name, d)
+                back.setdefault(name, []).append(d)
+
+    def listing(by_mirror: Mapping[str, list[str]]) -> str:
+        return ", ".join(f"{n} ({', '.join(sorted(ds))})" for n, ds in sorted(by_mirror.items()))
+
+    bad = "; ".join(f"{verdict}: {listing(went[verdict])}" for verdict in sorted(went))
+    return bad, listing(back)
 
 
 def make_repodata_pass(

@@ -254,13 +254,21 @@ def readiness(
     max_lag: float,
     poll_interval: float,
     store_error: str | None,
+    config_error: str | None = None,
+    config_watched: bool = False,
 ) -> Readiness:
-    """What a load balancer needs: may this process take traffic, and if not, why.
+    """What a load balancer needs: can this node serve, and what is wrong if anything.
 
-    Not ready when the poller's last pass (the master's last check, written every pass) is
-    older than 3 poll intervals or missing, or when no mirror is fresh and the master's last
-    check failed. An unreachable store only degrades: the last snapshot keeps serving, and
-    an old pass then counts against no one (without the store nobody can poll).
+    The rule: ready means "this node can send a client somewhere that works": a fresh mirror
+    in its snapshot, or a master whose last check answered. Only when neither holds is it "not
+    ready" (503). Everything else that is wrong but leaves the node serving is "degraded"
+    (200) with the reason: a silent poller (no pass in 3 poll intervals), an unreachable
+    store, a config file refused on reload. Those faults are shared by every node (there is
+    one poller, one store, one config), so failing readiness on them would take the whole
+    fleet out of the load balancer at once, while each node still serves its last snapshot;
+    they belong in alerts, not in the balancer's decision. A node that has seen no pass at all
+    knows no target and is not ready. `config_watched` adds the config check (a process whose
+    config is not read from a file has nothing to reload).
     """
     checks: dict[str, dict[str, Any]] = {}
     checks["store"] = {
@@ -277,13 +285,24 @@ def readiness(
         reason = f"last pass {duration(age)} ago"
         if not ok and store_error is not None:
             # Nobody can poll without the store (the lease lives there): an old pass is the
-            # outage's doing, not this process's, and the last snapshot still serves. Taking
-            # every process out of the load balancer would stop the front door for nothing.
+            # outage's doing, reported once, under the store.
             ok = True
             reason += ", none since the store became unreachable"
         elif not ok:
-            reason += f", older than 3 intervals ({duration(limit)})"
+            reason += (
+                f", older than 3 intervals ({duration(limit)}): the poller is silent, "
+                "serving the last snapshot"
+            )
         checks["poller"] = {"ok": ok, "reason": reason, "age_seconds": round(age, 1)}
+    if config_watched:
+        checks["config"] = {
+            "ok": config_error is None,
+            "reason": (
+                "the file in force"
+                if config_error is None
+                else f"reload refused, the last good config runs: {config_error}"
+            ),
+        }
     fresh = [
         c.mirror.name
         for c in snap.candidates
@@ -298,8 +317,10 @@ def readiness(
         why = master.error if master is not None else "not checked yet"
         reason = f"no fresh mirror and the master is unreachable ({why})"
     checks["targets"] = {"ok": bool(fresh) or master_up, "reason": reason, "fresh": len(fresh)}
-    ready = checks["poller"]["ok"] and checks["targets"]["ok"]
-    status = "not ready" if not ready else "ready" if checks["store"]["ok"] else "degraded"
+    # Without any pass the snapshot's states are nobody's findings this run: not ready.
+    ready = checks["targets"]["ok"] and master is not None
+    degraded = not all(c["ok"] for c in checks.values())
+    status = "not ready" if not ready else "degraded" if degraded else "ready"
     return Readiness(ready, status, checks)
 
 
@@ -927,9 +948,15 @@ HEADERS = (
 )  # fmt: skip
 
 
-def render_html(report: Report, sections: Sequence[Section] = ()) -> str:
-    """The whole status page: self-contained (inline CSS and SVG, no script, no CDN)."""
+def render_html(
+    report: Report, sections: Sequence[Section] = (), notices: Sequence[str] = ()
+) -> str:
+    """The whole status page: self-contained (inline CSS and SVG, no script, no CDN).
+
+    `notices`: plain-text warnings for operators (a refused config), shown at the top.
+    """
     now = report.generated_at
+    warns = "".join(f'<p class="warn" role="alert">{escape(n)}</p>' for n in notices)
     repo_checked = report.repodata_checked_at is not None
     rows = "".join(_row(r, now, repo_checked) for r in report.mirrors)
     head = "".join(f"<th>{h}</th>" for h in HEADERS)
@@ -954,7 +981,7 @@ def render_html(report: Report, sections: Sequence[Section] = ()) -> str:
         f"<p>{site}state as of {when(now)} · "
         f"fresh means at most {duration(report.max_lag)} behind the master</p></header>"
         "<main>"
-        f'<div class="card">{_summary(report)}</div>'
+        f'<div class="card">{_summary(report)}{warns}</div>'
         f'<div class="card">{_map(report)}<div class="legend">{_legend(report)}</div></div>'
         f'<div class="card" style="padding:0;overflow-x:auto">'
         f'<table class="mirrors"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>'

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from aiohttp import web
 
@@ -13,14 +13,15 @@ from redirector.config.live import LiveSettings
 from redirector.config.settings import Settings
 from redirector.geo import GeoReader, open_geo
 from redirector.poll.filecheck import Verifier, open_check_session
-from redirector.poll.poller import PassHook, PassResult, run_poller
+from redirector.poll.poller import PassHook, PassResult, run_poller, stop_task
 from redirector.poll.probe import open_session
 from redirector.poll.repodata import make_repodata_pass
 from redirector.poll.syncread import sync_hook
-from redirector.reload import GEO_GRACE, WATCH_INTERVAL, hold_sighup, watching
+from redirector.reload import GEO_GRACE, WATCH_INTERVAL, ReloadOutcome, hold_sighup, watching
 from redirector.router import Router
 from redirector.snapshot import SnapshotHolder, refresh_forever
 from redirector.store.base import Store, open_store
+from redirector.store.history import record_reload
 from redirector.store.lease import Lease
 from redirector.supervise import Tasks
 from redirector.views.status import Section
@@ -108,12 +109,20 @@ def reload_ctx(
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         router, holder = app[keys.ROUTER], app[keys.HOLDER]
+        hooks = app[keys.RELOAD_HOOKS]
+        running: set[asyncio.Task[None]] = set()
 
         def apply(new: Settings) -> None:
             # One synchronous step with the replacing of app[keys.LIVE].current that follows
             # it: no request runs between these assignments.
             holder.set_mirrors(new.mirrors)
             router.reconfigure(new)
+
+        def tell_hooks(outcome: ReloadOutcome) -> None:
+            for hook in list(hooks):
+                task = asyncio.create_task(_run_reload_hook(hook, outcome))
+                running.add(task)  # held until done: the loop keeps only weak references
+                task.add_done_callback(running.discard)
 
         async with watching(
             app[keys.LIVE],
@@ -122,11 +131,38 @@ def reload_ctx(
             swap_geo=router.swap_geo if watch_geo else None,
             interval=interval,
             grace=grace,
+            speak=app.get(keys.SPEAKS, True),
             tasks=app[keys.TASKS],
-        ):
+        ) as reloader:
+            if app.get(keys.SPEAKS, True):  # host-wide news: recorded by one worker per host
+                reloader.listeners.append(tell_hooks)
+            app[keys.RELOADER] = reloader
             yield
+        for task in list(running):
+            await stop_task(task)
 
     return ctx
+
+
+async def _run_reload_hook(
+    hook: Callable[[ReloadOutcome], Awaitable[None]], outcome: ReloadOutcome
+) -> None:
+    try:
+        await hook(outcome)
+    except Exception:  # one hook's failure is logged; the reload itself stands
+        log.exception("reload hook %s failed", getattr(hook, "__qualname__", repr(hook)))
+
+
+def _event_log_hook(app: web.Application) -> Callable[[ReloadOutcome], Awaitable[None]]:
+    """A reload hook writing each reload, applied or refused, to the network's event log."""
+
+    async def log_reload(outcome: ReloadOutcome) -> None:
+        detail = outcome.error or outcome.detail or "applied"
+        await record_reload(
+            app[keys.STORE], ok=outcome.ok, path=outcome.path or "", detail=detail, now=outcome.at
+        )
+
+    return log_reload
 
 
 def _add_pass_hooks(app: web.Application) -> None:
@@ -157,15 +193,20 @@ def create_app(
     geo: GeoReader | None = None,
     use_geo_settings: bool = True,
     pass_hooks: Sequence[PassHook] = (),
+    speaks: bool = True,
 ) -> web.Application:
     """The redirector app. `store` and `geo` may be injected (tests); otherwise settings decide.
 
     `poll=False` serves from the store alone, for processes where another one polls.
+    `speaks` False: reloads and GeoIP news are logged at debug level only (keys.SPEAKS).
     """
     # Request-line and header limits (limits.py): a longer request is a 400 before any handler.
-    app = web.Application(middlewares=[handlers.errors], handler_args=HTTP_LIMITS)
+    # The timing middleware is outermost: the whole request, errors included.
+    app = web.Application(middlewares=[pages.timed, handlers.errors], handler_args=HTTP_LIMITS)
     app[keys.SETTINGS] = settings
     app[keys.LIVE] = LiveSettings(settings)
+    app[keys.SPEAKS] = speaks
+    app[keys.RELOAD_HOOKS] = [_event_log_hook(app)]
     # Live lists: others append pass hooks and vouchers after create_app, before startup.
     app[keys.PASS_HOOKS] = list(pass_hooks)
     app[keys.VOUCHERS] = []
@@ -179,13 +220,13 @@ def create_app(
         if reader is None and warning is None:
             warning = "no GeoIP database: location-blind"
         if warning:
-            log.warning("%s", warning)
+            log.log(logging.WARNING if speaks else logging.DEBUG, "%s", warning)
             app[keys.GEO_WARNING] = warning
         else:
             assert reader is not None
-            log.info("GeoIP: %s", reader.describe())
+            log.log(logging.INFO if speaks else logging.DEBUG, "GeoIP: %s", reader.describe())
             for note in reader.warnings(time.time()):
-                log.warning("%s", note)
+                log.log(logging.WARNING if speaks else logging.DEBUG, "%s", note)
         app[keys.GEO] = reader
         yield
         if reader is not None and geo is None:
@@ -225,7 +266,7 @@ def create_app(
     handlers.add_routes(app)
     lists.add_routes(app)
     # Metrics, download stats (flushed by a context after the others) and the status views.
-    pages.setup(app, settings)
+    pages.setup(app, settings, poll=poll)
     _add_pass_hooks(app)
     return app
 
@@ -246,11 +287,14 @@ def run(
     print_fn: Callable[[str], None] = print,
     store: Store | None = None,
     reuse_port: bool = False,
+    speaks: bool = True,
 ) -> None:
-    """Serve until interrupted. `reuse_port`: share the port with other workers (SO_REUSEPORT)."""
+    """Serve until interrupted. `reuse_port`: share the port with other workers (SO_REUSEPORT).
+
+    `speaks`: see `create_app`."""
     hold_sighup()  # a reload before the app listens for it must not end the process
     quiet_bad_requests()  # a malformed request logs one line, not a traceback
-    app = create_app(settings, poll=poll, store=store)
+    app = create_app(settings, poll=poll, store=store, speaks=speaks)
     web.run_app(
         app,
         host=settings.listen_host,

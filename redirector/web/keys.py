@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import aiohttp
 from aiohttp import web
 
@@ -10,6 +12,7 @@ from redirector.config.settings import Settings
 from redirector.geo import GeoReader
 from redirector.poll.filecheck import Verifier, Voucher
 from redirector.poll.poller import PassHook
+from redirector.reload import Reloader, ReloadOutcome
 from redirector.router import Routed, Router
 from redirector.snapshot import SnapshotHolder
 from redirector.stats import StatsReader, Tally
@@ -30,6 +33,16 @@ GEO = web.AppKey[GeoReader | None]("geo")
 ROUTER = web.AppKey("router", Router)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 GEO_WARNING = web.AppKey("geo_warning", str)
+# The config and GeoIP reloader (reload.py), while the app runs: its `last` is the latest
+# reload, refused or accepted, that /health, /health/ready, /metrics and /mirrors show.
+RELOADER = web.AppKey("reloader", Reloader)
+# Called with every reload outcome, each in its own task, in the worker that speaks for the
+# host (SPEAKS): where the event log records "config reloaded" and "config refused" once per
+# host. Append before startup.
+RELOAD_HOOKS = web.AppKey[list[Callable[[ReloadOutcome], Awaitable[None]]]]("reload_hooks")
+# False in all workers of `serve --workers N` but one: host-wide news (reloads, GeoIP) is
+# logged once per host, by the worker that speaks.
+SPEAKS = web.AppKey("speaks", bool)
 
 # Pass hooks run after each poller pass in the process holding the poller lease; append
 # to this list (set by create_app, read afresh each pass). Vouchers tell the never-a-404 check

@@ -3,15 +3,22 @@
 Two kinds of figures, kept apart so both stay right when several worker processes serve one
 port:
 
-* Events (redirects, mirror lists and metalinks, decision latency, poller passes and failed
-  probes, store errors) are prometheus-client counters and histograms. With
-  ``PROMETHEUS_MULTIPROC_DIR`` set in the environment before the process starts,
-  prometheus-client keeps them in per-process files in that directory, and a scrape of any
-  worker adds up every worker's files (`MultiProcessCollector`). Without it they live in this
-  process's own registry.
-* State (each mirror's state, lag, last check; the master; the store) is not counted but read
-  from the snapshot every worker holds, when scraped (`StateCollector`): the same in every
-  worker, so whichever worker answers the scrape tells the truth, and no gauge files are needed.
+* Events (redirects, refusals, requests and their duration, file checks, yum and dnf list
+  requests, decision latency, poller passes and failed probes, store errors) are
+  prometheus-client counters and histograms. With ``PROMETHEUS_MULTIPROC_DIR`` set in the
+  environment before the process starts, prometheus-client keeps them in per-process files in
+  that directory, and a scrape of any worker adds up every worker's files
+  (`MultiProcessCollector`). Without it they live in this process's own registry.
+* State (each mirror's state, lag, last check, repodata verdicts; the master; the store; the
+  last config reload; the GeoIP database; the build) is not counted but read from what every
+  worker holds, when scraped (`StateCollector`): the same in every worker, so whichever worker
+  answers the scrape tells the truth, and no gauge files are needed.
+
+Poller series (pass duration, failed probes) exist only in a process that polls: a web node
+started with `--no-poll` does not export them at all, rather than zeros that look like a quiet
+poller. In the split deployment the `redirector poll` process serves them on its own port
+(`poller_metrics_listen`, web/pollermetrics.py); every node says how old the last pass is
+(`redirector_master_last_check_timestamp_seconds`, `redirector_poller_silent`).
 
 What a supervisor of several workers must do: create an empty directory, export
 ``PROMETHEUS_MULTIPROC_DIR`` pointing at it before starting the workers (it must be set before
@@ -24,8 +31,10 @@ from __future__ import annotations
 
 import inspect
 import os
+import platform
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from importlib import metadata
 from typing import Any, cast
 
 from prometheus_client import (
@@ -35,15 +44,24 @@ from prometheus_client import (
     disable_created_metrics,
     values,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from redirector.core.condition import Condition, assess
-from redirector.core.models import Status
+from redirector.core.models import RepodataState, Status
+from redirector.geo import GeoReader
+from redirector.poll.poller import PassResult
+from redirector.reload import Reloader
 from redirector.snapshot import SnapshotHolder
 from redirector.store.base import Poison, Store, StoreData, StoreError
+from redirector.views.status import readiness
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -57,8 +75,51 @@ DECISION_BUCKETS = (
 )  # fmt: skip
 LIST_BUCKETS = (0, 1, 2, 3, 5, 10, 20, 50)
 PASS_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+# Whole requests: a redirect from cache is well under a millisecond, one that waits on file
+# checks up to three HEAD timeouts (3 s), a status page some tens of milliseconds.
+REQUEST_BUCKETS = (
+    1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
+)  # fmt: skip
 
-OUTCOME_MIRROR, OUTCOME_MASTER, OUTCOME_4XX = "mirror", "master", "4xx"
+OUTCOME_MIRROR, OUTCOME_MASTER = "mirror", "master"
+# Why a request under the tree was refused (redirector_refused_total's reason label).
+REFUSED_PATH, REFUSED_METHOD = "bad_path", "method"
+# Where the never-a-404 check sent a client (redirector_file_checks_total's outcome label).
+CHECK_OUTCOMES = ("cached", "head", "next_mirror", "master")
+# A poller pass older than this many intervals: the poller went quiet.
+SILENT_INTERVALS = 3
+
+try:
+    VERSION = metadata.version("redirector")
+except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+    VERSION = "unknown"
+
+
+def handler_of(path: str) -> str:
+    """The handler label of a request path: few values, whatever the path (no cardinality)."""
+    if path.startswith(("/smeserver", "/pub/smeserver")):
+        return "redirect"
+    if path.startswith("/mirrorlist"):  # /mirrorlist, /mirrorlist/<name>, /mirrorlists/<repo>
+        return "mirrorlist"
+    if path == "/metalink":
+        return "metalink"
+    if path.startswith("/mirrors"):
+        return "status"
+    if path.startswith("/health"):
+        return "health"
+    if path == "/metrics":
+        return "metrics"
+    return "other"
+
+
+def client_of(user_agent: str | None) -> str:
+    """Which package manager asked for a list: dnf (libdnf, librepo), yum (urlgrabber), other."""
+    ua = (user_agent or "").lower()
+    if "dnf" in ua or "librepo" in ua:
+        return "dnf"
+    if "yum" in ua or "urlgrabber" in ua:
+        return "yum"
+    return "other"
 
 
 def multiprocess_dir() -> str | None:
@@ -73,7 +134,9 @@ def multiprocess_dir() -> str | None:
 class Metrics:
     """Every metric one redirector process records, and the `/metrics` rendering."""
 
-    def __init__(self, mirrors: Iterable[str] = (), multiproc: str | None = None) -> None:
+    def __init__(
+        self, mirrors: Iterable[str] = (), multiproc: str | None = None, *, poller: bool = True
+    ) -> None:
         if multiproc is not None and values.ValueClass is values.MutexValue:
             raise RuntimeError(
                 f"{MULTIPROC_ENV} must be set before prometheus_client is first imported"
@@ -86,8 +149,41 @@ class Metrics:
         reg = self.registry
         self.redirects = Counter(
             "redirector_redirects",
-            "Requests under the tree by outcome: to a mirror, to the master, refused (4xx).",
+            "302s under the tree by outcome: to a mirror, or to the master.",
             ["outcome", "mirror"],
+            registry=reg,
+        )
+        self.refusals = Counter(
+            "redirector_refused",
+            "Requests under the tree refused with a 4xx, by reason: bad_path (400), method (405).",
+            ["reason"],
+            registry=reg,
+        )
+        self.request_seconds = Histogram(
+            "redirector_request_duration_seconds",
+            "Whole requests, from the first middleware to the response, by handler.",
+            ["handler"],
+            buckets=REQUEST_BUCKETS,
+            registry=reg,
+        )
+        self.requests = Counter(
+            "redirector_requests",
+            "Requests answered, by handler and status class (2xx, 3xx, 4xx, 5xx).",
+            ["handler", "code"],
+            registry=reg,
+        )
+        self.file_checks = Counter(
+            "redirector_file_checks",
+            "Redirects that needed the never-a-404 check, by where it sent the client: the "
+            "chosen mirror known to have the file (cached), confirmed by a HEAD (head), a later "
+            "mirror (next_mirror), the master (master).",
+            ["outcome"],
+            registry=reg,
+        )
+        self.list_requests = Counter(
+            "redirector_list_requests",
+            "yum mirror lists and dnf metalinks answered (2xx), by kind and client.",
+            ["kind", "client"],
             registry=reg,
         )
         self.decision_seconds = Histogram(
@@ -96,18 +192,22 @@ class Metrics:
             buckets=DECISION_BUCKETS,
             registry=reg,
         )
-        self.poller_pass_seconds = Histogram(
-            "redirector_poller_pass_seconds",
-            "Duration of one poller pass over the master and every mirror.",
-            buckets=PASS_BUCKETS,
-            registry=reg,
-        )
-        self.poller_errors = Counter(
-            "redirector_poller_errors",
-            "Failed probes: the master or a mirror down or broken at a pass.",
-            ["target"],
-            registry=reg,
-        )
+        # Only where a poller runs: a web node's zeros would read as a poller with no errors.
+        self.poller_pass_seconds: Histogram | None = None
+        self.poller_errors: Counter | None = None
+        if poller:
+            self.poller_pass_seconds = Histogram(
+                "redirector_poller_pass_seconds",
+                "Duration of one poller pass over the master and every mirror.",
+                buckets=PASS_BUCKETS,
+                registry=reg,
+            )
+            self.poller_errors = Counter(
+                "redirector_poller_errors",
+                "Failed probes: the master or a mirror down or broken at a pass.",
+                ["target"],
+                registry=reg,
+            )
         self.store_errors = Counter(
             "redirector_store_errors",
             "Failed calls to the state store, by operation.",
@@ -142,7 +242,11 @@ class Metrics:
             registry=reg,
         )
         self._master = self.redirects.labels(OUTCOME_MASTER, "")
-        self._refused = self.redirects.labels(OUTCOME_4XX, "")
+        self._refused = {r: self.refusals.labels(r) for r in (REFUSED_PATH, REFUSED_METHOD)}
+        self._checks = {o: self.file_checks.labels(o) for o in CHECK_OUTCOMES}
+        # (handler, status class) -> (histogram child, counter child): labels() costs a lock
+        # and a dict lookup per call; the children are kept once made.
+        self._by_handler: dict[tuple[str, str], tuple[Any, Counter]] = {}
         self._by_mirror: dict[str, Counter] = {}
         for name in mirrors:
             self._mirror_counter(name)
@@ -172,26 +276,65 @@ class Metrics:
         self, kind: str, repo: str, version: str, mirrors: Sequence[str], status: int
     ) -> None:
         """One mirror list or metalink: what it named (best first) and its status."""
+        self.changes += 1
         self.lists.labels(kind, repo, version, str(status)).inc()
         if status == 200:
             self.listed.labels(kind, mirrors[0] if mirrors else "none").inc()
             self.list_length.observe(len(mirrors))
 
-    def refused(self) -> None:
-        """One request under the tree answered with a 4xx (bad path, bad method)."""
+    def refused(self, reason: str = REFUSED_PATH) -> None:
+        """One request under the tree answered with a 4xx: `reason` REFUSED_PATH or _METHOD."""
         self.changes += 1
-        self._refused.inc()
+        child = self._refused.get(reason)
+        if child is None:
+            child = self._refused[reason] = self.refusals.labels(reason)
+        child.inc()
+
+    def checked(self, outcome: str) -> None:
+        """One redirect that went through the file check; `outcome` one of CHECK_OUTCOMES."""
+        self.changes += 1
+        self._checks[outcome].inc()
+
+    def answered(self, path: str, status: int, seconds: float) -> None:
+        """One whole request: its path (for the handler label), status and duration."""
+        self.changes += 1
+        key = (handler_of(path), f"{status // 100}xx")
+        children = self._by_handler.get(key)
+        if children is None:
+            children = self._by_handler[key] = (
+                self.request_seconds.labels(key[0]),
+                self.requests.labels(*key),
+            )
+        children[0].observe(seconds)
+        children[1].inc()
+
+    def list_client(self, kind: str, user_agent: str | None) -> None:
+        """One mirror list (`kind` "mirrorlist") or metalink ("metalink") served, by client."""
+        self.changes += 1
+        self.list_requests.labels(kind, client_of(user_agent)).inc()
 
     def observe_pass(
         self, duration: float, master_error: str | None, failed: Iterable[str]
     ) -> None:
         """One poller pass: how long it took, and which probes failed."""
         self.changes += 1
+        if self.poller_pass_seconds is None or self.poller_errors is None:
+            return  # not a polling process (see __init__)
         self.poller_pass_seconds.observe(duration)
         if master_error is not None:
             self.poller_errors.labels("master").inc()
         for name in failed:
             self.poller_errors.labels(name).inc()
+
+    def observe_result(self, result: PassResult) -> None:
+        """`observe_pass` for one pass's result."""
+        failed = (
+            s.name
+            for s in result.states
+            # Backed-off mirrors keep their old state: only count probes made in this pass.
+            if s.status in (Status.DOWN, Status.BROKEN) and s.checked_at >= result.started
+        )
+        self.observe_pass(result.duration, result.master.error, failed)
 
     def store_error(self, op: str) -> None:
         self.changes += 1
@@ -214,9 +357,17 @@ class Metrics:
         holder: SnapshotHolder,
         max_lag: Callable[[], float],
         clock: Callable[[], float] = time.time,
+        *,
+        poll_interval: Callable[[], float] | None = None,
+        reloader: Callable[[], Reloader | None] | None = None,
+        geo: Callable[[], GeoReader | None] | None = None,
     ) -> None:
-        """Report the state in `holder` at every scrape; `max_lag` reads the live setting."""
-        self._state = StateCollector(holder, max_lag, clock)
+        """Report the state in `holder` at every scrape; `max_lag` reads the live setting, and
+        so do `poll_interval`, `reloader` (the last config reload) and `geo` (the live GeoIP
+        reader), each left out of the scrape when not given."""
+        self._state = StateCollector(
+            holder, max_lag, clock, poll_interval=poll_interval, reloader=reloader, geo=geo
+        )
         self._state_registry.register(self._state)
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
@@ -303,11 +454,21 @@ class StateCollector(Collector):
     """Per-mirror, master and store gauges, computed from the snapshot when scraped."""
 
     def __init__(
-        self, holder: SnapshotHolder, max_lag: Callable[[], float], clock: Callable[[], float]
+        self,
+        holder: SnapshotHolder,
+        max_lag: Callable[[], float],
+        clock: Callable[[], float],
+        *,
+        poll_interval: Callable[[], float] | None = None,
+        reloader: Callable[[], Reloader | None] | None = None,
+        geo: Callable[[], GeoReader | None] | None = None,
     ) -> None:
         self._holder = holder
         self._max_lag = max_lag
         self._clock = clock
+        self._poll_interval = poll_interval
+        self._reloader = reloader
+        self._geo = geo
 
     def describe(self) -> Iterable[Metric]:
         return []  # dynamic: nothing to check at registration
@@ -388,3 +549,111 @@ class StateCollector(Collector):
         )
         store_up.add_metric([], 1.0 if holder.store_error is None else 0.0)
         yield from (m_up, m_checked, m_changed, store_up)
+        yield from self._repodata(snap.repodata)
+        yield from self._poller(master.checked_at if master is not None else None, now)
+        yield from self._reload()
+        yield from self._geoip()
+        info = InfoMetricFamily("redirector_build", "The running build.", labels=[])
+        info.add_metric([], {"version": VERSION, "python": platform.python_version()})
+        yield info
+
+    def _repodata(self, repodata: RepodataState | None) -> Iterator[Metric]:
+        verdict = _gauge(
+            "redirector_repodata_verdict",
+            "1 for each mirror's repodata verdict per repo directory (current, alternate, "
+            "mismatched, missing).",
+            ["mirror", "repo", "verdict"],
+        )
+        checked = _gauge(
+            "redirector_repodata_last_check_timestamp_seconds",
+            "Unix time of the last repodata pass.",
+        )
+        if repodata is not None:
+            checked.add_metric([], repodata.checked_at)
+            for name, verdicts in sorted(repodata.mirrors.items()):
+                for repo, v in sorted(verdicts.items()):
+                    verdict.add_metric([name, repo, v.value], 1.0)
+        yield from (verdict, checked)
+
+    def _poller(self, last_pass: float | None, now: float) -> Iterator[Metric]:
+        if self._poll_interval is None:
+            return
+        interval = self._poll_interval()
+        every = _gauge(
+            "redirector_poll_interval_seconds", "The configured time between poller passes."
+        )
+        every.add_metric([], interval)
+        silent = _gauge(
+            "redirector_poller_silent",
+            f"1 when no poller pass was recorded in {SILENT_INTERVALS} poll intervals (or "
+            "ever): this node serves its last snapshot.",
+        )
+        quiet = last_pass is None or now - last_pass > SILENT_INTERVALS * interval
+        silent.add_metric([], 1.0 if quiet else 0.0)
+        reloader = self._reloader() if self._reloader is not None else None
+        refusal = reloader.refusal if reloader is not None else None
+        r = readiness(
+            self._holder.current,
+            now=now,
+            max_lag=self._max_lag(),
+            poll_interval=interval,
+            store_error=self._holder.store_error,
+            config_error=refusal.error if refusal is not None else None,
+            config_watched=reloader is not None and reloader.watches_config,
+        )
+        ready = _gauge(
+            "redirector_ready",
+            "1 when this node can serve (/health/ready answers 200: ready or degraded).",
+        )
+        ready.add_metric([], 1.0 if r.ready else 0.0)
+        degraded = _gauge(
+            "redirector_degraded",
+            "1 when this node serves with a problem (/health/ready says degraded).",
+        )
+        degraded.add_metric([], 1.0 if r.ready and r.status == "degraded" else 0.0)
+        yield from (every, silent, ready, degraded)
+
+    def _reload(self) -> Iterator[Metric]:
+        reloader = self._reloader() if self._reloader is not None else None
+        if reloader is None:
+            return
+        last = reloader.last
+        ok = _gauge(
+            "redirector_config_reload_success",
+            "1 when the last config reload was applied (or none was tried since startup), 0 "
+            "when it was refused and an older config still runs.",
+        )
+        ok.add_metric([], 1.0 if last is None or last.ok else 0.0)
+        at = _gauge(
+            "redirector_config_reload_timestamp_seconds",
+            "Unix time of the last config reload attempt (startup when none).",
+        )
+        at.add_metric([], last.at if last is not None else reloader.started_at)
+        count = CounterMetricFamily(
+            "redirector_config_reloads",
+            "Config reloads since this process started, applied or refused.",
+            labels=["result"],
+        )
+        count.add_metric(["applied"], float(reloader.reloads))
+        count.add_metric(["refused"], float(reloader.refused))
+        refused = _gauge(
+            "redirector_config_refused",
+            "1 while the config file on disk is refused: where it is wrong.",
+            ["file", "line", "field"],
+        )
+        if last is not None and not last.ok:
+            line = "" if last.line is None else str(last.line)
+            refused.add_metric([last.path or "", line, last.field or ""], 1.0)
+        yield from (ok, at, count, refused)
+
+    def _geoip(self) -> Iterator[Metric]:
+        if self._geo is None:
+            return
+        reader = self._geo()
+        built = _gauge(
+            "redirector_geoip_build_timestamp_seconds",
+            "Unix time the GeoIP database in use was built (absent: location-blind).",
+        )
+        if reader is not None:
+            built.add_metric([], float(reader.build_epoch))
+        yield built

@@ -9,12 +9,13 @@ live settings, store health, download figures) and at most every `viewcache.MAX_
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,10 +24,12 @@ from aiohttp import web
 
 from redirector.config.settings import Settings
 from redirector.core.history import HistoryData
-from redirector.core.models import Status, SyncInfo
+from redirector.core.humanize import duration, rfc3339
+from redirector.core.models import SyncInfo
 from redirector.core.synctree import build_tree, master_aliases
 from redirector.geo import IPV4_ONLY_NOTE
 from redirector.poll.poller import PassResult
+from redirector.reload import ReloadOutcome
 from redirector.router import Routed
 from redirector.snapshot import Snapshot
 from redirector.stats import DownloadStats, StatsReader, Tally, flush, flush_forever
@@ -37,12 +40,22 @@ from redirector.views.status import Section
 from redirector.views.synctree import render_html
 from redirector.web import keys
 from redirector.web.link import sent_to
-from redirector.web.metrics import Metrics, join_scrape, multiprocess_dir
+from redirector.web.metrics import (
+    REFUSED_PATH,
+    SILENT_INTERVALS,
+    Metrics,
+    handler_of,
+    join_scrape,
+    multiprocess_dir,
+)
 from redirector.web.viewcache import Page, Views
 
 log = logging.getLogger(__name__)
 
 FLUSHER = "stats flusher"  # the supervised task name, as /health shows it
+POLLER_WATCH = "poller watch"  # logs once when the poller goes quiet
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 NO_STORE = "no-store"
 JSON_TYPE = "application/json"
@@ -50,12 +63,13 @@ JSON_UTF8 = "application/json; charset=utf-8"
 HTML_UTF8 = "text/html; charset=utf-8"
 
 
-def setup(app: web.Application, settings: Settings) -> None:
+def setup(app: web.Application, settings: Settings, *, poll: bool = True) -> None:
     """Metrics, the download tally, status-page sections, the stats flusher and the routes.
 
     Called last in `create_app`: `stats_ctx` must start after the store and the snapshot.
+    `poll` False: no poller series (another process polls and exports them).
     """
-    app[keys.METRICS] = Metrics((m.name for m in settings.mirrors), multiprocess_dir())
+    app[keys.METRICS] = Metrics((m.name for m in settings.mirrors), multiprocess_dir(), poller=poll)
     app[keys.TALLY] = Tally()
     app[keys.STATUS_SECTIONS] = []
     app[keys.VIEWS] = Views()
@@ -77,18 +91,100 @@ async def stats_ctx(app: web.Application) -> AsyncIterator[None]:
     app[keys.STATS_READER] = StatsReader(store)
     live = app[keys.LIVE]
     app[keys.HISTORY_READER] = HistoryReader(store)
-    app[keys.METRICS].watch(app[keys.HOLDER], lambda: live.current.max_lag)
-    app[keys.TASKS].start(FLUSHER, lambda: flush_forever(tally, store))
+    router = app[keys.ROUTER]
+    app[keys.METRICS].watch(
+        app[keys.HOLDER],
+        lambda: live.current.max_lag,
+        poll_interval=lambda: live.current.poll_interval,
+        reloader=lambda: app.get(keys.RELOADER),
+        geo=lambda: router.geo,  # the live reader: a replaced database is swapped there
+    )
+    tasks = app[keys.TASKS]
+    tasks.start(FLUSHER, lambda: flush_forever(tally, store))
+    speaks = app.get(keys.SPEAKS, True)
+    if speaks:
+        tasks.start(POLLER_WATCH, lambda: watch_poller(app))
     yield
-    await app[keys.TASKS].stop(FLUSHER)
+    if speaks:
+        await tasks.stop(POLLER_WATCH)
+    await tasks.stop(FLUSHER)
     try:
         await flush(tally, store, time.time())
     except StoreError as e:
         log.warning("download statistics lost on shutdown (%d): %s", tally.pending, e)
 
 
-def record(request: web.Request, routed: Routed, seconds: float, target: str) -> None:
-    """Count one redirect to `target` for /metrics and, for a GET, the download statistics."""
+@web.middleware
+async def timed(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every request's duration and status for /metrics; yum and dnf lists counted apart."""
+    started = time.perf_counter()
+    status = 500  # what aiohttp answers for an exception that is not an HTTPException
+    try:
+        resp = await handler(request)
+    except web.HTTPException as e:
+        status = e.status
+        raise
+    else:
+        status = resp.status
+        return resp
+    finally:
+        metrics = request.app.get(keys.METRICS)
+        if metrics is not None:
+            path = request.raw_path.partition("?")[0]
+            metrics.answered(path, status, time.perf_counter() - started)
+            if 200 <= status < 300:
+                kind = handler_of(path)
+                if kind in ("mirrorlist", "metalink"):
+                    metrics.list_client(kind, request.headers.get("User-Agent"))
+
+
+async def watch_poller(app: web.Application, every: float = 1.0) -> None:
+    """Log once when no poller pass has come for 3 intervals, and once when passes resume:
+    the web side's word in the journal that the poller went quiet (it keeps serving)."""
+    live, holder = app[keys.LIVE], app[keys.HOLDER]
+    silent = False
+    while True:
+        await asyncio.sleep(every)
+        master = holder.current.master
+        if master is None:
+            continue  # never a pass yet: starting up, not gone quiet
+        age = time.time() - master.checked_at
+        now_silent = age > SILENT_INTERVALS * live.current.poll_interval
+        if now_silent and not silent:
+            log.warning(
+                "no poller pass for %s (3 intervals): serving the last snapshot",
+                duration(age),
+            )
+        elif silent and not now_silent:
+            log.info("poller passes again")
+        silent = now_silent
+
+
+def check_outcome(routed: Routed, rank: int | None, checked: bool, heads: int) -> str | None:
+    """Where the never-a-404 check sent a client (metrics.CHECK_OUTCOMES), None when the
+    request was not checked. `rank`: the ranked mirror sent to (None: the master); `heads`:
+    HEADs this request waited for."""
+    if not checked:
+        return None
+    if rank is None:
+        return "master"
+    if rank > 0:
+        return "next_mirror"
+    return "head" if heads else "cached"
+
+
+def record(
+    request: web.Request,
+    routed: Routed,
+    seconds: float,
+    target: str,
+    *,
+    checked: bool = False,
+    heads: int = 0,
+) -> None:
+    """Count one redirect to `target` for /metrics and, for a GET, the download statistics.
+
+    `checked`: the file check looked at this request; `heads`: how many HEADs it waited for."""
     rank = sent_to(routed, target)
     if rank is None:
         name = None
@@ -98,16 +194,19 @@ def record(request: web.Request, routed: Routed, seconds: float, target: str) ->
         name = routed.top(rank + 1)[rank].mirror.name
     app = request.app
     app[keys.METRICS].redirected(name, seconds)
+    outcome = check_outcome(routed, rank, checked, heads)
+    if outcome is not None:
+        app[keys.METRICS].checked(outcome)
     if request.method == "GET":
         loc = routed.location
         app[keys.TALLY].count(name, None if loc is None else loc.country, routed.path)
 
 
-def refused(request: web.Request) -> None:
-    """Count one refused (4xx) request under the tree."""
+def refused(request: web.Request, reason: str = REFUSED_PATH) -> None:
+    """Count one refused (4xx) request under the tree: REFUSED_PATH or REFUSED_METHOD."""
     metrics = request.app.get(keys.METRICS)
     if metrics is not None:
-        metrics.refused()
+        metrics.refused(reason)
 
 
 def _json(body: Mapping[str, Any] | str, status_code: int = 200, **headers: str) -> web.Response:
@@ -198,6 +297,8 @@ class _Shown:
     site: str
     geo_notes: tuple[str, ...]
     geo_credit: str | None
+    watches_config: bool  # this process reloads a config file (the JSON then says its state)
+    refusal: ReloadOutcome | None  # the last reload, when it was refused
 
     @property
     def key(self) -> tuple[object, ...]:
@@ -205,7 +306,7 @@ class _Shown:
         # objects cost nothing to compare while they are unchanged.
         return (
             self.snapshot, self.settings, self.store_error, self.downloads, self.past,
-            self.history_error, self.site, self.geo_notes, self.geo_credit,
+            self.history_error, self.site, self.geo_notes, self.geo_credit, self.refusal,
         )  # fmt: skip
 
     def report(self) -> status.Report:
@@ -233,6 +334,7 @@ async def _shown(app: web.Application, request: web.Request) -> _Shown:
     settings = app[keys.LIVE].current  # read per request: a reload replaces it
     past, history_error = await app[keys.HISTORY_READER].get(holder.current.generation)
     notes, credit = geo_notes(app, time.time())
+    reloader = app.get(keys.RELOADER)
     return _Shown(
         holder.current,
         settings,
@@ -244,6 +346,8 @@ async def _shown(app: web.Application, request: web.Request) -> _Shown:
         site_of(request, settings),
         notes,
         credit,
+        reloader is not None and reloader.watches_config,
+        reloader.refusal if reloader is not None else None,
     )
 
 
@@ -282,9 +386,23 @@ async def _status_json(request: web.Request) -> Page:
     views = app[keys.VIEWS]
 
     async def make() -> Page:
-        return await views.run(lambda: Page.of(status.dumps(status.to_json(shown.report()))))
+        return await views.run(lambda: Page.of(status.dumps(_document(shown, shown.report()))))
 
     return await views.get("status.json", shown.key, make)
+
+
+def _document(shown: _Shown, report: status.Report) -> dict[str, Any]:
+    """The /mirrors.json document, with the config's state when this process reloads one."""
+    doc = status.to_json(report)
+    if shown.watches_config:
+        refused = shown.refusal
+        doc["config"] = {
+            "ok": refused is None,
+            "refused": None
+            if refused is None
+            else {**refused.to_json(), "at": rfc3339(refused.at)},
+        }
+    return doc
 
 
 async def mirrors(request: web.Request) -> web.Response:
@@ -307,10 +425,23 @@ async def mirrors(request: web.Request) -> web.Response:
             if section is not None:
                 sections.append(section)
         # The inline maps make the page large; gzip, done once here, takes it to a third.
-        return await views.run(lambda: Page.of(status.render_html(shown.report(), sections)))
+        return await views.run(
+            lambda: Page.of(status.render_html(shown.report(), sections, _notices(shown)))
+        )
 
     page = await views.get("status.html", shown.key, make)
     return _page_response(request, page, HTML_UTF8, "no-cache", vary)
+
+
+def _notices(shown: _Shown) -> list[str]:
+    """What an operator must know at a glance: a config file refused on reload."""
+    refused = shown.refusal
+    if refused is None:
+        return []
+    return [
+        f"The config file was refused at its last reload ({rfc3339(refused.at)}); the last "
+        f"good config keeps running. {refused.error}"
+    ]
 
 
 async def mirrors_json(request: web.Request) -> web.Response:
@@ -327,7 +458,14 @@ async def schema(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    """Readiness for load balancers: 200 (ready or degraded) or 503, with the reasons."""
+    """Readiness for load balancers: 200 (ready or degraded) or 503, with the reasons.
+
+    This node can serve (a fresh mirror, or a master that answers): 200, "ready", or
+    "degraded" with the reason when the poller is silent, the store unreachable or a config
+    reload refused. Those are shared by every node, and each still serves its last snapshot:
+    a 503 for them would pull the whole fleet out of the load balancer at once. 503 only when
+    there is nowhere to send a client (`status.readiness` states the rule).
+    """
     app = request.app
     settings = app[keys.LIVE].current
     store_error = None
@@ -335,12 +473,16 @@ async def ready(request: web.Request) -> web.Response:
         await app[keys.STORE].ping()
     except StoreError as e:
         store_error = str(e)
+    reloader = app.get(keys.RELOADER)
+    refused = reloader.last if reloader is not None else None
     r = status.readiness(
         app[keys.HOLDER].current,
         now=time.time(),
         max_lag=settings.max_lag,
         poll_interval=settings.poll_interval,
         store_error=store_error,
+        config_error=refused.error if refused is not None and not refused.ok else None,
+        config_watched=reloader is not None and reloader.watches_config,
     )
     return _json(
         {"status": r.status, "ready": r.ready, "checks": r.checks}, 200 if r.ready else 503
@@ -382,13 +524,7 @@ def add_routes(app: web.Application) -> None:
 
 def observe_pass(app: web.Application, result: PassResult) -> None:
     """Poller metrics for one pass: its duration, and the probes that failed in it."""
-    failed = (
-        s.name
-        for s in result.states
-        # Backed-off mirrors keep their old state: only count probes made in this pass.
-        if s.status in (Status.DOWN, Status.BROKEN) and s.checked_at >= result.started
-    )
-    app[keys.METRICS].observe_pass(result.duration, result.master.error, failed)
+    app[keys.METRICS].observe_result(result)
 
 
 async def tree_section(app: web.Application) -> Section:

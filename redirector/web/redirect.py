@@ -16,10 +16,13 @@ from redirector.core.humanize import rfc3339
 from redirector.core.paths import BadPath, split_target
 from redirector.core.selection import LIST
 from redirector.core.topology import ACCEL_HEADER, fallback_target, is_local
+from redirector.poll.filecheck import heads_waited, start_request
+from redirector.reload import Reloader
 from redirector.router import Routed, Router
 from redirector.views.explain import wants_mirrorlist
 from redirector.web import keys, pages
 from redirector.web.link import link_header
+from redirector.web.metrics import REFUSED_METHOD, SILENT_INTERVALS
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -39,7 +42,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 async def redirect(request: web.Request) -> web.StreamResponse:
     """GET/HEAD under the tree -> 302 to the chosen mirror (or the master)."""
     if request.method not in ("GET", "HEAD"):
-        pages.refused(request)
+        pages.refused(request, REFUSED_METHOD)
         return web.Response(
             status=405, text="405 Method Not Allowed\n", headers={"Allow": "GET, HEAD"}
         )
@@ -64,7 +67,9 @@ async def redirect(request: web.Request) -> web.StreamResponse:
     request[keys.ROUTED] = routed  # for the access log
     if query and wants_mirrorlist(query):
         return await pages.mirrorlist(request, routed)  # why this client goes there, not a download
-    target = await app[keys.VERIFIER].target(routed)  # never a 404 (verify.py)
+    verifier = app[keys.VERIFIER]
+    heads = start_request()
+    target = await verifier.target(routed)  # never a 404 (filecheck.py)
     if (
         router.has_ftp_only
         and routed.client.scheme == "http"
@@ -72,7 +77,14 @@ async def redirect(request: web.Request) -> web.StreamResponse:
     ):
         routed, target = await _last_resort(request, routed, target)
     request[keys.TARGET] = target  # for the access log: the mirror finally sent to
-    pages.record(request, routed, decision_seconds, target)
+    pages.record(
+        request,
+        routed,
+        decision_seconds,
+        target,
+        checked=verifier.checks(routed),
+        heads=heads_waited(heads),
+    )
     if is_local(target):
         return local_answer(target)
     out = {"Location": target, "Cache-Control": NO_SHARED_CACHE}
@@ -128,7 +140,11 @@ def local_answer(target: str) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    """Fresh-mirror count, poller age and store status; 503 when there is nowhere to send anyone."""
+    """Fresh-mirror count, poller age and store status; 503 when there is nowhere to send anyone.
+
+    "degraded" also when the config file on disk was refused at its last reload: `config`
+    then names the file, line and field, while the last good config keeps running.
+    """
     app = request.app
     settings = app[keys.LIVE].current  # read per request: a reload replaces it
     holder = app[keys.HOLDER]
@@ -140,8 +156,11 @@ async def health(request: web.Request) -> web.Response:
     geo = app[keys.ROUTER].geo  # the live reader: a replaced database is swapped there
     tasks = app[keys.TASKS].health()
     store_ok = holder.store_error is None and holder.write_error is None
+    reloader = app.get(keys.RELOADER)
+    refused = reloader.refusal if reloader is not None else None
+    silent = master is None or now - master.checked_at > SILENT_INTERVALS * settings.poll_interval
     status = "ok"
-    if not store_ok or fresh == 0 or not all(t.ok for t in tasks.values()):
+    if not store_ok or fresh == 0 or not all(t.ok for t in tasks.values()) or refused is not None:
         status = "degraded"
     if fresh == 0 and master_down:
         status = "failing"
@@ -157,6 +176,9 @@ async def health(request: web.Request) -> web.Response:
             "last_pass": rfc3339(master.checked_at if master else None, ms=True),
             "age_seconds": round(now - master.checked_at, 1) if master else None,
             "interval_seconds": settings.poll_interval,
+            # No pass in 3 intervals: this node serves its last snapshot (the web side's
+            # word that the poller went quiet; see /health/ready).
+            "silent": silent,
         },
         "master": {
             "url": settings.master,
@@ -182,6 +204,7 @@ async def health(request: web.Request) -> web.Response:
             "database": geo.describe() if geo is not None else None,
             "warning": app.get(keys.GEO_WARNING) if geo is None else None,
         },
+        "config": _config_health(reloader),
     }
     return web.Response(
         status=503 if status == "failing" else 200,
@@ -189,6 +212,20 @@ async def health(request: web.Request) -> web.Response:
         content_type="application/json",
         headers={"Cache-Control": "no-store"},
     )
+
+
+def _config_health(reloader: Reloader | None) -> dict[str, object]:
+    """The config in force and, when the file on disk was refused, where it is wrong."""
+    if reloader is None:
+        return {"ok": True, "file": None, "last_reload": None, "refused": None}
+    last, refused = reloader.last, reloader.refusal
+    source = reloader.settings.source
+    return {
+        "ok": refused is None,
+        "file": str(source) if source is not None else None,
+        "last_reload": None if last is None else {"ok": last.ok, "at": rfc3339(last.at)},
+        "refused": None if refused is None else {**refused.to_json(), "at": rfc3339(refused.at)},
+    }
 
 
 def add_routes(app: web.Application) -> None:

@@ -404,6 +404,37 @@ def test_units_run_the_real_commands() -> None:
     assert shlex.split(poller["Service"]["ExecStart"])[1] == "poll"
 
 
+def test_units_check_the_config_before_every_start(tmp_path: Path) -> None:
+    """A broken config refuses the start, with file, line and field on stderr (the journal);
+    journald's rate limit is off, so access lines in the journal are not dropped under load."""
+    for name in ("redirector.service", "redirector-poller.service"):
+        s = unit(name)["Service"]
+        assert s["LogRateLimitIntervalSec"] == "0"
+        pre = shlex.split(s["ExecStartPre"])
+        assert pre == [EXEC, "check-config", CONFIG]
+        assert build_parser().parse_args(pre[1:]).file == CONFIG
+    bad = tmp_path / "mirrors.toml"
+    bad.write_text(FRONT.config_text(["nl"]).replace("latitude = 52.37", "latitude = 152.37"))
+    pre[0:1] = [sys.executable, "-m", "redirector.cli"]
+    pre[-1] = str(bad)
+    r = subprocess.run(pre, capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 2  # the unit's start fails here: serve never runs on this file
+    line = next(i for i, text in enumerate(bad.read_text().splitlines(), 1) if "152.37" in text)
+    assert f"{bad}:{line}: mirror 'nl' field 'latitude'" in r.stderr
+    good = tmp_path / "good.toml"
+    good.write_text(FRONT.config_text(["nl"]))
+    pre[-1] = str(good)
+    assert subprocess.run(pre, capture_output=True, timeout=60, check=False).returncode == 0
+
+
+def test_the_container_listens_where_a_port_mapping_reaches() -> None:
+    text = (DEPLOY / "Containerfile").read_text()
+    cmd = json.loads(re.search(r"^CMD\s+(.+)$", text, re.M).group(1))  # type: ignore[union-attr]
+    args = build_parser().parse_args(cmd)
+    assert args.listen == "0.0.0.0:8080"
+    assert re.search(r"^EXPOSE\s+8080$", text, re.M)
+
+
 # --- the container and the production config ----------------------------------------------
 
 

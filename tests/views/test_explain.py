@@ -229,12 +229,17 @@ async def test_explain_is_not_a_download_and_bad_paths_stay_400(every_reason: Cl
     assert resp.status == 302  # a query that does not ask for the list is just a download
     scrape = await (await every_reason.get("/metrics")).text()
     by_outcome: dict[str, float] = {}
+    refused: dict[str, float] = {}
     for family in text_string_to_metric_families(scrape):
         if family.name == "redirector_redirects":
             for s in family.samples:
                 out = s.labels["outcome"]
                 by_outcome[out] = by_outcome.get(out, 0.0) + s.value
-    assert by_outcome == {"mirror": 1.0, "master": 0.0, "4xx": 1.0}
+        if family.name == "redirector_refused":
+            refused = {s.labels["reason"]: s.value for s in family.samples}
+    # The refused one is counted as a refusal, not as a redirect.
+    assert by_outcome == {"mirror": 1.0, "master": 0.0}
+    assert refused == {"bad_path": 1.0, "method": 0.0}
 
 
 async def test_master_fallback_explained(aiohttp_client: ClientFactory, tmp_path: Path) -> None:

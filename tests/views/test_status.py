@@ -251,8 +251,9 @@ async def test_page_escapes_what_mirrors_say_and_renders_extra_sections() -> Non
         (MasterState((MasterVersion(NOW - 7200, NOW - 7100),), NOW - 60), None, True, "ready"),
         (MasterState((MasterVersion(NOW - 7200, NOW - 7100),), NOW - 60), "refused", True,
          "degraded"),
-        (MasterState((MasterVersion(NOW - 7200, NOW - 7100),), NOW - 901), None, False,
-         "not ready"),
+        # A silent poller: the node still serves its snapshot, so it stays in the balancer.
+        (MasterState((MasterVersion(NOW - 7200, NOW - 7100),), NOW - 901), None, True,
+         "degraded"),
         (None, None, False, "not ready"),
     ],
 )  # fmt: skip
