@@ -132,10 +132,10 @@ async def timed(request: web.Request, handler: Handler) -> web.StreamResponse:
         if metrics is not None:
             path = request.raw_path.partition("?")[0]
             metrics.answered(path, status, time.perf_counter() - started)
-            if 200 <= status < 300:
-                kind = handler_of(path)
-                if kind in ("mirrorlist", "metalink"):
-                    metrics.list_client(kind, request.headers.get("User-Agent"))
+            kind = handler_of(path)
+            # A metalink's 404 (no hashes known) is an answer to a client too.
+            if kind in ("mirrorlist", "metalink") and (200 <= status < 300 or status == 404):
+                metrics.list_client(kind, request.headers.get("User-Agent"))
 
 
 async def watch_poller(app: web.Application, every: float = 1.0) -> None:

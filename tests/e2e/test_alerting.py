@@ -36,6 +36,9 @@ SERIES = re.compile(r"\b(redirector_[a-z0-9_]+)")
 REPO_DIR = "releases/10/smeos/x86_64"
 
 
+pytestmark = pytest.mark.system  # Debian's promtool
+
+
 def promtool() -> str:
     path = shutil.which("promtool")
     if path is None:
@@ -269,7 +272,15 @@ async def live_series(
     assert (await client.get("/metalink?repo=smeos-10&arch=x86_64", headers=dnf)).status == 200
     cfg.write_text(cfg.read_text().replace('poll_interval = "1s"', 'poll_interval = "-1s"'))
     app[keys.RELOADER].check()
-    text = await (await client.get("/metrics")).text()
+    # A scrape may be served from a rendering up to a second old (the views cache): wait for
+    # the counters just moved.
+    deadline = time.monotonic() + 10
+    while True:
+        text = await (await client.get("/metrics")).text()
+        if "redirector_list_requests_total{" in text and "redirector_config_refused{" in text:
+            break
+        assert time.monotonic() < deadline, text[-3000:]
+        await asyncio.sleep(0.2)
     names = {m.group(1) for m in re.finditer(r"^(redirector_\w+)[{ ]", text, re.M)}
     declared = {m.group(1) for m in re.finditer(r"^# TYPE (redirector_\w+) ", text, re.M)}
     return names, names | declared

@@ -256,6 +256,7 @@ def names_front(text: str, site: Site) -> bool:
     return any(n in text for n in (*NAMES, f"127.0.0.1:{site.http}"))
 
 
+@pytest.mark.system
 async def test_the_master_host_layout_end_to_end(site: Site) -> None:
     farm = site.farm
 

@@ -190,6 +190,7 @@ async def test_a_metalink_names_ftp_urls(aiohttp_client: ClientFactory) -> None:
     ]
 
 
+@pytest.mark.system
 async def test_dnf_reads_an_ftp_mirror_from_the_list(
     aiohttp_client: ClientFactory, ftp: FtpServer, tmp_path: Path
 ) -> None:
