@@ -1,0 +1,64 @@
+"""The master's file facts as this process sees them: a copy of the store's, kept current.
+
+Every request for a hashed file looks its facts up here (a dict lookup, no I/O); a background
+task reloads the copy when the store's facts generation moves, which the hasher makes happen
+once per file it hashes and never when nothing changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import types
+from collections.abc import Mapping
+
+from redirector.core.filefacts import FileFacts
+from redirector.store.base import FactStore, StoreError
+
+log = logging.getLogger(__name__)
+
+REFRESH_INTERVAL = 1.0  # seconds between looks at the facts generation
+
+
+class FactsHolder:
+    """The last facts loaded from the store; empty until the first load, or without a store
+    that keeps facts."""
+
+    def __init__(self) -> None:
+        self.current: Mapping[str, FileFacts] = types.MappingProxyType({})
+        self.generation: int | None = None
+        self.error: str | None = None
+
+    def get(self, path: str) -> FileFacts | None:
+        return self.current.get(path)
+
+    async def refresh(self, store: object) -> bool:
+        """Reload if the store's facts changed; True when it did. Never raises StoreError: a
+        store that fails keeps the last copy (a hash known a minute ago is still the hash)."""
+        if not isinstance(store, FactStore):
+            return False
+        try:
+            generation = await store.facts_generation()
+            if generation == self.generation:
+                return False
+            facts = await store.load_facts()
+        except StoreError as e:
+            if self.error is None:
+                log.warning("file facts not refreshed: %s", e)
+            self.error = str(e)
+            return False
+        if self.error is not None:
+            log.info("file facts refreshed again")
+        self.error = None
+        self.current = types.MappingProxyType(facts)
+        self.generation = generation
+        return True
+
+
+async def refresh_facts_forever(
+    holder: FactsHolder, store: object, interval: float = REFRESH_INTERVAL
+) -> None:
+    """`holder.refresh(store)` every `interval` seconds until cancelled."""
+    while True:
+        await holder.refresh(store)
+        await asyncio.sleep(interval)
