@@ -19,7 +19,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -294,14 +294,21 @@ class Hasher:
             source="sums",
         )
 
-    async def run(self, lease: Lease | None = None) -> None:
-        """A pass every `hash_interval` until cancelled; with a `lease`, only while held."""
+    async def run(
+        self,
+        lease: Lease | None = None,
+        on_pass: Callable[[HashPass], Awaitable[None]] | None = None,
+    ) -> None:
+        """A pass every `hash_interval` until cancelled; with a `lease`, only while held.
+        `on_pass` runs after each pass."""
         try:
             while True:
                 if lease is not None:
                     await lease.wait_held()
                 held = (lambda: lease.held) if lease is not None else (lambda: True)
-                await self.run_pass(held=held)
+                result = await self.run_pass(held=held)
+                if on_pass is not None:
+                    await on_pass(result)
                 await asyncio.sleep(self.current().hash_interval)
         finally:
             self.stop()  # a file being hashed in the thread ends at its next chunk

@@ -12,7 +12,7 @@ import logging
 import types
 from collections.abc import Mapping
 
-from redirector.core.filefacts import FileFacts
+from redirector.core.filefacts import FileFacts, digest_headers
 from redirector.store.base import FactStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -26,11 +26,17 @@ class FactsHolder:
 
     def __init__(self) -> None:
         self.current: Mapping[str, FileFacts] = types.MappingProxyType({})
+        # Digest and Repr-Digest of each file, made once per load rather than per redirect
+        self._headers: dict[str, dict[str, str]] = {}
         self.generation: int | None = None
         self.error: str | None = None
 
     def get(self, path: str) -> FileFacts | None:
         return self.current.get(path)
+
+    def headers(self, path: str) -> dict[str, str] | None:
+        """The Digest and Repr-Digest headers of a redirect to `path`; None when none."""
+        return self._headers.get(path)
 
     async def refresh(self, store: object) -> bool:
         """Reload if the store's facts changed; True when it did. Never raises StoreError: a
@@ -51,6 +57,7 @@ class FactsHolder:
             log.info("file facts refreshed again")
         self.error = None
         self.current = types.MappingProxyType(facts)
+        self._headers = {p: h for p, f in facts.items() if (h := digest_headers(f))}
         self.generation = generation
         return True
 

@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
+from html import escape as html_escape
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,8 +25,8 @@ from redirector.core.synctree import build_tree, master_aliases
 from redirector.poll.poller import PassResult
 from redirector.router import Routed
 from redirector.stats import StatsReader, Tally, flush, flush_forever
-from redirector.store.base import StoreError, SyncStore
-from redirector.views import explain, status
+from redirector.store.base import FactStore, StoreError, SyncStore
+from redirector.views import explain, filefacts, status
 from redirector.views.status import Section
 from redirector.views.synctree import render_html
 from redirector.web import keys
@@ -112,10 +113,16 @@ def mirrorlist(request: web.Request, routed: Routed) -> web.Response:
         routed, router.holder.current.candidates, router.policy, now=time.time(), geo_note=note
     )
     _, query = request.raw_path.split("?", 1)
+    facts = app[keys.FACTS].get(routed.path)
     if explain.wants_json(query, request.headers.get("Accept")):
-        return _json(explain.dumps(expl), Vary="Accept")
+        body = explain.to_json(expl)
+        body["file"] = filefacts.facts_json(facts)
+        return _json(json.dumps(body, indent=2, ensure_ascii=False) + "\n", Vary="Accept")
+    page = explain.render_html(expl)
+    if facts is not None:  # the file's size, date and hashes after what the client is told
+        page = page.replace("</dl><table>", filefacts.facts_html(facts) + "</dl><table>", 1)
     return web.Response(
-        text=explain.render_html(expl),
+        text=page,
         content_type="text/html",
         headers={"Cache-Control": NO_STORE, "Vary": "Accept"},
     )
@@ -219,6 +226,25 @@ def observe_pass(app: web.Application, result: PassResult) -> None:
         if s.status in (Status.DOWN, Status.BROKEN) and s.checked_at >= result.started
     )
     app[keys.METRICS].observe_pass(result.duration, result.master.error, failed)
+
+
+BAD_COPY_DAYS = 7  # a wrong copy not seen again for this long is no longer shown
+
+
+async def bad_copies_section(app: web.Application) -> Section | None:
+    """Mirrors caught serving a copy of a hashed file that is not the master's; None when the
+    store keeps no file facts."""
+    st = app[keys.STORE]
+    if not isinstance(st, FactStore):
+        return None
+    try:
+        copies = await st.load_bad_copies()
+    except StoreError as e:
+        return Section("bad-copies", "Wrong copies", f"<p>Unavailable: {html_escape(str(e))}</p>")
+    names = {m.name for m in app[keys.LIVE].current.mirrors}
+    since = time.time() - BAD_COPY_DAYS * 86400
+    shown = [b for b in copies if b.mirror in names and b.seen_at >= since]
+    return Section("bad-copies", "Wrong copies", filefacts.bad_copies_html(shown))
 
 
 async def tree_section(app: web.Application) -> Section:

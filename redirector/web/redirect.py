@@ -13,7 +13,7 @@ from redirector.core.condition import assess
 from redirector.core.humanize import rfc3339
 from redirector.core.paths import BadPath, split_target
 from redirector.views.explain import wants_mirrorlist
-from redirector.web import keys, pages
+from redirector.web import download, keys, pages
 from redirector.web.link import link_header
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -45,6 +45,10 @@ async def redirect(request: web.Request) -> web.StreamResponse:
     if path is None:
         raise web.HTTPNotFound(text="404 Not Found\n")
     headers = request.headers
+    facts_holder = app[keys.FACTS]
+    path, want, by_suffix = download.asked(facts_holder, path, query, headers.get("Accept"))
+    if want and want not in ("meta4", "metalink"):
+        return download.facts_answer(facts_holder.get(path), path, want, by_suffix)
     started = time.perf_counter()
     # One call: the client, its location and the decision all come from the router's caches.
     routed = router.resolve(
@@ -59,6 +63,8 @@ async def redirect(request: web.Request) -> web.StreamResponse:
     request[keys.ROUTED] = routed  # for the access log
     if query and wants_mirrorlist(query):
         return pages.mirrorlist(request, routed)  # why this client goes there, not a download
+    if want:
+        return await download.metalink(request, routed, facts_holder.get(path), want)
     target = await app[keys.VERIFIER].target(routed)  # never a 404 (verify.py)
     request[keys.TARGET] = target  # for the access log: the mirror finally sent to
     pages.record(request, routed, decision_seconds, target)
@@ -66,6 +72,9 @@ async def redirect(request: web.Request) -> web.StreamResponse:
     link = link_header(routed, target)  # RFC 6249: the next best, for clients that retry
     if link is not None:
         out["Link"] = link
+    digests = facts_holder.headers(path)  # RFC 3230 and RFC 9530: what the file must hash to
+    if digests is not None:
+        out.update(digests)
     return web.Response(status=302, headers=out)
 
 
