@@ -86,16 +86,17 @@ async def test_bad_copies_are_kept_per_mirror_and_path_newest_first(
 def _poisoned() -> dict[str, str]:
     good = json.loads(encode_facts(ISO))
     out = {}
-    for name, change in {
+    changes: dict[str, dict[str, object]] = {
         "short hash": {"sha256": "abc"},
         "upper-case hash": {"sha256": ISO.sha256.upper() if ISO.sha256 else ""},
-        "pieces short": {"pieces": list(ISO.pieces) + [ISO.pieces[0]]},
+        "pieces short": {"pieces": [*list(ISO.pieces), ISO.pieces[0]]},
         "escaping path": {"path": "../../etc/passwd"},
         "negative size": {"size": -1},
         "infinite date": {"mtime": 1e400},
         "unknown source": {"source": "rumour"},
         "schema": {"v": 2},
-    }.items():
+    }
+    for name, change in changes.items():
         out[name] = json.dumps({**good, **change})
     return out
 
@@ -147,7 +148,8 @@ async def test_the_holder_reloads_only_when_the_generation_moves(redis_url: str)
         assert await holder.refresh(st)
         assert holder.get(ISO.path) == ISO
         headers = holder.headers(ISO.path)
-        assert headers is not None and "Repr-Digest" in headers
+        assert headers is not None
+        assert "Repr-Digest" in headers
         assert not await holder.refresh(st)
     finally:
         await st.close()
@@ -155,6 +157,7 @@ async def test_the_holder_reloads_only_when_the_generation_moves(redis_url: str)
     down = RedisStore("redis://127.0.0.1:1/0", prefix="t:", timeout=0.2)
     try:
         assert not await holder.refresh(down)
-        assert holder.get(ISO.path) == ISO and holder.error is not None
+        assert holder.get(ISO.path) == ISO
+        assert holder.error is not None
     finally:
         await down.close()
