@@ -12,6 +12,9 @@ packages+=(nginx wrk)
 packages+=(nginx openssl curl systemd)
 # tests/test_ftpsync_system.py runs Debian's ftpsync against a loopback rsync daemon.
 packages+=(ftpsync rsync)
+# tests/test_metalink_clients.py downloads an ISO through a Metalink with aria2c and wget2;
+# tests/test_hashes.py compares ?sha256 with coreutils and reads the 302 with curl.
+packages+=(aria2 wget2 coreutils curl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

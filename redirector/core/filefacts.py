@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import fnmatch
 import hashlib
+import random
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -282,3 +283,42 @@ class BadCopy:
     path: str
     reason: str  # "size 1000, the master's 2000", "piece 3 differs"
     seen_at: float  # unix time it was last seen so
+
+
+# --- sample checks: ranged GETs of a piece, compared with the master's piece hash ---------
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One piece of one file to fetch from one mirror: bytes `start`..`end`, both included."""
+
+    mirror: str
+    path: str
+    piece: int
+    start: int
+    end: int
+
+
+def _sample(mirror: str, f: FileFacts, piece: int) -> Sample:
+    start = piece * f.piece_length
+    return Sample(mirror, f.path, piece, start, min(start + f.piece_length, f.size) - 1)
+
+
+def pick_samples(
+    files: Sequence[FileFacts], mirrors: Sequence[str], budget: int, rng: random.Random
+) -> list[Sample]:
+    """At most `budget` distinct (mirror, file, piece) samples, drawn with `rng`; every one of
+    them when there are no more than `budget`. Files without piece hashes are left out."""
+    hashed = [f for f in files if f.pieces and f.size > 0]
+    total = sum(len(f.pieces) for f in hashed) * len(mirrors)
+    if budget <= 0 or total == 0:
+        return []
+    if total <= budget:
+        return [_sample(m, f, i) for m in mirrors for f in hashed for i in range(len(f.pieces))]
+    picked: dict[tuple[str, str, int], Sample] = {}
+    while len(picked) < budget:
+        m = mirrors[rng.randrange(len(mirrors))]
+        f = hashed[rng.randrange(len(hashed))]
+        i = rng.randrange(len(f.pieces))
+        picked.setdefault((m, f.path, i), _sample(m, f, i))
+    return list(picked.values())

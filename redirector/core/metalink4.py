@@ -20,6 +20,9 @@ META4_NS = "urn:ietf:params:xml:ns:metalink"
 METALINK3_NS = "http://www.metalinker.org/"
 # RFC 5854 names hashes by the IANA "Hash Function Textual Names".
 META4_HASH = {"md5": "md5", "sha1": "sha-1", "sha256": "sha-256", "sha512": "sha-512"}
+# The order of <hash> elements: wget2 (1.99.1) checks the file against the first one only and
+# gets sha-512 wrong, failing every download; aria2 picks the strongest it knows wherever it is.
+META4_ORDER = ("sha256", "sha512", "sha1", "md5")
 MAX_PRIORITY = 999999  # RFC 5854: priority 1 (best) .. 999999
 MAX_PREFERENCE = 100  # Metalink 3: preference 100 (best) .. 1
 
@@ -54,8 +57,10 @@ def metalink4_xml(
     ]
     if facts is not None:
         out.append(f"    <size>{facts.size}</size>")
-        for algorithm, digest in facts.hashes:
-            out.append(f'    <hash type="{META4_HASH[algorithm]}">{digest}</hash>')
+        for algorithm in META4_ORDER:
+            digest = facts.hash(algorithm)
+            if digest is not None:
+                out.append(f'    <hash type="{META4_HASH[algorithm]}">{digest}</hash>')
         if facts.piece_length and facts.pieces:
             out.append(f'    <pieces length="{facts.piece_length}" type="sha-256">')
             out += [f"      <hash>{p}</hash>" for p in facts.pieces]

@@ -88,6 +88,7 @@ class Verifier:
         current: Callable[[], Settings] | None = None,
         facts: Facts | None = None,
         on_bad: Callable[[BadCopy], None] | None = None,
+        vetoed: Callable[[str, str, float], bool] | None = None,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.session = session
@@ -98,6 +99,7 @@ class Verifier:
         self.vouchers = vouchers
         self.facts = facts
         self.on_bad = on_bad
+        self.vetoed = vetoed
         self.wall = wall
         self.probes = dict(settings.coverage_probes)
         # mirror name -> state for the snapshot last looked at (snapshots are immutable)
@@ -123,7 +125,7 @@ class Verifier:
         snapshot = self.holder.current
         size = self._size(path)
         lookups = 0
-        for ranked in routed.top(DEPTH):
+        for ranked in self._unvetoed(routed.top(DEPTH), path):
             key = (ranked.mirror.name, path)
             if self.has.get(key) == size or self._vouched(snapshot, ranked.mirror, path, size):
                 return ranked.base + path
@@ -150,6 +152,7 @@ class Verifier:
         snapshot = self.holder.current
         size = self._size(path)
         verdicts: list[bool | asyncio.Task[bool]] = []
+        ranked = self._unvetoed(ranked, path)
         for r in ranked:
             key = (r.mirror.name, path)
             if self.has.get(key) == size or self._vouched(snapshot, r.mirror, path, size):
@@ -163,6 +166,13 @@ class Verifier:
             if v is True or (not isinstance(v, bool) and await v):
                 out.append(r)
         return out
+
+    def _unvetoed(self, ranked: Sequence[Ranked], path: str) -> list[Ranked]:
+        """`ranked` without the mirrors caught serving a wrong copy of `path`."""
+        if self.vetoed is None:
+            return list(ranked)
+        now = self.wall()
+        return [r for r in ranked if not self.vetoed(r.mirror.name, path, now)]
 
     def _size(self, path: str) -> int:
         """The master's size of `path`, -1 when not known."""

@@ -37,7 +37,7 @@ Key schema (every key starts with the store's `prefix`, by default ``redirector:
     `encode_facts`): size, date, hashes, piece hashes. Written by the hasher (`put_facts`),
     read by every process (`load_facts`) when ``{prefix}facts_gen`` moved; not part of ``gen``.
 ``{prefix}facts_gen``
-    String holding an integer, ``INCR``-ed with every change of ``facts``.
+    String holding an integer, ``INCR``-ed with every change of ``facts`` or ``badcopies``.
 ``{prefix}badcopies``
     Hash: ``<mirror> <path>`` -> a `BadCopy` as JSON: a mirror caught serving a copy that
     is not the master's (wrong size, a piece that differs), for the status page.
@@ -497,7 +497,8 @@ class FactStore(Protocol):
         ...
 
     async def put_bad_copies(self, copies: Iterable[BadCopy]) -> None:
-        """Record mirrors caught with a wrong copy (last wins per mirror and path)."""
+        """Record mirrors caught with a wrong copy (last wins per mirror and path); moves the
+        facts generation, so every process stops sending clients there."""
         ...
 
     async def load_bad_copies(self) -> list[BadCopy]:
@@ -768,7 +769,10 @@ class MemoryStore:
         return self._facts_gen
 
     async def put_bad_copies(self, copies: Iterable[BadCopy]) -> None:
-        self._bad_copies.update({(b.mirror, b.path): b for b in copies})
+        new = {(b.mirror, b.path): b for b in copies}
+        if new:
+            self._bad_copies.update(new)
+            self._facts_gen += 1
 
     async def load_bad_copies(self) -> list[BadCopy]:
         return sorted(self._bad_copies.values(), key=lambda b: -b.seen_at)
@@ -1054,9 +1058,15 @@ class RedisStore:
 
     async def put_bad_copies(self, copies: Iterable[BadCopy]) -> None:
         mapping: dict[FieldT, EncodableT] = {bad_copy_field(b): encode_bad_copy(b) for b in copies}
-        if mapping:
-            async with _translated("put_bad_copies"):
-                await self._client.hset(f"{self.prefix}badcopies", mapping=mapping)
+        if not mapping:
+            return
+        async with (
+            _translated("put_bad_copies"),
+            self._client.pipeline(transaction=True) as pipe,
+        ):
+            pipe.hset(f"{self.prefix}badcopies", mapping=mapping)
+            pipe.incr(f"{self.prefix}facts_gen")
+            await pipe.execute()
 
     async def load_bad_copies(self) -> list[BadCopy]:
         async with _translated("load_bad_copies"):

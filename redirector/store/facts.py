@@ -12,12 +12,13 @@ import logging
 import types
 from collections.abc import Mapping
 
-from redirector.core.filefacts import FileFacts, digest_headers
+from redirector.core.filefacts import BadCopy, FileFacts, digest_headers
 from redirector.store.base import FactStore, StoreError
 
 log = logging.getLogger(__name__)
 
 REFRESH_INTERVAL = 1.0  # seconds between looks at the facts generation
+BAD_COPY_HOLD = 86400.0  # a mirror caught with a wrong copy gets no client for it this long
 
 
 class FactsHolder:
@@ -30,9 +31,15 @@ class FactsHolder:
         self._headers: dict[str, dict[str, str]] = {}
         self.generation: int | None = None
         self.error: str | None = None
+        self.bad: Mapping[tuple[str, str], BadCopy] = types.MappingProxyType({})
 
     def get(self, path: str) -> FileFacts | None:
         return self.current.get(path)
+
+    def vetoed(self, mirror: str, path: str, now: float) -> bool:
+        """Whether `mirror` was caught with a wrong copy of `path` in the last BAD_COPY_HOLD."""
+        bad = self.bad.get((mirror, path))
+        return bad is not None and now - bad.seen_at < BAD_COPY_HOLD
 
     def headers(self, path: str) -> dict[str, str] | None:
         """The Digest and Repr-Digest headers of a redirect to `path`; None when none."""
@@ -48,6 +55,7 @@ class FactsHolder:
             if generation == self.generation:
                 return False
             facts = await store.load_facts()
+            bad = await store.load_bad_copies()
         except StoreError as e:
             if self.error is None:
                 log.warning("file facts not refreshed: %s", e)
@@ -57,6 +65,7 @@ class FactsHolder:
             log.info("file facts refreshed again")
         self.error = None
         self.current = types.MappingProxyType(facts)
+        self.bad = types.MappingProxyType({(b.mirror, b.path): b for b in bad})
         self._headers = {p: h for p, f in facts.items() if (h := digest_headers(f))}
         self.generation = generation
         return True

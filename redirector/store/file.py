@@ -450,7 +450,7 @@ class FileStore:
 
         def change(doc: _Doc) -> bool:
             doc["bad"].update(new)
-            return False
+            return True
 
         self._update_facts(change)
 

@@ -17,6 +17,7 @@ from redirector.poll.hasher import Hasher, HashPass
 from redirector.poll.poller import PassHook, PassResult, run_poller, stop_task
 from redirector.poll.probe import open_session
 from redirector.poll.repodata import make_repodata_pass
+from redirector.poll.samplecheck import make_sample_pass
 from redirector.poll.syncread import sync_hook
 from redirector.reload import GEO_GRACE, WATCH_INTERVAL, hold_sighup, watching
 from redirector.router import Router
@@ -98,6 +99,7 @@ def _verify_ctx(settings: Settings) -> Callable[[web.Application], AsyncIterator
             current=app[keys.LIVE].get,
             facts=app[keys.FACTS].get,
             on_bad=on_bad,
+            vetoed=app[keys.FACTS].vetoed,
         )
         app[keys.VERIFIER] = verifier
         yield
@@ -189,6 +191,7 @@ def _add_pass_hooks(app: web.Application) -> None:
 
     app[keys.PASS_HOOKS].append(make_repodata_pass(app[keys.SETTINGS], store, current=live))
     app[keys.PASS_HOOKS].append(sync_hook(live, store))
+    app[keys.PASS_HOOKS].append(make_sample_pass(live, store))
 
     async def sync_tree() -> Section:
         return await pages.tree_section(app)
