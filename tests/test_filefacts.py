@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import random
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -17,6 +18,7 @@ from redirector.core.filefacts import (
     digest_headers,
     hash_text,
     parse_sums,
+    pick_samples,
     piece_length_for,
     query_request,
     suffix_request,
@@ -236,3 +238,18 @@ def test_a_metalink3_has_the_same_download_with_preferences() -> None:
     assert hashes["md5"] == facts.md5
     prefs = [u.get("preference") for u in f.findall("m:resources/m:url", NS3)]
     assert prefs == ["100", "99", "98"]
+
+
+def test_samples_cover_everything_within_budget_and_draw_with_the_given_randomness() -> None:
+    big = digest_of(b"y" * (3 * PIECE_MIN + 10), "a.iso")  # 4 pieces, the last 10 bytes
+    small = FileFacts("b.iso", 5, 0.0)  # no piece hashes: never sampled
+    every = pick_samples([big, small], ["nl", "us"], 8, random.Random(1))
+    assert len(every) == 8
+    assert {(s.mirror, s.piece) for s in every} == {(m, i) for m in ("nl", "us") for i in range(4)}
+    last = next(s for s in every if s.piece == 3)
+    assert (last.start, last.end) == (3 * PIECE_MIN, 3 * PIECE_MIN + 9)
+    drawn = pick_samples([big], ["nl", "us"], 3, random.Random(5))
+    assert len({(s.mirror, s.piece) for s in drawn}) == 3
+    assert drawn == pick_samples([big], ["nl", "us"], 3, random.Random(5))
+    assert pick_samples([big], ["nl"], 0, random.Random(1)) == []
+    assert pick_samples([small], ["nl"], 5, random.Random(1)) == []

@@ -2,11 +2,13 @@
 
 Sources, in order: the master tree on this machine's disk (`hash_tree`), walked every
 `hash_interval`; only a file whose size or mtime changed since its facts were written (or that
-has none) is read again, at most `hash_read_rate` MB/s, in a worker thread so the event loop
-keeps serving redirects. Each file's facts are written as soon as it is hashed, so a new file
-has its hash within the pass that first sees it. Without a local tree, the checksum files the
-master publishes (`hash_sums`) are read over http and the sizes and dates taken from a HEAD of
-each file they name. Without either, no facts: nothing claims a hash.
+has none) is read again, at most `hash_read_rate` MB/s, in a child process at a lower CPU
+priority (``python -m redirector.poll.hasher``): hashing in a thread of the server would take
+the GIL back after each block and the event loop would wait for it, which showed as a p99
+half as long again under load (bench/hashing.py). Each file's facts are written as soon as it
+is hashed, so a new file has its hash within the pass that first sees it. Without a local tree,
+the checksum files the master publishes (`hash_sums`) are read over http and the sizes and
+dates taken from a HEAD of each file they name. Without either, no facts: nothing claims a hash.
 
 Only the process holding the poller lease hashes (the others read the facts from the store).
 """
@@ -14,9 +16,11 @@ Only the process holding the poller lease hashes (the others read the facts from
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import stat
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -37,12 +41,13 @@ from redirector.core.filefacts import (
 )
 from redirector.core.humanize import duration
 from redirector.poll.probe import ProbeError, fetch
-from redirector.store.base import FactStore, StoreError
+from redirector.store.base import FactStore, StoreError, decode_facts, encode_facts
 from redirector.store.lease import Lease
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20  # bytes read at a time
+NICE = 10  # the child's CPU priority below the server's
 MAX_SUMS = 1 << 20  # a checksum file is a few kB; a MB is not one
 PROGRESS_EVERY = 10.0  # seconds between progress lines during a long pass
 
@@ -150,11 +155,54 @@ class Hasher:
         self.session = session
         self.tree = tree if tree is not None else current().hash_tree
         self._stop = threading.Event()
+        self._child: asyncio.subprocess.Process | None = None
         self.passes = 0
 
     def stop(self) -> None:
-        """End the file being hashed at its next chunk (the thread cannot be cancelled)."""
+        """End the file being hashed now (its child process is killed)."""
         self._stop.set()
+        child = self._child
+        if child is not None and child.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                child.kill()
+
+    async def _hash(self, path: Path, rel: str, rate: float) -> tuple[FileFacts, int]:
+        """`hash_file` in a child process; the same errors (Stopped once `stop` was called)."""
+        if self._stop.is_set():
+            raise Stopped
+        child = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            __name__,
+            str(path),
+            rel,
+            str(rate),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        self._child = child
+        try:
+            out, err = await child.communicate()
+        except asyncio.CancelledError:
+            with contextlib.suppress(ProcessLookupError):
+                child.kill()
+            await child.wait()
+            raise
+        finally:
+            self._child = None
+        if self._stop.is_set():
+            raise Stopped
+        if child.returncode != 0:
+            lines = err.decode(errors="replace").strip().splitlines()
+            raise OSError(lines[-1] if lines else f"hasher exited with {child.returncode}")
+        try:
+            facts = decode_facts(out)
+        except StoreError as e:
+            raise ValueError(f"the hasher's answer: {e}") from e
+        if facts.path != rel:
+            raise ValueError(f"the hasher answered for {facts.path!r}")
+        return facts, facts.size
 
     async def run_pass(self, *, held: Callable[[], bool] = lambda: True) -> HashPass:
         """One pass; `held` False stops it between files (the lease was lost)."""
@@ -193,7 +241,7 @@ class Hasher:
             if not held():
                 break
             try:
-                facts, n = await asyncio.to_thread(hash_file, root / rel, rel, rate, self._stop)
+                facts, n = await self._hash(root / rel, rel, rate)
             except Stopped:
                 break
             except (OSError, ValueError) as e:
@@ -312,3 +360,22 @@ class Hasher:
                 await asyncio.sleep(self.current().hash_interval)
         finally:
             self.stop()  # a file being hashed in the thread ends at its next chunk
+
+
+def _child_main(argv: list[str]) -> int:
+    """``python -m redirector.poll.hasher <file> <path below the tree> <bytes per second>``:
+    the file's facts as `encode_facts` JSON on stdout; a one-line reason on stderr, exit 1."""
+    with contextlib.suppress(OSError):
+        os.nice(NICE)
+    try:
+        file, rel, rate = argv
+        facts, _ = hash_file(Path(file), rel, float(rate), threading.Event())
+    except (OSError, ValueError) as e:
+        print(f"{type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    sys.stdout.write(encode_facts(facts))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(sys.argv[1:]))
