@@ -20,6 +20,9 @@ packages+=(e2fsprogs)
 # deploy/prometheus/alerts.yml is checked and unit-tested with promtool, which Debian ships in
 # the prometheus package.
 packages+=(prometheus)
+# tests/e2e/test_metalink_clients.py downloads an ISO through a Metalink with aria2c and wget2;
+# tests/e2e/test_hashes.py compares ?sha256 with coreutils and reads the 302 with curl.
+packages+=(aria2 wget2 coreutils curl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from redirector.config.table import Key, keys_of, mirror_key, setting, spec
 from redirector.core.models import Mirror
@@ -204,6 +204,36 @@ def _subtrees(v: object) -> tuple[str, ...]:
     if not isinstance(v, list):
         raise TypeError(f'expected a list like ["obsolete/"], got {v!r}')
     return tuple(normalize_subtree(x) for x in v)
+
+
+DEFAULT_HASH_PATTERNS = ("*.iso", "*.img", "*.qcow2")
+
+
+def _hash_tree(v: object) -> Path | None:
+    s = _str(v).strip()
+    if not s:
+        return None
+    if not s.startswith("/") or any(p in {".", ".."} for p in s.split("/")):
+        raise ValueError(f"{s!r} is not an absolute directory path like '/srv/smeserver'")
+    return Path(s)
+
+
+def _globs(v: object) -> tuple[str, ...]:
+    if not isinstance(v, list):
+        raise TypeError(f'expected a list like ["*.iso"], got {v!r}')
+    out = []
+    for item in v:
+        g = _str(item).strip()
+        if not g or not g.isprintable() or g.startswith("/"):
+            raise ValueError(f"{item!r} is not a glob like '*.iso' or 'releases/*/iso/*'")
+        out.append(g)
+    return tuple(out)
+
+
+def _relpaths(v: object) -> tuple[str, ...]:
+    if not isinstance(v, list):
+        raise TypeError(f'expected a list like ["releases/10/iso/sha256sum.txt"], got {v!r}')
+    return tuple(_relpath(x) for x in v)
 
 
 def _relpath(v: object) -> str:
@@ -616,6 +646,55 @@ class Settings:
         "status",
         "How the status page shows a mirror's contact email.",
     )
+    # --- file facts for downloaders (poll/hasher.py, core/filefacts.py) ---
+    hash_tree: Path | None = setting(
+        None,
+        _hash_tree,
+        "absolute directory path",
+        "hashes",
+        "The master tree on this machine's disk: the hasher reads sizes, dates and hashes"
+        " from it. Unset: a file:/// master_origin's directory, else hash_sums, else none.",
+        reloadable=False,
+    )
+    hash_patterns: tuple[str, ...] = setting(
+        DEFAULT_HASH_PATTERNS,
+        _globs,
+        "list of globs",
+        "hashes",
+        "The files worth hashing: a glob on the file name, or on the path below the tree root"
+        " when it holds a '/'.",
+    )
+    hash_sums: tuple[str, ...] = setting(
+        (),
+        _relpaths,
+        "list of relative paths",
+        "hashes",
+        "Checksum files the master publishes (SHA256SUMS, sha256sum.txt, <file>.sha256),"
+        " read over http when there is no hash_tree.",
+    )
+    hash_interval: float = setting(
+        300.0,
+        _positive_duration,
+        _DURATION_KIND,
+        "hashes",
+        "How often the hasher looks for new and changed files; a new file is hashed within"
+        " one pass.",
+    )
+    hash_read_rate: int = setting(
+        32,
+        lambda v: _int(v, 1, 100_000),
+        "whole number 1..100000 (MB/s)",
+        "hashes",
+        "The hasher reads at most this many megabytes a second: the disk stays the downloads'.",
+    )
+    sample_checks: int = setting(
+        0,
+        lambda v: _int(v, 0, 100),
+        "whole number 0..100",
+        "hashes",
+        "Ranged GETs of one piece of a hashed file per pass, each on one mirror, compared with"
+        " the master's piece hash; each costs one piece (1 to 16 MiB) of the mirror's traffic.",
+    )
     repos: tuple[str, ...] = setting(
         SME_REPOS,
         lambda v: _tokens(v, _REPO),
@@ -738,6 +817,15 @@ class Settings:
     def origin(self) -> str:
         """The tree root the poller reads the master from (`master_origin`, else `master`)."""
         return self.master_origin or self.master
+
+    @property
+    def local_tree(self) -> Path | None:
+        """The master tree on this machine's disk: `hash_tree`, else a file:/// origin's."""
+        if self.hash_tree is not None:
+            return self.hash_tree
+        if self.master_origin.startswith("file:"):
+            return Path(unquote(urlsplit(self.master_origin).path))
+        return None
 
     @property
     def own_names(self) -> tuple[str, ...]:

@@ -12,6 +12,12 @@ Each HEAD must fit the budgets of `core.budget` (the client's network, the mirro
 process). One that does not is not made and not queued: the request is answered from what is
 known, the ranked order minus the mirrors known to lack the file or, since the budget ran out,
 a file of its directory.
+
+For a file whose master facts are known (`facts`, the hasher's sizes and hashes), a mirror
+answering 2xx with another ``Content-Length`` than the master's size does not have it: that is
+a truncated or wrong copy, recorded as a `BadCopy` (`on_bad`) for the status page. A cached
+"has it" counts only for the size it was checked against, so a new master version is checked
+afresh.
 """
 
 from __future__ import annotations
@@ -30,7 +36,9 @@ from cachetools import TTLCache
 from redirector.config.settings import Settings
 from redirector.core.budget import Budget, Limits, Refusal, directory
 from redirector.core.clientip import network_key
+from redirector.core.filefacts import BadCopy, FileFacts
 from redirector.core.models import Mirror, MirrorState
+from redirector.core.selection import Ranked
 from redirector.core.topology import fallback_target
 from redirector.poll.probe import OffHost, ProbeError, Tally, fetch, open_session
 from redirector.router import Routed
@@ -43,6 +51,7 @@ DEPTH = 8  # ranked mirrors looked at per request (cached answers for them cost 
 CACHE_SIZE = 65536  # (mirror, path) answers kept per cache; the oldest go first
 USER_AGENT = "redirector (SME Server mirror file check)"
 
+Facts = Callable[[str], FileFacts | None]
 Voucher = Callable[[Snapshot, Mirror, str], bool]
 """True when the poller (or a pass hook's findings in `snapshot`) vouches that `mirror` holds
 `path`: no HEAD is made then. Register more in ``app[keys.VOUCHERS]``."""
@@ -104,6 +113,10 @@ class Verifier:
         clock: Callable[[], float] = time.monotonic,
         current: Callable[[], Settings] | None = None,
         limits: Limits | None = None,
+        facts: Facts | None = None,
+        on_bad: Callable[[BadCopy], None] | None = None,
+        vetoed: Callable[[str, str, float], bool] | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.session = session
         self.holder = holder
@@ -111,10 +124,15 @@ class Verifier:
         self.current = current
         self.timeout = settings.verify_timeout
         self.vouchers = vouchers
+        self.facts = facts
+        self.on_bad = on_bad
+        self.vetoed = vetoed
+        self.wall = wall
         self.probes = dict(settings.coverage_probes)
         # mirror name -> state for the snapshot last looked at (snapshots are immutable)
         self._states: tuple[Snapshot | None, dict[str, MirrorState]] = (None, {})
-        self.has: TTLCache[tuple[str, str], bool] = TTLCache(
+        # -> the master size it was checked against (-1: none known then)
+        self.has: TTLCache[tuple[str, str], int] = TTLCache(
             CACHE_SIZE, settings.verify_ttl, timer=clock
         )
         self.lacks: TTLCache[tuple[str, str], str] = TTLCache(
@@ -140,13 +158,14 @@ class Verifier:
         path = routed.path
         snapshot = self.holder.current
         network = network_key(routed.client.ip)
+        size = self._size(path)
         lookups = 0
         affordable = True
-        for ranked in routed.top(DEPTH):
+        for ranked in self._unvetoed(routed.top(DEPTH), path):
             name = ranked.mirror.name
             key = (name, path)
             url = ranked.base + path
-            if key in self.has or self._vouched(snapshot, ranked.mirror, path):
+            if self.has.get(key) == size or self._vouched(snapshot, ranked.mirror, path, size):
                 return url
             if key in self.lacks:
                 continue
@@ -165,7 +184,7 @@ class Verifier:
                     continue
                 return url
             lookups += 1
-            if await self._lookup(key, url):
+            if await self._lookup(key, url, size):
                 return url
         return fallback_target(settings.fallback, settings.master, path)
 
@@ -175,13 +194,62 @@ class Verifier:
         enabled = settings.verify_files and self.session is not None
         return enabled and not routed.fallback and needs_check(routed.path)
 
+    async def holders(self, routed: Routed, depth: int = DEPTH) -> list[Ranked]:
+        """The ranked mirrors (of the first `depth`) that have the file, in rank order: those
+        cached or vouched for, and those a HEAD made now confirms (all at once, so a client
+        waits one timeout at most). With the check off, every ranked mirror."""
+        settings = self.current() if self.current is not None else self.settings
+        ranked = list(routed.top(depth))
+        if not (settings.verify_files and self.session is not None) or routed.fallback:
+            return ranked
+        if not needs_check(routed.path):
+            return ranked
+        path = routed.path
+        snapshot = self.holder.current
+        size = self._size(path)
+        verdicts: list[bool | asyncio.Task[bool]] = []
+        ranked = self._unvetoed(ranked, path)
+        for r in ranked:
+            key = (r.mirror.name, path)
+            if self.has.get(key) == size or self._vouched(snapshot, r.mirror, path, size):
+                verdicts.append(True)
+            elif key in self.lacks:
+                verdicts.append(False)
+            else:
+                verdicts.append(asyncio.ensure_future(self._lookup(key, r.base + path, size)))
+        out = []
+        for r, v in zip(ranked, verdicts, strict=True):
+            if v is True or (not isinstance(v, bool) and await v):
+                out.append(r)
+        return out
+
+    def _unvetoed(self, ranked: Sequence[Ranked], path: str) -> list[Ranked]:
+        """`ranked` without the mirrors caught serving a wrong copy of `path`."""
+        if self.vetoed is None:
+            return list(ranked)
+        now = self.wall()
+        return [r for r in ranked if not self.vetoed(r.mirror.name, path, now)]
+
+    def _size(self, path: str) -> int:
+        """The master's size of `path`, -1 when not known."""
+        if self.facts is None:
+            return -1
+        try:
+            facts = self.facts(path)
+        except Exception:  # a faulty lookup must not fail a redirect
+            log.exception("file facts lookup failed")
+            return -1
+        return -1 if facts is None else facts.size
+
     def _state(self, snapshot: Snapshot, name: str) -> MirrorState | None:
         if self._states[0] is not snapshot:
             states = {c.mirror.name: c.state for c in snapshot.candidates if c.state is not None}
             self._states = (snapshot, states)
         return self._states[1].get(name)
 
-    def _vouched(self, snapshot: Snapshot, mirror: Mirror, path: str) -> bool:
+    def _vouched(self, snapshot: Snapshot, mirror: Mirror, path: str, size: int = -1) -> bool:
+        if size >= 0:
+            return False  # a file whose size we know is only believed after its own HEAD
         # The coverage probe paths the poller found present need no second look.
         state = self._state(snapshot, mirror.name)
         if state is not None and any(self.probes.get(sub) == path for sub in state.covered):
@@ -194,33 +262,36 @@ class Verifier:
                 log.exception("voucher %r failed", vouch)
         return False
 
-    async def _lookup(self, key: tuple[str, str], url: str) -> bool:
+    async def _lookup(self, key: tuple[str, str], url: str, size: int = -1) -> bool:
         """The cached or fresh answer for `key`; concurrent askers share one HEAD."""
         _HEADS.set(_HEADS.get() + 1)
         task = self._inflight.get(key)
         if task is None:
-            task = asyncio.create_task(self._head(url))
+            task = asyncio.create_task(self._head(url, size, key))
             self._inflight[key] = task
-            task.add_done_callback(lambda t: self._settle(key, t))
+            task.add_done_callback(lambda t: self._settle(key, t, size))
         # shield: a client hanging up must not cancel the HEAD others are waiting on
         missing = await asyncio.shield(task)
         return missing is None
 
-    def _settle(self, key: tuple[str, str], task: asyncio.Task[str | None]) -> None:
+    def _settle(self, key: tuple[str, str], task: asyncio.Task[str | None], size: int) -> None:
         self._inflight.pop(key, None)
         self.budget.release(key[0])
         if task.cancelled():
             return
         missing = task.result()  # _head never raises
         if missing is None:
-            self.has[key] = True
+            self.has[key] = size
         else:
             self.lacks[key] = missing
             self.lacks_dir[(key[0], directory(key[1]))] = missing
             log.debug("%s does not have %s: %s", key[0], key[1], missing)
 
-    async def _head(self, url: str) -> str | None:
-        """None when the mirror has `url`; otherwise why not (status, error, timeout).
+    async def _head(
+        self, url: str, size: int = -1, key: tuple[str, str] | None = None
+    ) -> str | None:
+        """None when the mirror has `url`; otherwise why not (status, error, timeout, a size
+        other than the master's `size`).
 
         A redirect within the same host is followed; a redirect to another host is taken as
         the mirror's own way of serving the file (not followed: the redirector does not probe
@@ -243,9 +314,18 @@ class Verifier:
         except Exception as e:  # a bug here must cost a HEAD, never the client's redirect
             log.exception("HEAD %s failed unexpectedly", url)
             return f"{type(e).__name__}: {e}"[:200]
-        if 200 <= got.status < 300:
-            return None
-        return f"HTTP {got.status}"
+        if not 200 <= got.status < 300:
+            return f"HTTP {got.status}"
+        length = (got.headers or {}).get("Content-Length", "")
+        if size >= 0 and length.isdigit() and int(length) != size:
+            reason = f"size {int(length)}, the master's {size}"
+            if key is not None and self.on_bad is not None:
+                try:
+                    self.on_bad(BadCopy(key[0], key[1], reason, self.wall()))
+                except Exception:  # recording it must not cost the client its redirect
+                    log.exception("recording a bad copy failed")
+            return reason
+        return None
 
     @property
     def heads(self) -> int:

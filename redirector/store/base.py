@@ -40,6 +40,15 @@ Key schema (every key starts with the store's `prefix`, by default ``redirector:
 ``{prefix}events``
     List: the network's event log, one `encode_event` JSON per item, oldest first; appended
     and trimmed to its bound in one ``MULTI`` (`add_events`), so any process may log.
+``{prefix}facts``
+    Hash: path below the tree root -> the master's `FileFacts` for it as JSON (see
+    `encode_facts`): size, date, hashes, piece hashes. Written by the hasher (`put_facts`),
+    read by every process (`load_facts`) when ``{prefix}facts_gen`` moved; not part of ``gen``.
+``{prefix}facts_gen``
+    String holding an integer, ``INCR``-ed with every change of ``facts`` or ``badcopies``.
+``{prefix}badcopies``
+    Hash: ``<mirror> <path>`` -> a `BadCopy` as JSON: a mirror caught serving a copy that
+    is not the master's (wrong size, a piece that differs), for the status page.
 ``{prefix}lease:{name}``
     String: the owner id of lease `name` (e.g. ``poller``) with a ``PX`` expiry. Taken,
     renewed and released only by Lua scripts that read the holder first, atomically, so an
@@ -82,6 +91,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.typing import EncodableT, FieldT
 
+from redirector.core.filefacts import ALGORITHMS, BadCopy, FileFacts, valid_hex
 from redirector.core.history import (
     MAX_EVENTS,
     Event,
@@ -121,6 +131,7 @@ RETRY_HORIZON = 31 * 86400.0
 # The generation that a counter holding junk reads as: readers load once, then wait for a
 # writer to reset it (every write does), instead of failing on it forever.
 POISONED_GENERATION = -2
+_log = logging.getLogger(__name__)
 
 
 class StoreError(Exception):
@@ -697,6 +708,177 @@ def decode_sync(raw: str | bytes, *, now: float | None = None) -> SyncInfo:
     )
 
 
+# --- file facts: the master's sizes and hashes, and mirrors caught with wrong copies --------
+
+MAX_FILE_SIZE = 2**53  # past this a JSON number is no longer exact
+FACT_SOURCES = frozenset({"tree", "sums"})
+
+
+@runtime_checkable
+class FactStore(Protocol):
+    """Where the hasher keeps the master's file facts, shared by every process."""
+
+    async def put_facts(self, facts: Iterable[FileFacts]) -> None:
+        """Insert or replace these files' facts (last wins per path)."""
+        ...
+
+    async def drop_facts(self, paths: Iterable[str]) -> None:
+        """Forget the facts of these paths (files gone from the master)."""
+        ...
+
+    async def load_facts(self) -> dict[str, FileFacts]:
+        """Every file's facts by path; an entry that cannot be read is left out."""
+        ...
+
+    async def facts_generation(self) -> int:
+        """Moves with every change of the facts; cheap to poll."""
+        ...
+
+    async def put_bad_copies(self, copies: Iterable[BadCopy]) -> None:
+        """Record mirrors caught with a wrong copy (last wins per mirror and path); moves the
+        facts generation, so every process stops sending clients there."""
+        ...
+
+    async def load_bad_copies(self) -> list[BadCopy]:
+        """Every recorded wrong copy, newest first; unreadable entries left out."""
+        ...
+
+
+def _tree_path(obj: Mapping[str, Any], key: str, what: str) -> str:
+    """A path below the tree root as the hasher writes it: relative, no '.' or '..' part."""
+    value = _string(obj, key, what)
+    parts = value.split("/")
+    if (
+        not value
+        or len(value) > 4096
+        or not value.isprintable()
+        or any(p in {"", ".", ".."} for p in parts)
+    ):
+        raise StoreError(f"bad {what}: {key} {value[:100]!r} is not a path below the tree")
+    return value
+
+
+def _finite(obj: Mapping[str, Any], key: str, what: str) -> float:
+    value = _number(obj, key, what)
+    if not math.isfinite(value) or not -(2**40) < value < 2**40:
+        raise StoreError(f"bad {what}: {key} is out of range")
+    return value
+
+
+def encode_facts(f: FileFacts) -> str:
+    """`f` as a JSON object with ``"v": 1``; `decode_facts` reverses it exactly."""
+    return _dumps(
+        {
+            "v": SCHEMA_VERSION,
+            "path": f.path,
+            "size": f.size,
+            "mtime": f.mtime,
+            **{a: f.hash(a) for a in ALGORITHMS},
+            "piece_length": f.piece_length,
+            "pieces": list(f.pieces),
+            "source": f.source,
+        }
+    )
+
+
+def decode_facts(raw: str | bytes) -> FileFacts:
+    """Parse `encode_facts` output. Every hash must be hex of its algorithm's length, and the
+    pieces must cover the size exactly: facts that a client would check a download against
+    are refused (StoreError) rather than half believed."""
+    what = "file facts"
+    obj = _load_object(raw, what)
+    size = _whole(obj, "size", what)
+    if size > MAX_FILE_SIZE:
+        raise StoreError(f"bad {what}: size is out of range")
+    hashes: dict[str, str | None] = {}
+    for a in ALGORITHMS:
+        value = obj.get(a)
+        if value is not None and not valid_hex(a, value):
+            raise StoreError(f"bad {what}: {a} is not a {a} hex digest")
+        hashes[a] = value
+    piece_length = _whole(obj, "piece_length", what) if "piece_length" in obj else 0
+    pieces = _string_tuple(obj, "pieces", what)
+    if pieces:
+        if piece_length <= 0 or len(pieces) != -(-size // piece_length):
+            raise StoreError(f"bad {what}: {len(pieces)} pieces do not cover {size} bytes")
+        if not all(valid_hex("sha256", p) for p in pieces):
+            raise StoreError(f"bad {what}: pieces must be sha256 hex digests")
+    source = obj.get("source", "tree")
+    if source not in FACT_SOURCES:
+        raise StoreError(f"bad {what}: unknown source {source!r}")
+    return FileFacts(
+        path=_tree_path(obj, "path", what),
+        size=size,
+        mtime=_finite(obj, "mtime", what),
+        md5=hashes["md5"],
+        sha1=hashes["sha1"],
+        sha256=hashes["sha256"],
+        sha512=hashes["sha512"],
+        piece_length=piece_length if pieces else 0,
+        pieces=pieces,
+        source=source,
+    )
+
+
+def encode_bad_copy(b: BadCopy) -> str:
+    return _dumps(
+        {
+            "v": SCHEMA_VERSION,
+            "mirror": b.mirror,
+            "path": b.path,
+            "reason": b.reason,
+            "seen_at": b.seen_at,
+        }
+    )
+
+
+def decode_bad_copy(raw: str | bytes) -> BadCopy:
+    what = "bad copy"
+    obj = _load_object(raw, what)
+    return BadCopy(
+        mirror=_string(obj, "mirror", what)[:200],
+        path=_tree_path(obj, "path", what),
+        reason=_string(obj, "reason", what)[:300],
+        seen_at=_finite(obj, "seen_at", what),
+    )
+
+
+def bad_copy_field(b: BadCopy) -> str:
+    """The field a bad copy is kept under: one per mirror and path (a space is in neither a
+    mirror name nor, as the hasher writes them, the path's start)."""
+    return f"{b.mirror} {b.path}"
+
+
+def decode_each(
+    raws: Mapping[Any, str | bytes], decode: Callable[[str | bytes], Any], what: str
+) -> list[tuple[str, Any]]:
+    """(field, value) for every value `decode` accepts; the rest are left out and logged, so
+    one damaged entry costs that entry, not every file's facts."""
+    out = []
+    for field_name, raw in raws.items():
+        try:
+            name = (
+                field_name.decode("utf-8", "surrogateescape")
+                if isinstance(field_name, bytes)
+                else str(field_name)
+            )
+            out.append((name, decode(raw)))
+        except StoreError as exc:
+            _log.warning("%s %r left out: %s", what, field_name, exc)
+    return out
+
+
+def facts_by_path(entries: Iterable[tuple[str, FileFacts]]) -> dict[str, FileFacts]:
+    """Decoded facts by path; a value filed under another path than its own is not believed."""
+    out: dict[str, FileFacts] = {}
+    for field_name, f in entries:
+        if f.path == field_name:
+            out[f.path] = f
+        else:
+            _log.warning("file facts %r left out: they are those of %r", field_name, f.path)
+    return out
+
+
 def _check_ttl(ttl: float) -> None:
     if not (ttl > 0 and math.isfinite(ttl)):
         raise ValueError(f"lease ttl must be a positive number of seconds, got {ttl!r}")
@@ -860,6 +1042,9 @@ class MemoryStore:
         self._sync: dict[str, SyncInfo] = {}  # how each mirror says it syncs
         self._history: dict[str, MirrorHistory] = {}
         self._events: list[Event] = []
+        self._facts: dict[str, FileFacts] = {}  # the master's file facts, by path
+        self._facts_gen = 0
+        self._bad_copies: dict[tuple[str, str], BadCopy] = {}
 
     async def load(self) -> StoreData:
         return StoreData(
@@ -955,6 +1140,31 @@ class MemoryStore:
 
     async def load_sync(self) -> dict[str, SyncInfo]:
         return dict(self._sync)
+
+    async def put_facts(self, facts: Iterable[FileFacts]) -> None:
+        new = {f.path: f for f in facts}
+        if new:
+            self._facts.update(new)
+            self._facts_gen += 1
+
+    async def drop_facts(self, paths: Iterable[str]) -> None:
+        if [p for p in set(paths) if self._facts.pop(p, None) is not None]:
+            self._facts_gen += 1
+
+    async def load_facts(self) -> dict[str, FileFacts]:
+        return dict(self._facts)
+
+    async def facts_generation(self) -> int:
+        return self._facts_gen
+
+    async def put_bad_copies(self, copies: Iterable[BadCopy]) -> None:
+        new = {(b.mirror, b.path): b for b in copies}
+        if new:
+            self._bad_copies.update(new)
+            self._facts_gen += 1
+
+    async def load_bad_copies(self) -> list[BadCopy]:
+        return sorted(self._bad_copies.values(), key=lambda b: -b.seen_at)
 
     async def close(self) -> None:
         return None
@@ -1369,6 +1579,53 @@ class RedisStore:
         out = decode_syncs(raw, self._wall(), poisoned)
         self._poison_log.report("sync", poisoned)
         return out
+
+    async def put_facts(self, facts: Iterable[FileFacts]) -> None:
+        mapping: dict[FieldT, EncodableT] = {f.path: encode_facts(f) for f in facts}
+        if not mapping:
+            return
+        async with _translated("put_facts"), self._client.pipeline(transaction=True) as pipe:
+            pipe.hset(f"{self.prefix}facts", mapping=mapping)
+            pipe.incr(f"{self.prefix}facts_gen")
+            await pipe.execute()
+
+    async def drop_facts(self, paths: Iterable[str]) -> None:
+        names = sorted(set(paths))
+        if not names:
+            return
+        async with _translated("drop_facts"), self._client.pipeline(transaction=True) as pipe:
+            pipe.hdel(f"{self.prefix}facts", *names)
+            pipe.incr(f"{self.prefix}facts_gen")
+            await pipe.execute()
+
+    async def load_facts(self) -> dict[str, FileFacts]:
+        async with _translated("load_facts"):
+            raw = await self._client.hgetall(f"{self.prefix}facts")
+        return facts_by_path(decode_each(raw, decode_facts, "file facts"))
+
+    async def facts_generation(self) -> int:
+        async with _translated("facts_generation"):
+            raw = await self._client.get(f"{self.prefix}facts_gen")
+        gen = _int(raw)
+        return gen if gen is not None and gen >= 0 else POISONED_GENERATION
+
+    async def put_bad_copies(self, copies: Iterable[BadCopy]) -> None:
+        mapping: dict[FieldT, EncodableT] = {bad_copy_field(b): encode_bad_copy(b) for b in copies}
+        if not mapping:
+            return
+        async with (
+            _translated("put_bad_copies"),
+            self._client.pipeline(transaction=True) as pipe,
+        ):
+            pipe.hset(f"{self.prefix}badcopies", mapping=mapping)
+            pipe.incr(f"{self.prefix}facts_gen")
+            await pipe.execute()
+
+    async def load_bad_copies(self) -> list[BadCopy]:
+        async with _translated("load_bad_copies"):
+            raw = await self._client.hgetall(f"{self.prefix}badcopies")
+        copies: list[BadCopy] = [b for _, b in decode_each(raw, decode_bad_copy, "bad copy")]
+        return sorted(copies, key=lambda b: -b.seen_at)
 
     async def close(self) -> None:
         async with _translated("close"):

@@ -23,6 +23,11 @@ Layout of the directory:
     `StoreData.poisoned`) and the next write replaces it.
 ``history`` (mirror name -> `encode_history` JSON) and ``events`` (a list of `encode_event`
     JSON, oldest first, trimmed on every append): as in Redis.
+``facts.json``
+    The master's file facts and the mirrors caught with wrong copies, apart from the state so
+    that the piece hashes of every ISO are not re-read with each mirror state change. Line 1:
+    ``{"v": 1, "generation": N}`` (N moves with every change of the facts); line 2: ``facts``
+    (path -> `encode_facts` JSON) and ``bad`` (field -> `encode_bad_copy` JSON), as in Redis.
 ``lock``
     `flock`ed exclusively around every read-modify-write, so writers from several processes
     never lose each other's updates.
@@ -46,6 +51,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from redirector.core.filefacts import BadCopy, FileFacts
 from redirector.core.history import MAX_EVENTS, Event, HistoryData, MirrorHistory
 from redirector.core.models import MasterState, MirrorState, RepodataState, SyncInfo
 from redirector.store.base import (
@@ -56,23 +62,31 @@ from redirector.store.base import (
     PoisonLog,
     StoreData,
     StoreError,
+    bad_copy_field,
     check_keep,
+    decode_bad_copy,
+    decode_each,
+    decode_facts,
     decode_histories,
     decode_master_entry,
     decode_repodata,
     decode_states,
     decode_syncs,
+    encode_bad_copy,
     encode_event,
+    encode_facts,
     encode_history,
     encode_master,
     encode_repo_checks,
     encode_repomd_history,
     encode_state,
     encode_sync,
+    facts_by_path,
 )
 
 STATE_FILE = "state.json"
 PREV_FILE = "state.prev.json"  # a copy of state.json as of its last state change
+FACTS_FILE = "facts.json"
 LOCK_FILE = "lock"
 # Longest a lease or a counter bucket may still have to live when read (see `_sanitize`):
 # leases live for seconds (`lease_ttl`), the counters' buckets for days.
@@ -508,6 +522,105 @@ class FileStore:
             return False
 
         self._update(change)
+
+    # --- file facts, in facts.json ---------------------------------------------------------
+
+    def _read_facts(self) -> tuple[int, _Doc]:
+        path = self.directory / FACTS_FILE
+        try:
+            with open(path, "rb") as f:
+                head = f.readline()
+                body = f.read()
+        except FileNotFoundError:
+            return 0, {"facts": {}, "bad": {}}
+        except OSError as e:
+            raise StoreError(f"file store {path}: {e.strerror or e}") from e
+        generation = max(self._generation_of(head, []), 0)  # a junk header restarts the count
+        try:
+            doc = json.loads(body)
+        except ValueError as e:
+            raise StoreError(f"file store {path}: bad body: {e}") from e
+        if not isinstance(doc, dict):
+            raise StoreError(f"file store {path}: body is not an object")
+        for key in ("facts", "bad"):
+            if not isinstance(doc.get(key), dict):
+                doc[key] = {}  # a wrong-type section is replaced by the next write
+        return generation, doc
+
+    def _update_facts(self, change: Callable[[_Doc], bool]) -> None:
+        with self._locked():
+            generation, doc = self._read_facts()
+            bump = change(doc)
+            head = json.dumps({"v": SCHEMA_VERSION, "generation": generation + bump})
+            data = (head + "\n" + json.dumps(doc, separators=(",", ":"))).encode()
+            path = self.directory / FACTS_FILE
+            try:
+                fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".facts-", suffix=".tmp")
+                try:
+                    with os.fdopen(fd, "wb") as f:
+                        f.write(data)
+                    os.replace(tmp, path)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp)
+                    raise
+            except OSError as e:
+                raise StoreError(f"file store {path}: {e.strerror or e}") from e
+
+    async def put_facts(self, facts: Iterable[FileFacts]) -> None:
+        new = {f.path: encode_facts(f) for f in facts}
+        if not new:
+            return
+
+        def change(doc: _Doc) -> bool:
+            doc["facts"].update(new)
+            return True
+
+        self._update_facts(change)
+
+    async def drop_facts(self, paths: Iterable[str]) -> None:
+        names = set(paths)
+        if not names:
+            return
+
+        def change(doc: _Doc) -> bool:
+            return bool([p for p in names if doc["facts"].pop(p, None) is not None])
+
+        self._update_facts(change)
+
+    async def load_facts(self) -> dict[str, FileFacts]:
+        _, doc = self._read_facts()
+        return facts_by_path(decode_each(doc["facts"], decode_facts, "file facts"))
+
+    async def facts_generation(self) -> int:
+        return self._read_facts_generation()
+
+    def _read_facts_generation(self) -> int:
+        path = self.directory / FACTS_FILE
+        try:
+            with open(path, "rb") as f:
+                head = f.readline()
+        except FileNotFoundError:
+            return 0
+        except OSError as e:
+            raise StoreError(f"file store {path}: {e.strerror or e}") from e
+        return self._generation_of(head, [])
+
+    async def put_bad_copies(self, copies: Iterable[BadCopy]) -> None:
+        new = {bad_copy_field(b): encode_bad_copy(b) for b in copies}
+        if not new:
+            return
+
+        def change(doc: _Doc) -> bool:
+            doc["bad"].update(new)
+            return True
+
+        self._update_facts(change)
+
+    async def load_bad_copies(self) -> list[BadCopy]:
+        _, doc = self._read_facts()
+        copies: list[BadCopy] = [b for _, b in decode_each(doc["bad"], decode_bad_copy, "bad copy")]
+        return sorted(copies, key=lambda b: -b.seen_at)
 
     # --- housekeeping ---------------------------------------------------------------------
 

@@ -11,16 +11,20 @@ from aiohttp import web
 
 from redirector.config.live import LiveSettings
 from redirector.config.settings import Settings
+from redirector.core.filefacts import BadCopy
 from redirector.geo import GeoReader, open_geo
 from redirector.poll.filecheck import Verifier, open_check_session
+from redirector.poll.hasher import Hasher, HashPass
 from redirector.poll.poller import PassHook, PassResult, run_poller, stop_task
 from redirector.poll.probe import open_session
 from redirector.poll.repodata import make_repodata_pass
+from redirector.poll.samplecheck import make_sample_pass
 from redirector.poll.syncread import sync_hook
 from redirector.reload import GEO_GRACE, WATCH_INTERVAL, ReloadOutcome, hold_sighup, watching
 from redirector.router import Router
 from redirector.snapshot import SnapshotHolder, refresh_forever
-from redirector.store.base import Store, open_store
+from redirector.store.base import FactStore, Store, StoreError, open_store
+from redirector.store.facts import FactsHolder, refresh_facts_forever
 from redirector.store.history import record_reload
 from redirector.store.lease import Lease
 from redirector.supervise import Tasks
@@ -79,20 +83,73 @@ def _verify_ctx(settings: Settings) -> Callable[[web.Application], AsyncIterator
     async def verify_ctx(app: web.Application) -> AsyncIterator[None]:
         session = open_check_session(settings) if settings.verify_files else None
         vouchers = app[keys.VOUCHERS]
+        recording: set[asyncio.Task[None]] = set()
+
+        async def record(bad: BadCopy) -> None:
+            st = app[keys.STORE]
+            try:
+                if isinstance(st, FactStore):
+                    await st.put_bad_copies([bad])
+            except StoreError as e:
+                log.warning("wrong copy of %s on %s not recorded: %s", bad.path, bad.mirror, e)
+
+        def on_bad(bad: BadCopy) -> None:
+            log.warning("%s serves a wrong copy of %s: %s", bad.mirror, bad.path, bad.reason)
+            task = asyncio.create_task(record(bad))
+            recording.add(task)  # held until done: the loop keeps only weak references
+            task.add_done_callback(recording.discard)
+
         verifier = Verifier(
             settings,
             session,
             app[keys.HOLDER],
             vouchers=vouchers,
             current=app[keys.LIVE].get,
+            facts=app[keys.FACTS].get,
+            on_bad=on_bad,
+            vetoed=app[keys.FACTS].vetoed,
         )
         app[keys.VERIFIER] = verifier
         yield
         await verifier.close()
+        for task in list(recording):
+            await stop_task(task)
         if session is not None:
             await session.close()
 
     return verify_ctx
+
+
+async def facts_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The master's file facts in this process: loaded once, then whenever they change."""
+    holder = FactsHolder()
+    app[keys.FACTS] = holder
+    await holder.refresh(app[keys.STORE])
+    task = asyncio.create_task(refresh_facts_forever(holder, app[keys.STORE]))
+    yield
+    await stop_task(task)
+
+
+def _hasher_ctx(settings: Settings) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The hasher (poll/hasher.py), in the polling process, while it holds the poller lease."""
+
+    async def hasher_ctx(app: web.Application) -> AsyncIterator[None]:
+        st = app[keys.STORE]
+        if not isinstance(st, FactStore) or not (settings.local_tree or settings.hash_sums):
+            yield
+            return
+        hasher = Hasher(st, app[keys.LIVE].get, session=app[keys.SESSION])
+        holder = app[keys.FACTS]
+
+        async def after_pass(_: HashPass) -> None:
+            await holder.refresh(st)  # this process serves its own hashes at once
+
+        app[keys.HASHER] = hasher
+        task = asyncio.create_task(hasher.run(app[keys.LEASE], after_pass))
+        yield
+        await stop_task(task)
+
+    return hasher_ctx
 
 
 def reload_ctx(
@@ -178,14 +235,20 @@ def _add_pass_hooks(app: web.Application) -> None:
 
     app[keys.PASS_HOOKS].append(make_repodata_pass(app[keys.SETTINGS], store, current=live))
     app[keys.PASS_HOOKS].append(sync_hook(live, store))
+    app[keys.PASS_HOOKS].append(make_sample_pass(live, store))
 
     async def sync_tree() -> Section:
         return await pages.tree_section(app)
 
     app[keys.STATUS_SECTIONS].append(sync_tree)
 
+    async def bad_copies() -> Section | None:
+        return await pages.bad_copies_section(app)
 
-def create_app(
+    app[keys.STATUS_SECTIONS].append(bad_copies)
+
+
+def create_app(  # noqa: PLR0915 (the wiring reads top to bottom, one context a step)
     settings: Settings,
     *,
     poll: bool = True,
@@ -257,11 +320,13 @@ def create_app(
     app.cleanup_ctx.append(geo_ctx)
     app.cleanup_ctx.append(store_ctx)
     app.cleanup_ctx.append(snapshot_ctx)
+    app.cleanup_ctx.append(facts_ctx)
     app.cleanup_ctx.append(_verify_ctx(settings))
     # Config and GeoIP reloads; an injected reader is the caller's, so it is not watched.
     app.cleanup_ctx.append(reload_ctx(watch_geo=geo is None and use_geo_settings))
     if poll:
         app.cleanup_ctx.append(_poller_ctx(settings))
+        app.cleanup_ctx.append(_hasher_ctx(settings))
     app.on_response_prepare.append(handlers.nosniff)  # aiohttp's own 404s and 405s too
     handlers.add_routes(app)
     lists.add_routes(app)

@@ -11,12 +11,14 @@ from redirector.config.live import LiveSettings
 from redirector.config.settings import Settings
 from redirector.geo import GeoReader
 from redirector.poll.filecheck import Verifier, Voucher
+from redirector.poll.hasher import Hasher
 from redirector.poll.poller import PassHook
 from redirector.reload import Reloader, ReloadOutcome
 from redirector.router import Routed, Router
 from redirector.snapshot import SnapshotHolder
 from redirector.stats import StatsReader, Tally
 from redirector.store.base import Store
+from redirector.store.facts import FactsHolder
 from redirector.store.history import HistoryReader
 from redirector.store.lease import Lease
 from redirector.supervise import Tasks
@@ -50,6 +52,9 @@ SPEAKS = web.AppKey("speaks", bool)
 PASS_HOOKS = web.AppKey[list[PassHook]]("pass_hooks")
 VOUCHERS = web.AppKey[list[Voucher]]("vouchers")
 VERIFIER = web.AppKey("verifier", Verifier)
+# The master's file facts (sizes, hashes) as this process last loaded them (store/facts.py).
+FACTS = web.AppKey("facts", FactsHolder)
+HASHER = web.AppKey("hasher", Hasher)  # set only where a hasher runs
 LEASE = web.AppKey[Lease | None]("lease")
 TASKS = web.AppKey("tasks", Tasks)  # the supervised background tasks (supervise.py)
 # Operator views (pages.py): metrics, the download tally and its reader, and the extra

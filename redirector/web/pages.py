@@ -33,9 +33,9 @@ from redirector.reload import ReloadOutcome
 from redirector.router import Routed
 from redirector.snapshot import Snapshot
 from redirector.stats import DownloadStats, StatsReader, Tally, flush, flush_forever
-from redirector.store.base import StoreError, SyncStore
+from redirector.store.base import FactStore, StoreError, SyncStore
 from redirector.store.history import HistoryReader
-from redirector.views import explain, status
+from redirector.views import explain, filefacts, status
 from redirector.views.status import Section
 from redirector.views.synctree import render_html
 from redirector.web import keys
@@ -236,19 +236,27 @@ async def mirrorlist(request: web.Request, routed: Routed) -> web.Response:
     _, query = request.raw_path.split("?", 1)
     as_json = explain.wants_json(query, request.headers.get("Accept"))
     candidates, policy = router.holder.current.candidates, router.policy
+    facts = app[keys.FACTS].get(routed.path)
 
     def render() -> Page:
         expl = explain.explain(
             routed, candidates, policy, now=time.time(), geo_note=note, credit=credit
         )
-        return Page.of(explain.dumps(expl) if as_json else explain.render_html(expl))
+        if as_json:
+            body = explain.to_json(expl)
+            body["file"] = filefacts.facts_json(facts)
+            return Page.of(json.dumps(body, indent=2, ensure_ascii=False) + "\n")
+        page = explain.render_html(expl)
+        if facts is not None:  # the file's size, date and hashes after what the client is told
+            page = page.replace("</dl><table>", filefacts.facts_html(facts) + "</dl><table>", 1)
+        return Page.of(page)
 
     async def make() -> Page:
         return await views.run(render)
 
     # One decision: the same client and path, under the same snapshot, policy and location.
     name = ("explain", routed.client, routed.path, as_json)
-    key = (router.holder.current, policy, note, credit, routed.location)
+    key = (router.holder.current, policy, note, credit, routed.location, facts)
     page = await views.get(name, key, make)
     content_type = JSON_UTF8 if as_json else HTML_UTF8
     return _page_response(request, page, content_type, NO_STORE, "Accept, Accept-Encoding")
@@ -525,6 +533,25 @@ def add_routes(app: web.Application) -> None:
 def observe_pass(app: web.Application, result: PassResult) -> None:
     """Poller metrics for one pass: its duration, and the probes that failed in it."""
     app[keys.METRICS].observe_result(result)
+
+
+BAD_COPY_DAYS = 7  # a wrong copy not seen again for this long is no longer shown
+
+
+async def bad_copies_section(app: web.Application) -> Section | None:
+    """Mirrors caught serving a copy of a hashed file that is not the master's; None when the
+    store keeps no file facts."""
+    st = app[keys.STORE]
+    if not isinstance(st, FactStore):
+        return None
+    try:
+        copies = await st.load_bad_copies()
+    except StoreError as e:
+        return Section("bad-copies", "Wrong copies", f"<p>Unavailable: {html.escape(str(e))}</p>")
+    names = {m.name for m in app[keys.LIVE].current.mirrors}
+    since = time.time() - BAD_COPY_DAYS * 86400
+    shown = [b for b in copies if b.mirror in names and b.seen_at >= since]
+    return Section("bad-copies", "Wrong copies", filefacts.bad_copies_html(shown))
 
 
 async def tree_section(app: web.Application) -> Section:

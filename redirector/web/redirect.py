@@ -20,7 +20,7 @@ from redirector.poll.filecheck import heads_waited, start_request
 from redirector.reload import Reloader
 from redirector.router import Routed, Router
 from redirector.views.explain import wants_mirrorlist
-from redirector.web import keys, pages
+from redirector.web import download, keys, pages
 from redirector.web.link import link_header
 from redirector.web.metrics import REFUSED_METHOD, SILENT_INTERVALS
 
@@ -53,6 +53,10 @@ async def redirect(request: web.Request) -> web.StreamResponse:
     if path is None:
         raise web.HTTPNotFound(text="404 Not Found\n")
     headers = request.headers
+    facts_holder = app[keys.FACTS]
+    path, want, by_suffix = download.asked(facts_holder, path, query, headers.get("Accept"))
+    if want and want not in ("meta4", "metalink"):
+        return download.facts_answer(facts_holder.get(path), path, want, by_suffix)
     started = time.perf_counter()
     # One call: the client, its location and the decision all come from the router's caches.
     routed = router.resolve(
@@ -67,6 +71,8 @@ async def redirect(request: web.Request) -> web.StreamResponse:
     request[keys.ROUTED] = routed  # for the access log
     if query and wants_mirrorlist(query):
         return await pages.mirrorlist(request, routed)  # why this client goes there, not a download
+    if want:
+        return await download.metalink(request, routed, facts_holder.get(path), want)
     verifier = app[keys.VERIFIER]
     heads = start_request()
     target = await verifier.target(routed)  # never a 404 (filecheck.py)
@@ -91,6 +97,9 @@ async def redirect(request: web.Request) -> web.StreamResponse:
     link = link_header(routed, target)  # RFC 6249: the next best, for clients that retry
     if link is not None:
         out["Link"] = link
+    digests = facts_holder.headers(path)  # RFC 3230 and RFC 9530: what the file must hash to
+    if digests is not None:
+        out.update(digests)
     return web.Response(status=302, headers=out)
 
 
