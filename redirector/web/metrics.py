@@ -297,7 +297,8 @@ class Metrics:
 
     def answered(self, path: str, status: int, seconds: float) -> None:
         """One whole request: its path (for the handler label), status and duration."""
-        self.changes += 1
+        # No `changes` bump: every request lands here, views included, and a scrape may show
+        # these a second late rather than re-render the counters for every request.
         key = (handler_of(path), f"{status // 100}xx")
         children = self._by_handler.get(key)
         if children is None:

@@ -511,7 +511,16 @@ async def metrics(request: web.Request) -> web.Response:
         return await views.run(m.render_state, content_type)
 
     events = await views.get(("events", content_type), m.events_key(), make_events, True)
-    state_key = (holder.current, app[keys.ROUTER].settings.max_lag, holder.store_error)
+    reloader = app.get(keys.RELOADER)
+    # Everything the state gauges read: the snapshot, the live settings, the store's health,
+    # the last config reload and the live GeoIP reader.
+    state_key = (
+        holder.current,
+        app[keys.LIVE].current,
+        holder.store_error,
+        reloader.last if reloader is not None else None,
+        app[keys.ROUTER].geo,
+    )
     state = await views.get(("state", content_type), state_key, make_state)
 
     async def make_scrape() -> Page:  # joined and gzipped once per pair of parts
