@@ -36,7 +36,7 @@ from common import OUT
 
 from redirector.config.settings import Settings
 from redirector.poll.hasher import Hasher
-from redirector.store.base import MemoryStore
+from redirector.store.memory import MemoryStore
 from redirector.web.app import create_app
 
 ISO_DIR = "releases/10/iso/x86_64"

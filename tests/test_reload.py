@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestClient
 from redirector.config.settings import Settings, load_settings, parse_settings
 from redirector.geo import GeoReader
 from redirector.reload import Reloader, file_signature, keep_running, restart_changes
-from redirector.store.base import RedisStore
+from redirector.store.redis import RedisStore
 from redirector.web import keys
 from redirector.web.app import create_app
 from tests.conftest import free_port

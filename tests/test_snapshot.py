@@ -8,7 +8,7 @@ import time
 
 from redirector.core.models import Mirror, MirrorState, Status
 from redirector.snapshot import SnapshotHolder, refresh_forever
-from redirector.store.base import RedisStore
+from redirector.store.redis import RedisStore
 from tests.conftest import RedisServer
 
 MIRRORS = (

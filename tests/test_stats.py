@@ -25,8 +25,10 @@ from redirector.stats import (
     subtree_of,
     summarize,
 )
-from redirector.store.base import Counts, MemoryStore, RedisStore, Store, StoreError
+from redirector.store.base import Counts, Store, StoreError
 from redirector.store.file import FileStore
+from redirector.store.memory import MemoryStore
+from redirector.store.redis import RedisStore
 from redirector.web import keys
 from redirector.web.app import create_app
 from tests.conftest import RedisServer

@@ -15,8 +15,9 @@ from redirector.config.settings import Settings
 from redirector.core import history
 from redirector.core.history import Event, HistoryData
 from redirector.core.humanize import duration, rfc3339, table
-from redirector.store.base import RedisStore, Store, StoreError
+from redirector.store.base import Store, StoreError
 from redirector.store.file import FileStore
+from redirector.store.redis import RedisStore
 
 
 class NoSharedStore(Exception):

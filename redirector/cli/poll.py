@@ -22,8 +22,10 @@ from redirector.poll.poller import PassResult, poll_once, run_poller, stop_task
 from redirector.poll.probe import open_session
 from redirector.poll.repodata import make_repodata_pass
 from redirector.reload import Reloader, watching
-from redirector.store.base import MemoryStore, Store, StoreData, StoreError, open_store
+from redirector.store import open_store
+from redirector.store.base import Store, StoreData, StoreError
 from redirector.store.lease import Lease, let_go
+from redirector.store.memory import MemoryStore
 from redirector.views.condition import state_table
 from redirector.web.pollermetrics import PollerMetrics, serving
 

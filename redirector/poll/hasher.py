@@ -41,7 +41,8 @@ from redirector.core.filefacts import (
 )
 from redirector.core.humanize import duration
 from redirector.poll.probe import ProbeError, fetch
-from redirector.store.base import FactStore, StoreError, decode_facts, encode_facts
+from redirector.store.base import FactStore, StoreError
+from redirector.store.codec import decode_facts, encode_facts
 from redirector.store.lease import Lease
 
 log = logging.getLogger(__name__)

@@ -54,14 +54,11 @@ from typing import Any
 from redirector.core.filefacts import BadCopy, FileFacts
 from redirector.core.history import MAX_EVENTS, Event, HistoryData, MirrorHistory
 from redirector.core.models import MasterState, MirrorState, RepodataState, SyncInfo
-from redirector.store.base import (
+from redirector.store.base import Counts, Poison, StoreData, StoreError
+from redirector.store.codec import (
     POISONED_GENERATION,
     SCHEMA_VERSION,
-    Counts,
-    Poison,
     PoisonLog,
-    StoreData,
-    StoreError,
     bad_copy_field,
     check_keep,
     decode_bad_copy,

@@ -23,7 +23,8 @@ from redirector.poll.syncread import sync_hook
 from redirector.reload import GEO_GRACE, WATCH_INTERVAL, ReloadOutcome, hold_sighup, watching
 from redirector.router import Router
 from redirector.snapshot import SnapshotHolder, refresh_forever
-from redirector.store.base import FactStore, Store, StoreError, open_store
+from redirector.store import open_store
+from redirector.store.base import FactStore, Store, StoreError
 from redirector.store.facts import FactsHolder, refresh_facts_forever
 from redirector.store.history import record_reload
 from redirector.store.lease import Lease

@@ -33,7 +33,7 @@ from redirector.core.topology import (
 from redirector.poll.poller import poll_once
 from redirector.poll.probe import ProbeError, fetch, open_session
 from redirector.poll.repodata import check_repodata
-from redirector.store.base import MemoryStore
+from redirector.store.memory import MemoryStore
 from redirector.web.app import create_app
 from tests.farm import MASTER_TRACE, Farm, trace_c
 

@@ -28,8 +28,11 @@ from redirector.core.models import (
 from redirector.core.synctree import MASTER, Identities, build_tree, master_aliases, parse_hierarchy
 from redirector.poll.poller import PassResult
 from redirector.poll.syncread import own_trace_path, sync_hook
-from redirector.store.base import MemoryStore, RedisStore, StoreError, SyncStore, decode_sync
+from redirector.store.base import StoreError, SyncStore
+from redirector.store.codec import decode_sync
 from redirector.store.file import FileStore
+from redirector.store.memory import MemoryStore
+from redirector.store.redis import RedisStore
 from redirector.views.synctree import render_html, shown_email
 from redirector.web.app import create_app
 from tests.farm import MASTER_TRACE, Farm, date_u, trace_c

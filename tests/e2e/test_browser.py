@@ -21,8 +21,8 @@ from aiohttp.test_utils import TestServer
 from redirector.config.settings import parse_settings
 from redirector.core.models import MasterState, MasterVersion, MirrorState, Status
 from redirector.stats import flush
-from redirector.store.base import MemoryStore
 from redirector.store.history import record_pass
+from redirector.store.memory import MemoryStore
 from redirector.web import keys
 from redirector.web.app import create_app
 from tests.cli.test_workers import config as workers_config

@@ -24,8 +24,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from redirector.config.settings import Settings, parse_settings
-from redirector.store.base import RedisStore, Store, StoreError
+from redirector.store.base import Store, StoreError
 from redirector.store.file import STATE_FILE, FileStore
+from redirector.store.redis import RedisStore
 from redirector.web import keys
 from redirector.web.app import create_app
 from tests.farm import Farm

@@ -28,7 +28,7 @@ from redirector.poll.probe import MAX_BODY, ProbeError, fetch, open_session
 from redirector.poll.repodata import MAX_REPOMD, get_repomd
 from redirector.router import Router
 from redirector.snapshot import SnapshotHolder
-from redirector.store.base import MemoryStore
+from redirector.store.memory import MemoryStore
 from tests.farm import MASTER_TRACE, Farm, trace_c
 from tests.support.clock import Clock
 from tests.support.words import describe

@@ -22,7 +22,7 @@ from redirector.core.models import MasterState, MasterVersion, Mirror, MirrorSta
 from redirector.core.selection import Candidate, Policy, Request, select
 from redirector.snapshot import Snapshot
 from redirector.stats import summarize
-from redirector.store.base import RedisStore
+from redirector.store.redis import RedisStore
 from redirector.views.status import build, to_json
 from redirector.web.app import create_app
 from tests.farm import MASTER_TRACE, Farm, error_500, trace_c

@@ -28,7 +28,7 @@ from aiohttp import web
 from redirector.cli.main import build_parser
 from redirector.config.settings import load_settings
 from redirector.core.models import MirrorState, Status
-from redirector.store.base import RedisStore
+from redirector.store.redis import RedisStore
 from redirector.web import accesslog
 from redirector.web.app import create_app
 from tests.conftest import RedisServer, free_port

@@ -24,7 +24,7 @@ from aiohttp.test_utils import TestClient
 
 from redirector.config.settings import Settings, parse_settings
 from redirector.core.models import RepoCheck
-from redirector.store.base import MemoryStore
+from redirector.store.memory import MemoryStore
 from redirector.web.app import create_app
 from tests.farm import Farm
 from tests.rpmrepo import build_repo, require

@@ -24,7 +24,7 @@ from redirector.core.models import MirrorState, Status
 from redirector.poll.poller import PassResult, poll_once
 from redirector.router import Router
 from redirector.snapshot import SnapshotHolder
-from redirector.store.base import MemoryStore
+from redirector.store.memory import MemoryStore
 from redirector.web.app import create_app
 from tests.farm import Behaviour, Farm, error_500, hang
 from tests.support.clock import Clock

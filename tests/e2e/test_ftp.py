@@ -16,7 +16,7 @@ from redirector.config.settings import ConfigError, Settings, parse_settings
 from redirector.core.models import MirrorState, Status
 from redirector.poll.poller import poll_once
 from redirector.poll.probe import ProbeError, fetch, open_session
-from redirector.store.base import MemoryStore
+from redirector.store.memory import MemoryStore
 from redirector.web.app import create_app
 from tests.conftest import free_port
 from tests.e2e.test_dnf import dnf_makecache

@@ -32,7 +32,7 @@ from redirector.config.settings import parse_settings
 from redirector.core.models import MirrorState, Status
 from redirector.core.trace import parse_trace
 from redirector.poll.poller import poll_once
-from redirector.store.base import MemoryStore
+from redirector.store.memory import MemoryStore
 from tests.conftest import free_port
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(180)]

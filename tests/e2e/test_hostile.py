@@ -36,7 +36,8 @@ from redirector.config.settings import ConfigError, parse_settings
 from redirector.core.clientip import ProxyTrust, parse_ip
 from redirector.core.models import MasterState, MasterVersion, MirrorState, Status
 from redirector.core.paths import BadPath, tree_path
-from redirector.store.base import MemoryStore, RedisStore
+from redirector.store.memory import MemoryStore
+from redirector.store.redis import RedisStore
 from redirector.web.app import create_app
 from redirector.web.limits import HTTP_LIMITS, SERVER_LOGGER, QuietBadRequests, quiet_bad_requests
 from tests.conftest import RedisServer, free_port

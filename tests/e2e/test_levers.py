@@ -26,7 +26,9 @@ from redirector.poll.poller import poll_once
 from redirector.poll.probe import open_session
 from redirector.router import Router
 from redirector.snapshot import SnapshotHolder
-from redirector.store.base import MemoryStore, RedisStore, encode_sync
+from redirector.store.codec import encode_sync
+from redirector.store.memory import MemoryStore
+from redirector.store.redis import RedisStore
 from redirector.web.app import create_app
 from redirector.web.limits import SERVER_LOGGER, quiet_bad_requests
 from tests.farm import Farm, raw_get, status_of

@@ -27,8 +27,8 @@ from aiohttp.test_utils import TestClient
 
 from redirector.config.settings import Settings, parse_settings
 from redirector.poll.poller import PassResult
-from redirector.store.base import RedisStore
 from redirector.store.lease import Lease
+from redirector.store.redis import RedisStore
 from redirector.web import keys
 from redirector.web.app import create_app
 from tests.conftest import RedisServer

@@ -28,8 +28,8 @@ from redirector.core.judge import FUTURE_SLACK
 from redirector.core.models import MasterState, MasterVersion, MirrorState, Status
 from redirector.poll.poller import poll_once
 from redirector.poll.probe import open_session
-from redirector.store.base import RedisStore
 from redirector.store.file import STATE_FILE, FileStore
+from redirector.store.redis import RedisStore
 from redirector.web import keys
 from redirector.web.app import create_app
 from tests.farm import MASTER_TRACE, Farm, error_500, trace_c

@@ -18,7 +18,8 @@ from redirector.core.judge import STAGE1_MAX, Observation, Rules, before_stage2,
 from redirector.core.models import MasterVersion, MirrorState, Status
 from redirector.core.trace import parse_trace
 from redirector.poll.poller import poll_once
-from redirector.store.base import MemoryStore, decode_state, encode_state
+from redirector.store.codec import decode_state, encode_state
+from redirector.store.memory import MemoryStore
 from tests.farm import MASTER_TRACE, Farm, date_u, trace_c
 from tests.poll.test_poller import DAY, HOUR, OWN, T0, hits, settings_for
 from tests.support.clock import Clock

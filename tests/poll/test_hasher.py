@@ -11,7 +11,7 @@ import pytest
 
 from redirector.config.settings import Settings
 from redirector.poll.hasher import CHUNK, Hasher, Stopped, hash_file, walk
-from redirector.store.base import MemoryStore
+from redirector.store.memory import MemoryStore
 
 
 def test_the_walk_follows_symlinks_once_and_keeps_only_the_files_worth_it(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from redirector.core.models import MasterState, MasterVersion, RepoCheck
 from redirector.poll.poller import poll_once
 from redirector.poll.probe import open_session
 from redirector.poll.repodata import log_transitions
-from redirector.store.base import MemoryStore
+from redirector.store.memory import MemoryStore
 from tests.farm import Farm, error_500
 
 HOUR = 3600.0

@@ -25,7 +25,8 @@ from redirector.core.models import MasterState, MasterVersion, MirrorState, Stat
 from redirector.core.selection import Candidate, Reason, check
 from redirector.core.trace import behind_since
 from redirector.poll.poller import PassResult, history_from_states, poll_once, run_poller
-from redirector.store.base import MemoryStore, RedisStore
+from redirector.store.memory import MemoryStore
+from redirector.store.redis import RedisStore
 from redirector.views.condition import state_table
 from tests.conftest import free_port
 from tests.farm import MASTER_TRACE, Behaviour, Farm, error_500, hang, huge_body, slow_drip, trace_c

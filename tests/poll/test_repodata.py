@@ -39,18 +39,16 @@ from redirector.poll.repodata import (
     version_of,
 )
 from redirector.snapshot import Snapshot
-from redirector.store.base import (
-    MemoryStore,
-    RedisStore,
-    Store,
-    StoreData,
-    StoreError,
+from redirector.store.base import Store, StoreData, StoreError
+from redirector.store.codec import (
     decode_repo_checks,
     decode_repomd_history,
     encode_repo_checks,
     encode_repomd_history,
 )
 from redirector.store.file import FileStore
+from redirector.store.memory import MemoryStore
+from redirector.store.redis import RedisStore
 from redirector.views.condition import reason_text
 from tests.conftest import RedisServer
 from tests.farm import Farm, error_500

@@ -11,16 +11,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from redirector.core.filefacts import BadCopy, Digester, FileFacts
-from redirector.store.base import (
-    FactStore,
-    MemoryStore,
-    RedisStore,
-    StoreError,
-    decode_facts,
-    encode_facts,
-)
+from redirector.store.base import FactStore, StoreError
+from redirector.store.codec import decode_facts, encode_facts
 from redirector.store.facts import FactsHolder
 from redirector.store.file import FACTS_FILE, FileStore
+from redirector.store.memory import MemoryStore
+from redirector.store.redis import RedisStore
 
 
 def hashed(path: str, data: bytes) -> FileFacts:

@@ -19,8 +19,10 @@ from redirector.core.models import (
     RepomdVersion,
     Status,
 )
-from redirector.store.base import POISONED_GENERATION, Counts, MemoryStore, StoreError
+from redirector.store.base import Counts, StoreError
+from redirector.store.codec import POISONED_GENERATION
 from redirector.store.file import PREV_FILE, STATE_FILE, FileStore
+from redirector.store.memory import MemoryStore
 from tests.support.clock import Clock
 
 NOW = 1_764_000_000.0

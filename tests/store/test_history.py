@@ -17,18 +17,12 @@ from redirector.core.history import (
     Transition,
 )
 from redirector.core.models import MasterState, MasterVersion, MirrorState, Status
-from redirector.store.base import (
-    MemoryStore,
-    RedisStore,
-    Store,
-    StoreError,
-    decode_event,
-    decode_history,
-    encode_event,
-    encode_history,
-)
+from redirector.store.base import Store, StoreError
+from redirector.store.codec import decode_event, decode_history, encode_event, encode_history
 from redirector.store.file import FileStore
 from redirector.store.history import HistoryReader, record_pass, record_reload
+from redirector.store.memory import MemoryStore
+from redirector.store.redis import RedisStore
 
 DAY = 86400.0
 T0 = 1_750_000_000.0 - 1_750_000_000.0 % DAY  # a UTC midnight

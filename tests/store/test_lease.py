@@ -17,8 +17,9 @@ from aiohttp.test_utils import TestClient
 
 from redirector.config.settings import parse_settings
 from redirector.poll.poller import PassResult
-from redirector.store.base import MemoryStore, RedisStore
 from redirector.store.lease import Lease
+from redirector.store.memory import MemoryStore
+from redirector.store.redis import RedisStore
 from redirector.web import keys
 from redirector.web.app import create_app
 from tests.conftest import RedisServer

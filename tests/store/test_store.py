@@ -14,20 +14,18 @@ import redis
 from redis.exceptions import RedisError
 
 from redirector.core.models import MasterState, MasterVersion, MirrorState, Status
-from redirector.store.base import (
+from redirector.store import open_store
+from redirector.store.base import Counts, Store, StoreError
+from redirector.store.codec import (
     POISONED_GENERATION,
-    Counts,
-    MemoryStore,
-    RedisStore,
-    Store,
-    StoreError,
     decode_master,
     decode_state,
     encode_master,
     encode_state,
-    open_store,
 )
 from redirector.store.file import FileStore
+from redirector.store.memory import MemoryStore
+from redirector.store.redis import RedisStore
 from tests.conftest import RedisServer, free_port
 from tests.support.clock import Clock
 

@@ -24,7 +24,8 @@ from pathlib import Path
 from redirector.config.settings import Settings, parse_settings
 from redirector.core.models import MasterState, MasterVersion, MirrorState, Status
 from redirector.geo import GeoReader
-from redirector.store.base import MemoryStore, Store
+from redirector.store.base import Store
+from redirector.store.memory import MemoryStore
 from tests.mmdb_build import CityRecord, write_city_mmdb
 
 NL_CLIENT = "145.100.1.7"

@@ -29,7 +29,9 @@ from redirector.core.models import (
 from redirector.core.paths import BadPath
 from redirector.core.selection import Reason
 from redirector.geo import GeoReader
-from redirector.store.base import MemoryStore, RedisStore, Store
+from redirector.store.base import Store
+from redirector.store.memory import MemoryStore
+from redirector.store.redis import RedisStore
 from redirector.views.explain import prefers_json, wants_json, wants_mirrorlist
 from redirector.web.app import create_app
 from redirector.web.link import LINK_MAX_BYTES

@@ -30,9 +30,11 @@ from redirector.core.models import (
 from redirector.core.selection import Candidate
 from redirector.snapshot import Snapshot
 from redirector.stats import DownloadStats, Window, summarize
-from redirector.store.base import MemoryStore, RedisStore, StoreData
+from redirector.store.base import StoreData
 from redirector.store.file import FileStore
 from redirector.store.history import record_pass
+from redirector.store.memory import MemoryStore
+from redirector.store.redis import RedisStore
 from redirector.views.condition import classify
 from redirector.views.status import (
     Section,

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from redirector.config.settings import load_settings, parse_settings
 from redirector.reload import ReloadOutcome
-from redirector.store.base import RedisStore
+from redirector.store.redis import RedisStore
 from redirector.web import keys
 from redirector.web.app import create_app
 from tests.farm import Farm

@@ -14,7 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from redirector.geo import GeoReader
 from redirector.stats import Tally, batches, flush, summarize
-from redirector.store.base import RedisStore, StoreError
+from redirector.store.base import StoreError
+from redirector.store.redis import RedisStore
 from redirector.web import accesslog, keys
 from redirector.web.app import create_app
 from tests.conftest import free_port

@@ -23,7 +23,7 @@ from redirector.core.models import (
     Status,
 )
 from redirector.geo import GeoReader
-from redirector.store.base import MemoryStore
+from redirector.store.memory import MemoryStore
 from redirector.web.app import create_app
 from tests.farm import raw_get, status_of
 from tests.support.world import NL_CLIENT, US_CLIENT

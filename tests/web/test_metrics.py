@@ -21,7 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from redirector.config.settings import parse_settings
-from redirector.store.base import MemoryStore, RedisStore
+from redirector.store.memory import MemoryStore
+from redirector.store.redis import RedisStore
 from redirector.web.app import create_app
 from redirector.web.metrics import Metrics
 from tests.conftest import RedisServer, free_port

@@ -22,7 +22,7 @@ from redirector.cli.poll import poll_command
 from redirector.config.settings import parse_settings
 from redirector.core.models import RepoCheck, RepodataState, RepomdHistory
 from redirector.geo import GeoReader
-from redirector.store.base import MemoryStore
+from redirector.store.memory import MemoryStore
 from redirector.web.app import create_app
 from redirector.web.metrics import VERSION, client_of, handler_of
 from tests.conftest import free_port

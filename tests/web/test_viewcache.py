@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient
 
 from redirector.config.settings import Settings, parse_settings
 from redirector.core.models import MirrorState, Status
-from redirector.store.base import MemoryStore
+from redirector.store.memory import MemoryStore
 from redirector.views.status import Section
 from redirector.web import keys
 from redirector.web.app import create_app
