@@ -38,7 +38,7 @@ def mirror_table(settings: Settings) -> str:
                 f"{m.longitude:.2f}",
                 str(m.weight),
                 "yes" if m.enabled else "no",
-                "yes" if m.ipv6 else "no",
+                "auto" if m.ipv6 is None else "yes" if m.ipv6 else "no",
                 ",".join(m.exclude) or "-",
                 " ".join(u for u in (m.http, m.https) if u),
             )
@@ -194,7 +194,8 @@ def mirror_details(settings: Settings) -> str:
             ("http", m.http), ("https", m.https), ("country", m.country),
             ("location", f"{m.latitude:.2f}, {m.longitude:.2f}"),
             ("weight", f"{m.weight}{derived}"), ("enabled", "yes" if m.enabled else "no"),
-            ("ipv6", "yes" if m.ipv6 else "no"), ("exclude", ", ".join(m.exclude) or None),
+            ("ipv6", "found by the poller" if m.ipv6 is None else "yes" if m.ipv6 else "no"),
+            ("exclude", ", ".join(m.exclude) or None),
             ("trace_name", m.trace_name), ("contact_name", m.contact_name),
             ("contact_email", m.contact_email),
             ("bandwidth", format_bandwidth(m.bandwidth) if m.bandwidth else None),

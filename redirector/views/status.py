@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from redirector.core.models import MasterState, Status
-from redirector.core.selection import Candidate, check
+from redirector.core.selection import Candidate, check, serves_ipv6
 from redirector.snapshot import Snapshot
 from redirector.stats import DownloadStats
 
@@ -185,7 +185,7 @@ def build(
                 longitude=m.longitude,
                 http=m.http,
                 https=m.https,
-                ipv6=m.ipv6,
+                ipv6=serves_ipv6(m, s),
                 weight=m.weight,
                 enabled=m.enabled,
                 state=state,

@@ -179,12 +179,12 @@ def create_app(
         )
         if reader is None and warning is None:
             warning = "no GeoIP database: location-blind"
+        if reader is not None:
+            log.info("GeoIP: %s", reader.describe())
         if warning:
+            # With a reader: what it lacks (a family, a fresh file), said once at startup.
             log.warning("%s", warning)
             app[keys.GEO_WARNING] = warning
-        else:
-            assert reader is not None
-            log.info("GeoIP: %s", reader.describe())
         app[keys.GEO] = reader
         yield
         if reader is not None and geo is None:
