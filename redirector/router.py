@@ -45,6 +45,7 @@ from redirector.core.clientip import Client, ProxyTrust, network_key
 from redirector.core.models import Location, Mirror, MirrorState
 from redirector.core.paths import tree_path, tree_prefix
 from redirector.core.selection import (
+    RULES,
     Candidate,
     Decision,
     Policy,
@@ -97,6 +98,7 @@ class Routed:
     _cell: _Cell | None = field(default=None, repr=False, compare=False)
     _order: tuple[Ranked, ...] = field(default=(), repr=False, compare=False)  # the tier
     _rejected: tuple[Rejection, ...] = field(default=(), repr=False, compare=False)
+    asn: int | None = None  # the client's autonomous system, when an ASN database knows it
 
     @property
     def decision(self) -> Decision:
@@ -253,7 +255,9 @@ def valid_until(c: Candidate, why: Rejection | None, now: float, max_lag: float)
     s: MirrorState | None = c.state
     if s is None:
         return math.inf
-    if why is None:
+    # A mirror refused by its own rules passed every other test: it goes stale like one that
+    # serves, and then says so instead.
+    if why is None or why.reason in RULES:
         until = s.checked_at + max_lag
         if s.behind_since is not None:
             until = min(until, s.behind_since + max_lag)
@@ -515,12 +519,12 @@ class Router:
         if not order:
             return Routed(
                 who.client, who.location, path, self._master + path, True, None, cell, order,
-                entry.rejected,
+                entry.rejected, who.asn,
             )  # fmt: skip
         chosen = order[0]
         return Routed(
             who.client, who.location, path, chosen.base + path, False, chosen, cell, order,
-            entry.rejected,
+            entry.rejected, who.asn,
         )  # fmt: skip
 
     def _forget_orders(self) -> None:

@@ -271,7 +271,10 @@ NEAR = mirror("near", 52.37, 4.90)
 
 
 def net_req(
-    address: str | None = None, asn: int | None = None, loc: Location | None = AMSTERDAM, **kw: object
+    address: str | None = None,
+    asn: int | None = None,
+    loc: Location | None = AMSTERDAM,
+    **kw: object,
 ) -> Request:
     r = replace(req(loc), address=None if address is None else NET(address), asn=asn)
     return replace(r, **kw)  # type: ignore[arg-type]  # test helper: fields by keyword

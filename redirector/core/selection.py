@@ -42,9 +42,6 @@ class Reason(enum.Enum):
     """Why a mirror was not eligible for a request, in the order they are checked."""
 
     DISABLED = "disabled"
-    PRIVATE = "private: not your network"
-    COUNTRY_ONLY = "country-only: not your country"
-    CONTINENT_ONLY = "continent-only: not your continent"
     EXCLUDED = "excludes this subtree"
     LACKS = "lacks this subtree"
     REPODATA = "repodata mismatch"
@@ -56,6 +53,15 @@ class Reason(enum.Enum):
     UNKNOWN_LAG = "lag unknown"
     STALE = "stale"
     OUTDATED = "state too old"
+    # The mirror's own rules against this client, asked last: a mirror that could not serve
+    # anyone now says so first, which is what its operator needs to hear.
+    PRIVATE = "private: not your network"
+    COUNTRY_ONLY = "country-only: not your country"
+    CONTINENT_ONLY = "continent-only: not your continent"
+
+
+# The reasons that depend on who asks rather than on the mirror's state or the path.
+RULES = frozenset({Reason.PRIVATE, Reason.COUNTRY_ONLY, Reason.CONTINENT_ONLY})
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,10 +265,6 @@ def check(
     m, s = c.mirror, c.state
     if not m.enabled:
         return Rejection(m, Reason.DISABLED, "disabled in the config")
-    if whom is not None and (m.private or m.country_only or m.continent_only):
-        refused = _refuses(m, whom)
-        if refused is not None:
-            return refused
     for sub in m.exclude:
         if req_path.startswith(sub):
             return Rejection(m, Reason.EXCLUDED, f"excludes {sub} (config)")
@@ -291,6 +293,8 @@ def check(
     if now - s.checked_at > max_lag:
         ago = (now - s.checked_at) / 3600
         return Rejection(m, Reason.OUTDATED, f"last checked {ago:.1f} h ago")
+    if whom is not None and (m.private or m.country_only or m.continent_only):
+        return _refuses(m, whom)
     return None
 
 
