@@ -90,6 +90,14 @@ def open_session(
     )
 
 
+def _host_header(url: URL) -> str:
+    """The Host header a request to `url` sends: the host, and the port unless the default."""
+    host = url.raw_host or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return host if url.is_default_port() else f"{host}:{url.port}"
+
+
 def _origin(url: str) -> tuple[str, str | None, int | None]:
     parts = urlsplit(url)
     port = parts.port or {"http": 80, "https": 443, "ftp": 21}.get(parts.scheme)
@@ -143,21 +151,35 @@ async def fetch(
     headers: Mapping[str, str] | None = None,
     tally: Tally | None = None,
     encoded: bool = False,
+    address: str | None = None,
 ) -> Fetched:
     """`method` `url` with a total timeout and a body cap; redirects only within the origin.
 
     Raises ProbeError for anything that is not an answer we can read: refused, timed out, TLS
     or DNS failure (DOWN); a redirect elsewhere (OffHost) or in a loop, a body over the cap
     (BROKEN). A HEAD reads no body. `encoded`: `url` is sent exactly as written (a client's
-    path, percent-escapes and all), not re-quoted.
+    path, percent-escapes and all), not re-quoted. `address`: connect to this IP address
+    instead of resolving the URL's host (to check one address family); the Host header and the
+    name TLS checks stay the URL's.
     """
     try:
         async with asyncio.timeout(timeout):
             for _ in range(MAX_REDIRECTS + 1):
                 if tally is not None:
                     tally.requests += 1
+                target = URL(url, encoded=encoded)
+                sent = headers
+                tls_name: str | None = None
+                if address is not None:
+                    sent = {**(headers or {}), "Host": _host_header(target)}
+                    tls_name = target.host if target.scheme == "https" else None
+                    target = target.with_host(address)
                 async with session.request(
-                    method, URL(url, encoded=encoded), allow_redirects=False, headers=headers
+                    method,
+                    target,
+                    allow_redirects=False,
+                    headers=sent,
+                    server_hostname=tls_name,
                 ) as resp:
                     if resp.status in REDIRECTS:
                         url = redirect_target(url, resp.headers.get("Location", ""))
