@@ -58,6 +58,7 @@ from redirector.core.selection import (
     client_seed,
     layout,
     spread,
+    too_few_https,
     whom_of,
 )
 from redirector.geo import GeoReader
@@ -244,6 +245,12 @@ def _next_tenth(origin: float, now: float) -> float:
     return origin + (shown + 0.05) * 3600
 
 
+def policy_of(settings: Settings) -> Policy:
+    """Selection's knobs from the settings."""
+    https_min = settings.https_min_mirrors if settings.https_policy == "master" else 0
+    return Policy(settings.max_lag, settings.closeness_km, settings.closeness_ratio, https_min)
+
+
 def valid_until(c: Candidate, why: Rejection | None, now: float, max_lag: float) -> float:
     """Until when `check(c, ...)` keeps giving `why` (None: eligible) for the same request.
 
@@ -342,7 +349,7 @@ class Router:
         """Use new settings (a reloaded config) from the next request on; caches start afresh."""
         self.settings = settings
         self.trust = ProxyTrust(settings.trusted_proxies)
-        self.policy = Policy(settings.max_lag, settings.closeness_km, settings.closeness_ratio)
+        self.policy = policy_of(settings)
         self._master = settings.master
         self._who: dict[tuple[str | None, str | None, str | None, str], _Who] = {}
         self._raw_paths: dict[str, str] = {}
@@ -557,6 +564,9 @@ class Router:
             else:
                 rejected.append(why)
             until = min(until, valid_until(c, why, now, max_lag))
+        if scheme == "https" and 0 < len(eligible) < self.policy.https_min:
+            rejected.extend(too_few_https(eligible, self.policy.https_min))
+            eligible = []
         entry = _Eligibility(tuple(eligible), tuple(rejected), now, until - _EARLY)
         # Cells depend on the eligible mirrors alone: keep them when those did not change.
         previous = expired if expired is not None else self._stale.get(key)

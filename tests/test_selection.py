@@ -383,3 +383,22 @@ def test_ipv6_is_found_by_the_poller_unless_configured(
     m = replace(NEAR, ipv6=configured)
     d = select([Candidate(m, fresh("near", ipv6=found))], req(ipv6=True), NOW, Policy())
     assert (d.chosen is not None) is serves
+
+
+def test_https_policy_master_sends_https_there_when_too_few_https_mirrors() -> None:
+    tls = [mirror(f"tls{i}", 52.0, 5.0 + i, https=f"https://tls{i}.test/") for i in range(3)]
+    plain = mirror("plain", 52.0, 4.0)
+    few = cands(tls[0], plain)
+    enough = cands(*tls, plain)
+    strict = Policy(https_min=2)
+    d = select(few, req(AMSTERDAM, scheme="https"), NOW, strict)
+    assert d.chosen is None  # the master, over https
+    assert {(r.mirror.name, r.reason) for r in d.rejected} == {
+        ("tls0", Reason.NO_HTTPS),
+        ("plain", Reason.NO_HTTPS),
+    }
+    assert any("fewer than https_min_mirrors = 2" in r.detail for r in d.rejected)
+    # Enough https mirrors, an http request, or the default policy: mirrors as before.
+    assert select(enough, req(AMSTERDAM, scheme="https"), NOW, strict).chosen is not None
+    assert select(few, req(AMSTERDAM), NOW, strict).chosen is not None
+    assert select(few, req(AMSTERDAM, scheme="https"), NOW, Policy()).chosen is not None

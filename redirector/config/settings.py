@@ -407,13 +407,13 @@ def _paths(v: object) -> tuple[Path, ...]:
     return tuple(out)
 
 
-HTTPS_POLICIES = ("strict", "lists")
+HTTPS_POLICIES = ("mirrors", "master")
 
 
 def _https_policy(v: object) -> str:
     s = _str(v)
     if s not in HTTPS_POLICIES:
-        raise ValueError(f'{s!r}: use "strict" or "lists"')
+        raise ValueError(f'{s!r}: use "mirrors" or "master"')
     return s
 
 
@@ -553,21 +553,22 @@ class Settings:
         "Or within this share of the nearest one's distance, when that is more.",
     )
     https_policy: str = setting(
-        "strict",
+        "mirrors",
         _https_policy,
-        '"strict" or "lists"',
+        '"mirrors" or "master"',
         "selection",
-        'When fewer than https_min_mirrors https mirrors are fresh: "strict" still sends https'
-        ' requests to https mirrors only, the master over https when none is left; "lists"'
-        " also fills mirror lists and metalinks asked for over https with http mirrors, which"
-        " is safe where a metalink's hashes (fetched over https) check what they serve.",
+        "Where an https download goes when fewer than https_min_mirrors https mirrors may serve"
+        ' it: "mirrors" still to those (however far), "master" to the master over https. Mirror'
+        " lists and metalinks asked for over https name http mirrors either way: a metalink's"
+        " hashes, fetched over https, and the packages' GPG signatures check what they serve.",
     )
     https_min_mirrors: int = setting(
         2,
-        lambda v: _int(v, 0, 100),
-        "whole number 0..100",
+        lambda v: _int(v, 1, 100),
+        "whole number 1..100",
         "selection",
-        'The fresh https mirrors a list needs before "lists" adds http ones.',
+        'The https mirrors an https download needs before https_policy "master" sends it to'
+        " the master instead.",
     )
     snapshot_interval: float = 0.5
     # What the poller probes to learn which subtrees a mirror carries: subtree -> a path below

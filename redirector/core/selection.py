@@ -115,6 +115,9 @@ class Policy:
     max_lag: float = 8 * 3600.0
     closeness_km: float = 300.0
     closeness_ratio: float = 0.5
+    # https_policy "master": an https request goes to the master over https when fewer than
+    # this many https mirrors may serve it, rather than to the few far away; 0: never.
+    https_min: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,4 +451,18 @@ def select(
             eligible.append(c.mirror)
         else:
             rejected.append(why)
+    if req.scheme == "https" and 0 < len(eligible) < policy.https_min:
+        rejected.extend(too_few_https(eligible, policy.https_min))
+        eligible = []
     return Decision(rank(eligible, req, policy, seeds, whom), tuple(rejected))
+
+
+def too_few_https(eligible: Sequence[Mirror], needed: int) -> list[Rejection]:
+    """The rejections of eligible https mirrors when there are fewer than `needed` of them."""
+    n = len(eligible)
+    detail = (
+        f"https_policy master: only {n} https mirror{'s' if n != 1 else ''} may serve this,"
+        f" fewer than https_min_mirrors = {needed}"
+    )
+    # NO_HTTPS: for this request it is as if no mirror had https; the detail says why.
+    return [Rejection(m, Reason.NO_HTTPS, detail) for m in eligible]
