@@ -88,6 +88,12 @@ class Metrics:
             ["outcome", "mirror"],
             registry=reg,
         )
+        self.https_redirects = Counter(
+            "redirector_https_redirects",
+            "Redirects of https requests by where they went: a mirror, or the master ('').",
+            ["mirror"],
+            registry=reg,
+        )
         self.decision_seconds = Histogram(
             "redirector_decision_seconds",
             "Time to choose a mirror for one request (location, selection).",
@@ -127,13 +133,16 @@ class Metrics:
 
     # --- recording (hot path: no allocation beyond prometheus-client's own) ---
 
-    def redirected(self, mirror: str | None, seconds: float) -> None:
-        """One 302: to `mirror`, or to the master when None; `seconds` the decision took."""
+    def redirected(self, mirror: str | None, seconds: float, *, https: bool = False) -> None:
+        """One 302: to `mirror`, or to the master when None; `seconds` the decision took.
+        `https`: the request came over https, counted apart too, to show where those go."""
         self.decision_seconds.observe(seconds)
         if mirror is None:
             self._master.inc()
         else:
             self._mirror_counter(mirror).inc()
+        if https:
+            self.https_redirects.labels(mirror or "").inc()
 
     def refused(self) -> None:
         """One request under the tree answered with a 4xx (bad path, bad method)."""

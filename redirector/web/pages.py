@@ -26,6 +26,7 @@ from redirector.router import Routed
 from redirector.stats import StatsReader, Tally, flush, flush_forever
 from redirector.store.base import StoreError, SyncStore
 from redirector.views import explain, status
+from redirector.views import https as https_view
 from redirector.views.status import Section
 from redirector.views.synctree import render_html
 from redirector.web import keys
@@ -45,7 +46,12 @@ def setup(app: web.Application, settings: Settings) -> None:
     """
     app[keys.METRICS] = Metrics((m.name for m in settings.mirrors), multiprocess_dir())
     app[keys.TALLY] = Tally()
-    app[keys.STATUS_SECTIONS] = []
+
+    async def https() -> Section:
+        return https_section(app)
+
+    providers: list[status.SectionProvider] = [https]
+    app[keys.STATUS_SECTIONS] = providers
     app.cleanup_ctx.append(stats_ctx)
     add_routes(app)
 
@@ -80,7 +86,7 @@ def record(request: web.Request, routed: Routed, seconds: float, target: str) ->
     else:
         name = routed.top(rank + 1)[rank].mirror.name
     app = request.app
-    app[keys.METRICS].redirected(name, seconds)
+    app[keys.METRICS].redirected(name, seconds, https=routed.client.scheme == "https")
     if request.method == "GET":
         loc = routed.location
         app[keys.TALLY].count(name, None if loc is None else loc.country, routed.path)
@@ -217,6 +223,18 @@ def observe_pass(app: web.Application, result: PassResult) -> None:
         if s.status in (Status.DOWN, Status.BROKEN) and s.checked_at >= result.started
     )
     app[keys.METRICS].observe_pass(result.duration, result.master.error, failed)
+
+
+def https_section(app: web.Application) -> Section:
+    """The status page's https balance, from the current snapshot and selection policy."""
+    router = app[keys.ROUTER]
+    balance = https_view.balance(
+        app[keys.HOLDER].current.candidates,
+        time.time(),
+        router.policy,
+        app[keys.LIVE].current.https_policy,
+    )
+    return Section("https", "Where https clients go", https_view.render_html(balance))
 
 
 async def tree_section(app: web.Application) -> Section:
