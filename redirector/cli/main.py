@@ -90,7 +90,7 @@ def cmd_locate(args: argparse.Namespace) -> int:
     if args.db:
         from dataclasses import replace
 
-        settings = replace(settings, geoip_db=Path(args.db))
+        settings = replace(settings, geoip_db=Path(args.db), geoip_databases=())
     ip = parse_ip(args.ip)
     if ip is None:
         print(f"not an IP address: {args.ip!r}", file=sys.stderr)
@@ -102,6 +102,11 @@ def cmd_locate(args: argparse.Namespace) -> int:
     try:
         loc = reader.locate(ip)
         print(f"database: {reader.describe()}")
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
+        asn = reader.asn(ip)
+        if asn is not None:
+            print(f"{ip}: AS {asn}")
         if loc is None:
             print(f"{ip}: no location (private, reserved or not in the database)")
             return EXIT_FAIL
