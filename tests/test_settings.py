@@ -153,8 +153,12 @@ def test_network_rules_and_https_policy_are_read() -> None:
         "ipv6 = true",
         'netblocks = ["145.100.0.0/16", "2001:610::/32"]\nasns = [1103, "AS1125"]\n'
         "private = true\ncountry_only = true\ncontinent_only = true",
-    ).replace("[redirector]\n", '[redirector]\nhttps_policy = "master"\nhttps_min_mirrors = 3\n'
-              'geoip_databases = ["/g/city-ipv4.mmdb", "/g/city-ipv6.mmdb", "/g/asn.mmdb"]\n')  # fmt: skip
+    )
+    top = (
+        '[redirector]\nhttps_policy = "master"\nhttps_min_mirrors = 3\n'
+        'geoip_databases = ["/g/city-ipv4.mmdb", "/g/city-ipv6.mmdb", "/g/asn.mmdb"]\n'
+    )
+    text = text.replace("[redirector]\n", top)
     s = parse_settings(text, "x.toml")
     m = s.mirrors[0]
     assert m.netblocks == (
