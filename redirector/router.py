@@ -21,9 +21,9 @@ that depends on far less than the whole request, so each layer is computed once 
    9.2 h") would read differently. Inside the window `check` gives the same answers by
    construction, so the cached decision equals `select`'s exactly.
 3. *Cell* (per eligibility entry and location): `selection.layout`'s groups (the client's
-   networks, the nearest tier with its same-country bonus) and the distances. It depends on the
-   eligible mirrors, the networks and the location (coordinates, country) only, so it
-   survives a new snapshot or window whose eligible mirrors are the same ones.
+   networks, the nearest tier with its same-country weight bonus) and the distances. It
+   depends on the eligible mirrors, the networks and the location (coordinates, country)
+   only, so it survives a new snapshot or window whose eligible mirrors are the same ones.
 4. Per request what is left is the weighted rendezvous among the tier (usually a handful of
    mirrors, often one) and the Location string.
 
@@ -155,7 +155,7 @@ class _Cell:
             Ranked(m, base_for(m, scheme), d, False) for m, d in lay.rest[:HEAD]
         )
         self.rest_count = len(lay.rest)
-        members = [r for group in lay.groups for r, _, _, _ in group]
+        members = [r for group in lay.groups for r, _, _ in group]
         self.single: tuple[Ranked, ...] = tuple(members) if len(members) <= 1 else ()
         # The groups' order per client seed: the rendezvous hashes are the costly part of a
         # decision, and clients come back. Bounded by the router (ORDER_CACHE).

@@ -296,9 +296,6 @@ def net_req(
         # IPv6 netblocks match IPv6 clients only.
         ((NEAR, replace(LOCAL, netblocks=(ipaddress.ip_network("2001:db8::/32"),))),
          net_req("2001:db8:5::1"), "local", "netblock 2001:db8::/32"),
-        # In the tier, the client's country comes first.
-        ((mirror("canterbury", 51.30, 1.07, country="GB"), mirror("roubaix", 50.69, 3.17,
-          country="FR")), net_req(loc=PARIS), "roubaix", "same country FR"),
     ],
 )  # fmt: skip
 def test_network_rules_and_tie_breakers(
@@ -308,6 +305,22 @@ def test_network_rules_and_tie_breakers(
         d = select(cands(*mirrors), replace(request_, client_key=bytes([i, 7])), NOW, Policy())
         assert d.chosen is not None
         assert (d.chosen.mirror.name, d.chosen.rule) == (chosen, rule)
+
+
+def test_in_the_tier_a_mirror_in_the_clients_country_counts_twice_its_weight() -> None:
+    ms = cands(
+        mirror("canterbury", 51.30, 1.07, country="GB"),
+        mirror("roubaix", 50.69, 3.17, country="FR"),
+    )
+    chosen: Counter[str] = Counter()
+    for i in range(3000):
+        d = select(ms, req(PARIS, key=i.to_bytes(3, "big")), NOW, Policy())
+        assert d.chosen is not None
+        assert all(r.tier for r in d.ranked)
+        rules = {r.mirror.name: r.rule for r in d.ranked}
+        assert rules == {"roubaix": "same country FR", "canterbury": None}
+        chosen[d.chosen.mirror.name] += 1
+    assert 0.63 < chosen["roubaix"] / 3000 < 0.70  # 2/3: weight 100 x 2 against 100
 
 
 def test_a_netblock_mirror_that_is_not_eligible_is_not_chosen() -> None:

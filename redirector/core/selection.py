@@ -18,9 +18,9 @@ would leave a single mirror). Our earlier default, nearest + max(500 km, 0.25 x 
 client in Ohio go to Montreal (977 km) rather than North Carolina (565 km). With the defaults a
 client in Amsterdam treats Amsterdam, Roubaix (~190 km) and Canterbury (~280 km) alike, while
 Chapel Hill (~6,500 km) is a fallback; a client in Sydney (nearest: Melbourne, ~710 km) gets a
-tier up to ~1,065 km. Inside the tier mirrors in the client's country come first (mirrorbits'
-country bonus), then the others, each group spread by weight; the rest follow by distance.
-A mirror of weight 0 is a last resort within its group.
+tier up to ~1,065 km. The tier is spread by weight, a mirror in the client's country counting
+twice its weight (mirrorbits' country bonus); the rest follow by distance. A mirror of weight 0
+is a last resort within its group.
 """
 
 from __future__ import annotations
@@ -309,9 +309,12 @@ def base_for(m: Mirror, scheme: str) -> str:
     return m.http or m.https or ""
 
 
-# One member of a group that is spread by weight: (ranked, mirror seed, weight, bonus). A higher
-# bonus (the client's country) goes first, after any positive weight.
-Member = tuple[Ranked, int, float, int]
+# One member of a group that is spread by weight: (ranked, mirror seed, effective weight).
+Member = tuple[Ranked, int, float]
+
+# A mirror in the client's country counts this many times its weight in the tier: favoured, as
+# mirrorbits favours it, without starving the others equally close (a bonus, not an order).
+COUNTRY_BONUS = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,12 +362,12 @@ def layout(
             others.append(m)
         else:
             d = None if location is None else _distance_to(location, m)
-            net.append(
-                (Ranked(m, base_for(m, scheme), d, True, rule), _seed_of(m, seeds), m.weight, 0)
-            )
+            ranked = Ranked(m, base_for(m, scheme), d, True, rule)
+            net.append((ranked, _seed_of(m, seeds), float(m.weight)))
+    tier: list[Member]
     if location is None:
         tier = [
-            (Ranked(m, base_for(m, scheme), None, True), _seed_of(m, seeds), m.weight, 0)
+            (Ranked(m, base_for(m, scheme), None, True), _seed_of(m, seeds), float(m.weight))
             for m in others
         ]
         return Layout(tuple(g for g in (tuple(net), tuple(tier)) if g), (), None)
@@ -380,11 +383,10 @@ def layout(
                 rest.append((m, d))
             elif country is not None and m.country == country:
                 ranked = Ranked(m, base_for(m, scheme), d, True, f"same country {country}")
-                tier.append((ranked, _seed_of(m, seeds), m.weight, 1))
+                tier.append((ranked, _seed_of(m, seeds), m.weight * COUNTRY_BONUS))
             else:
-                tier.append(
-                    (Ranked(m, base_for(m, scheme), d, True), _seed_of(m, seeds), m.weight, 0)
-                )
+                plain = Ranked(m, base_for(m, scheme), d, True)
+                tier.append((plain, _seed_of(m, seeds), float(m.weight)))
     rest.sort(key=_by_distance)
     return Layout(tuple(g for g in (tuple(net), tuple(tier)) if g), tuple(rest), nearest)
 
@@ -398,20 +400,17 @@ def _by_distance(item: tuple[Mirror, float]) -> float:
 
 
 def spread(group: Sequence[Member], client: int) -> list[Ranked]:
-    """One group in this client's order: positive weights first, then the bonus, then the
-    weighted rendezvous score; ties keep the group's order (the sort is stable)."""
+    """One group in this client's order: by weighted rendezvous score (weight 0 last); ties
+    keep the group's order (the sort is stable)."""
     if len(group) == 1:
         return [group[0][0]]
-    scored = [
-        (weight > 0, bonus, rendezvous_score(client, seed, weight), r)
-        for r, seed, weight, bonus in group
-    ]
-    scored.sort(key=_order_key, reverse=True)
-    return [item[3] for item in scored]
+    scored = [(rendezvous_score(client, seed, weight), r) for r, seed, weight in group]
+    scored.sort(key=_by_score, reverse=True)
+    return [r for _, r in scored]
 
 
-def _order_key(item: tuple[bool, int, float, Ranked]) -> tuple[bool, int, float]:
-    return item[0], item[1], item[2]
+def _by_score(item: tuple[float, Ranked]) -> float:
+    return item[0]
 
 
 def rank(
