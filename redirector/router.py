@@ -122,7 +122,8 @@ class _Who:
     """One client as resolved from a request's peer and headers, with what routing needs."""
 
     client: Client
-    location: Location | None  # also the cell key: coordinates and country
+    location: Location | None
+    cell: tuple[float, float, str | None] | None  # the cell key: coordinates and country
     seed: int  # rendezvous seed of the client's network
     ipv6: bool
     asn: int | None  # from the ASN database, for the mirrors' AS rules
@@ -216,7 +217,8 @@ _NOBODY = Whom()
 WHOM_CACHE = 32768  # clients' network matches, per (address, AS)
 
 
-_EntryKey = tuple[tuple[str, ...], str, bool, Whom]  # (path class, scheme, IPv6, client)
+# (path class, scheme, IPv6, the client as the mirrors' rules see it: None when none have any)
+_EntryKey = tuple[tuple[str, ...], str, bool, Whom | None]
 
 
 class _Eligibility:
@@ -236,7 +238,7 @@ class _Eligibility:
         self.rejected = rejected
         self.valid_from = valid_from
         self.valid_until = valid_until
-        self.cells: dict[Location | None, _Cell] = {}
+        self.cells: dict[tuple[float, float, str | None] | None, _Cell] = {}
 
 
 def _next_tenth(origin: float, now: float) -> float:
@@ -360,6 +362,7 @@ class Router:
         self._stale: dict[_EntryKey, _Eligibility] = {}
         self._orders = 0  # tier orders kept in the cells, for the ORDER_CACHE bound
         self._rules = _Rules((), False, False)
+        self._no_rules = True  # no mirror has rules about clients: every client is _NOBODY
         self._nets: dict[tuple[object, int | None], tuple[tuple[str, str], ...]] = {}
 
     def swap_geo(self, geo: GeoReader | None) -> None:
@@ -377,6 +380,7 @@ class Router:
         rules = _Rules.of(snap.candidates)
         if rules != self._rules:
             self._rules = rules
+            self._no_rules = rules.none
             self._nets = {}
         # The previous snapshot's entries, kept only so that their cells can be carried over.
         self._stale = self._entries
@@ -459,6 +463,7 @@ class Router:
         return _Who(
             client=client,
             location=loc,
+            cell=None if loc is None else (loc.latitude, loc.longitude, loc.country),
             seed=client_seed(network_key(ip)),
             ipv6=ip is not None and ip.version == 6,
             asn=self.asn(client),
@@ -472,8 +477,6 @@ class Router:
         that hold the client are looked up once per (address, AS).
         """
         rules = self._rules
-        if rules.none:
-            return _NOBODY
         nets: tuple[tuple[str, str], ...] = ()
         if rules.networked:
             key = (who.client.ip, who.asn)
@@ -501,17 +504,21 @@ class Router:
                     self._classes = {}
                 self._classes[path] = cls
         scheme = who.client.scheme
-        whom = self._whom(who)
+        # None, not _NOBODY, when no mirror has rules about clients: a dataclass hashes in
+        # Python, and this key is hashed on every request.
+        whom = None if self._no_rules else self._whom(who)
         key = (cls, scheme, who.ipv6, whom)
         entry = self._entries.get(key)
         if entry is None or not entry.valid_from <= now < entry.valid_until:
             entry = self._fill(snap, key, path, scheme, who.ipv6, now, entry)
-        cell = entry.cells.get(who.location)
+        cell = entry.cells.get(who.cell)
         if cell is None:
             if len(entry.cells) >= CELL_CACHE:
                 entry.cells = {}
-            cell = _Cell(entry.eligible, who.location, scheme, self.policy, snap.seeds, whom)
-            entry.cells[who.location] = cell
+            cell = _Cell(
+                entry.eligible, who.location, scheme, self.policy, snap.seeds, whom or _NOBODY
+            )
+            entry.cells[who.cell] = cell
         if cell.single or not cell.groups:
             order = cell.single
         else:
@@ -556,7 +563,7 @@ class Router:
         eligible: list[Mirror] = []
         rejected: list[Rejection] = []
         until = math.inf
-        whom = key[3]
+        whom = key[3] or _NOBODY
         for c in snap.candidates:
             why = check(c, path, scheme, ipv6, now, max_lag, whom)
             if why is None:
