@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from redirector.config.settings import ConfigError, Settings, load_settings
 
 if TYPE_CHECKING:
+    from redirector.core.models import Mirror
     from redirector.snapshot import Snapshot
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -184,6 +185,20 @@ def cmd_mirrors(args: argparse.Namespace) -> int:
     return EXIT_OK if fresh else EXIT_FAIL
 
 
+def _serves(m: Mirror) -> str | None:
+    """Whom a mirror's own rules let it serve, None when everybody."""
+    only = [
+        word
+        for word, on in (
+            ("its networks", m.private),
+            (f"its country ({m.country})", m.country_only),
+            ("its continent", m.continent_only),
+        )
+        if on
+    ]
+    return "only " + " and ".join(only) if only else None
+
+
 def mirror_details(settings: Settings) -> str:
     """Every field of every mirror, one `key: value` line each, for `check-config --long`."""
     from redirector.config.settings import format_bandwidth, weight_from_bandwidth
@@ -207,6 +222,9 @@ def mirror_details(settings: Settings) -> str:
             ("sync", m.sync), ("upstream", m.upstream),
             ("ssh", f"{m.ssh_user + '@' if m.ssh_user else ''}{m.ssh_host}:{m.ssh_port}"
              if m.ssh_host else None),
+            ("netblocks", ", ".join(map(str, m.netblocks)) or None),
+            ("asns", ", ".join(f"AS{a}" for a in m.asns) or None),
+            ("serves", _serves(m)),
         ]  # fmt: skip
         out.append(f"[{m.name}]")
         out.extend(f"  {k:<14} {v}" for k, v in fields if v is not None)
