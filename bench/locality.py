@@ -11,8 +11,9 @@ uniform sample of them, then one random address inside each.
 
 Ten mirrors on five continents (the SME seed mirrors and one in Berlin). Berlin is country-only
 and a campus mirror in Amsterdam private to two networks, so the rules are exercised too.
-Each client goes through `Router.resolve`, as a request does. A client counts as *close* when its mirror is
-within max(1.5 x the nearest mirror it may use, nearest + 300 km), or a network rule chose it;
+Each client goes through `Router.resolve`, as a request does. A client counts as *close* when
+its mirror is within max(1.5 x the nearest mirror it may use, nearest + 300 km), or a network
+rule chose it;
 *excluded* counts clients sent to a mirror whose own rules (private, country-only) refuse them,
 checked here from the mirrors' fields, not through `selection.check`. For comparison the same
 clients are also sent as the selection before network routing sent them ("before": the tier
