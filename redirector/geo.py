@@ -1,11 +1,12 @@
-"""GeoIP: where a client address is, read from a MaxMind-format (MMDB) city database."""
+"""GeoIP: where a client address is and which network holds it, read from MMDB files."""
 
 from __future__ import annotations
 
 import ipaddress
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Final, TypeAlias
 
@@ -15,14 +16,17 @@ import maxminddb
 from cachetools import LRUCache
 
 from redirector.config.settings import Settings
+from redirector.core.continent import continent_of as _continent_of
 from redirector.core.humanize import day
 from redirector.core.models import Location
 
 __all__ = [
+    "ASN",
     "DEFAULT_PATHS",
     "FLAT_CITY",
     "MAXMIND_CITY",
     "GeoError",
+    "GeoFile",
     "GeoReader",
     "find_database",
 ]
@@ -34,6 +38,7 @@ _Lookup: TypeAlias = Callable[[_Address], Location | None]
 
 MAXMIND_CITY: Final = "maxmind-city"  # nested GeoIP2 City schema: country.iso_code, location.*
 FLAT_CITY: Final = "flat-city"  # one flat map per network: country_code, latitude, longitude
+ASN: Final = "asn"  # autonomous_system_number per network: GeoLite2-ASN, ip-location-db asn
 
 # Where the redirector looks when the settings name no file, best first: a paid GeoIP2 City
 # before GeoLite2, geoipupdate's Debian directory before the others, DB-IP Lite last.
@@ -67,7 +72,6 @@ _DBIP_ATTRIBUTION: Final = "IP Geolocation by DB-IP (https://db-ip.com), CC BY 4
 
 # Older than this, a database has moved enough networks (reassigned blocks, new allocations)
 # for routing to suffer; the free databases are rebuilt weekly or monthly.
-MAX_AGE: Final = 60 * 86400.0
 
 IPV4_ONLY_NOTE: Final = (
     "the GeoIP database holds IPv4 networks only: IPv6 clients get no location "
@@ -79,43 +83,68 @@ class GeoError(Exception):
     """A GeoIP database that cannot be used; the message names the file and the problem."""
 
 
-class GeoReader:
-    """One open city database, memory-mapped, with an LRU cache of answers per address.
+_AsnLookup: TypeAlias = Callable[[_Address], int | None]
 
-    Not thread-safe: meant for one event loop, which is where every request runs.
-    """
 
-    path: Path
-    kind: str
-    database_type: str
-    build_epoch: int
+class GeoFile:
+    """One open MMDB file: what it holds (a city or ASN schema), for which address families."""
+
+    __slots__ = ("build_epoch", "close", "database_type", "families", "kind", "lookup", "path")
 
     def __init__(
         self,
         path: Path,
-        *,
         kind: str,
         database_type: str,
         build_epoch: int,
-        ip_version: int,
-        lookup: _Lookup,
+        families: frozenset[int],
+        lookup: _Lookup | _AsnLookup,
         close: Callable[[], None],
-        cache_size: int,
     ) -> None:
-        """Use `GeoReader.open`; this only assembles an already opened database."""
         self.path = path
         self.kind = kind
         self.database_type = database_type
         self.build_epoch = build_epoch
-        self._ipv4_only = ip_version == 4
-        self._lookup = lookup
-        self._close = close
-        self._damaged = False  # logged once that the file is damaged
-        self._cache: LRUCache[object, Location | None] = LRUCache(maxsize=cache_size)
+        self.families = families  # 4 and/or 6: whose addresses it has networks for
+        self.lookup = lookup
+        self.close = close
+
+    def describe(self) -> str:
+        built = time.strftime("%Y-%m-%d", time.gmtime(self.build_epoch))
+        only = "" if len(self.families) > 1 else f", IPv{min(self.families)} only"
+        return f"{self.path} ({self.kind}, {self.database_type}{only}, built {built} UTC)"
+
+
+class GeoReader:
+    """The open GeoIP files, memory-mapped, with an LRU cache of answers per address.
+
+    One file or several: city files (either schema) say where an address is, ASN files which
+    autonomous system holds it; the IPv4 and IPv6 halves may come as separate files (as
+    ip-location-db ships them). For each address the first file, in the order given, that
+    holds the address's family and knows it answers. Not thread-safe: meant for one event
+    loop, which is where every request runs.
+    """
+
+    def __init__(self, files: Sequence[GeoFile], *, cache_size: int) -> None:
+        """Use `GeoReader.open` or `open_all`; this only assembles already opened files."""
+        if cache_size < 1:
+            raise ValueError(f"cache_size must be at least 1, not {cache_size}")
+        self.files = tuple(files)
+        self._cities = tuple(f for f in self.files if f.kind != ASN)
+        self._asns = tuple(f for f in self.files if f.kind == ASN)
+        main = self._cities[0] if self._cities else self.files[0]
+        self.path = main.path
+        self.kind = main.kind
+        self.database_type = main.database_type
+        self.build_epoch = main.build_epoch
+        self._damaged: set[Path] = set()  # files logged once as damaged
+        self._cache: LRUCache[object, tuple[Location | None, int | None]] = LRUCache(
+            maxsize=cache_size
+        )
 
     @classmethod
     def open(cls, path: str | Path, *, cache_size: int = 65536) -> GeoReader:
-        """Open and memory-map the database at `path` and recognise its schema.
+        """Open and memory-map the city database at `path` and recognise its schema.
 
         The schema is decided by the records, not the vendor: open() reads up to the first
         64 networks in file order. A record holding a `location` or `country` map is the
@@ -123,120 +152,183 @@ class GeoReader:
         and is read through geoip2, which also demands "City" in the metadata database_type.
         A record with top-level `latitude` and `longitude` is the flat schema of the
         ip-location-db DB-IP Lite files and is read through maxminddb. Anything else
-        (ASN, ISP, country-only databases) is refused.
+        (ASN, ISP, country-only databases) is refused here; `open_all` takes ASN files too.
 
         Raises GeoError when the file is missing or unreadable, is not an MMDB file, or holds
         no city schema; ValueError when `cache_size` is below 1.
         """
         if cache_size < 1:
             raise ValueError(f"cache_size must be at least 1, not {cache_size}")
-        path = Path(path)
-        reader = _open_mmdb(path)
+        return cls([_open_file(Path(path), asn=False)], cache_size=cache_size)
+
+    @classmethod
+    def open_all(cls, paths: Iterable[str | Path], *, cache_size: int = 65536) -> GeoReader:
+        """Open every file in `paths`: city files as `open` reads them, and ASN files (a record
+        with `autonomous_system_number`: GeoLite2-ASN, ip-location-db's asn files).
+
+        All or nothing: GeoError for the first file that cannot be used (the others are
+        closed again), or when `paths` is empty.
+        """
+        if cache_size < 1:
+            raise ValueError(f"cache_size must be at least 1, not {cache_size}")
+        opened: list[GeoFile] = []
         try:
-            metadata = reader.metadata()
-            database_type = str(metadata.database_type)
-            kind = _detect_kind(reader, path, database_type)
+            for path in paths:
+                opened.append(_open_file(Path(path), asn=True))
         except BaseException:
-            reader.close()
+            for f in opened:
+                f.close()
             raise
-        lookup: _Lookup
-        close: Callable[[], None]
-        if kind == MAXMIND_CITY:
-            reader.close()
-            city_reader = _open_geoip2(path)
-            lookup = _maxmind_lookup(city_reader)
-            close = city_reader.close
-        else:
-            lookup = _flat_lookup(reader)
-            close = reader.close
-        return cls(
-            path,
-            kind=kind,
-            database_type=database_type,
-            build_epoch=int(metadata.build_epoch),
-            ip_version=int(metadata.ip_version),
-            lookup=lookup,
-            close=close,
-            cache_size=cache_size,
-        )
+        if not opened:
+            raise GeoError("no GeoIP database files given")
+        return cls(opened, cache_size=cache_size)
+
+    @property
+    def paths(self) -> tuple[Path, ...]:
+        return tuple(f.path for f in self.files)
 
     def locate(self, ip: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> Location | None:
         """Where `ip` is, or None when unknown.
 
         None for: an invalid address, a non-global one (private, loopback, link-local,
-        reserved, multicast, unspecified; the database is not consulted), an address the
-        database has no network for, or a record without coordinates. An IPv4-mapped IPv6
-        address is looked up as its IPv4 address. Answers, None included, are cached per
-        argument, so a repeated address costs one dict lookup and no parsing.
+        reserved, multicast, unspecified; the database is not consulted), an address no city
+        file has a network for, or a record without coordinates. An IPv4-mapped IPv6 address
+        is looked up as its IPv4 address. Answers, None included, are cached per argument,
+        so a repeated address costs one dict lookup and no parsing.
         """
-        cache = self._cache
-        try:
-            return cache[ip]
-        except KeyError:
-            pass
-        location = self._resolve(ip)
-        cache[ip] = location
-        return location
+        return self._answer(ip)[0]
+
+    def asn(self, ip: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> int | None:
+        """The autonomous system number of `ip` from the ASN files, None when unknown."""
+        return self._answer(ip)[1]
 
     def close(self) -> None:
-        """Unmap the database; closing twice is harmless. Later lookups raise ValueError."""
-        self._close()
+        """Unmap the files; closing twice is harmless. Later lookups raise ValueError."""
+        for f in self.files:
+            f.close()
         self._cache.clear()
 
     def describe(self) -> str:
-        """One line for logs and the health view: path, schema, database type, build date."""
-        built = day(self.build_epoch)
-        return f"{self.path} ({self.kind}, {self.database_type}, built {built} UTC)"
+        """One line for logs and the health view: each file's path, schema, type, build date."""
+        return "; ".join(f.describe() for f in self.files)
+
+    def warnings(self, now: float, max_age: float) -> list[str]:
+        """What an operator should hear at `now`: a family no city file covers, a file older
+        than `max_age` seconds (locations go wrong as networks move)."""
+        out: list[str] = []
+        covered = frozenset().union(*(f.families for f in self._cities))
+        if covered == {4}:
+            out.append(IPV4_ONLY_NOTE)
+        else:
+            out.extend(
+                f"no GeoIP city database for IPv{family}: those clients go unlocated"
+                for family in (4, 6)
+                if family not in covered
+            )
+        for f in self.files:
+            age = now - f.build_epoch
+            if age > max_age:
+                out.append(
+                    f"the GeoIP database {f.path} was built {day(f.build_epoch)}, "
+                    f"{age / 86400:.0f} days ago (more than {max_age / 86400:.0f}): update it, "
+                    "locations go wrong as networks move"
+                )
+        return out
 
     @property
     def attribution(self) -> str | None:
         """The credit line a page showing results must carry (DB-IP Lite), else None."""
-        if "dbip" in self.database_type.lower() or "dbip" in self.path.name.lower():
-            return _DBIP_ATTRIBUTION
+        for f in self.files:
+            if "dbip" in f.database_type.lower() or "dbip" in f.path.name.lower():
+                return _DBIP_ATTRIBUTION
         return None
 
     @property
     def ipv4_only(self) -> bool:
-        """The file has no IPv6 tree: every IPv6 client is without a location."""
-        return self._ipv4_only
-
-    def warnings(self, now: float, max_age: float = MAX_AGE) -> tuple[str, ...]:
-        """What an operator should know of this file at `now`: too old, IPv4 only."""
-        out = []
-        age = now - self.build_epoch
-        if age > max_age:
-            built = day(self.build_epoch)
-            out.append(
-                f"the GeoIP database {self.path} was built {built}, {age / 86400:.0f} days ago "
-                f"(more than {max_age / 86400:.0f}): update it, locations go wrong as "
-                "networks move"
-            )
-        if self._ipv4_only:
-            out.append(IPV4_ONLY_NOTE)
-        return tuple(out)
+        """No city file covers IPv6: every IPv6 client is without a location."""
+        covered = frozenset().union(*(f.families for f in self._cities))
+        return 4 in covered and 6 not in covered
 
     @property
     def cached(self) -> int:
         """How many addresses the lookup cache holds now."""
         return len(self._cache)
 
-    def _resolve(self, ip: object) -> Location | None:
+    def _answer(self, ip: object) -> tuple[Location | None, int | None]:
+        cache = self._cache
+        try:
+            return cache[ip]
+        except KeyError:
+            pass
+        answer = self._resolve(ip)
+        cache[ip] = answer
+        return answer
+
+    def _resolve(self, ip: object) -> tuple[Location | None, int | None]:
         address = _global_address(ip)
         if address is None:
-            return None
-        if self._ipv4_only and address.version == 6:
-            return None  # the reader would raise: the file has no IPv6 tree
+            return _UNKNOWN
+        location: Location | None = None
+        for f in self._cities:
+            if address.version in f.families:
+                found = self._ask(f, address)
+                if isinstance(found, Location):
+                    location = found
+                    break
+        asn: int | None = None
+        for f in self._asns:
+            if address.version in f.families:
+                number = self._ask(f, address)
+                if isinstance(number, int):
+                    asn = number
+                    break
+        return (location, asn) if location is not None or asn is not None else _UNKNOWN
+
+    def _ask(self, f: GeoFile, address: _Address) -> Location | int | None:
         try:
-            return self._lookup(address)
+            return f.lookup(address)
         except maxminddb.InvalidDatabaseError as err:
             problem = str(err)
         # A file damaged in place (not replaced by rename) fails only at the records it breaks;
-        # those addresses go location-blind rather than failing their requests. Logged once,
-        # without a traceback: the message says all there is.
-        if not self._damaged:
-            self._damaged = True
-            log.error("%s: damaged GeoIP database, some lookups fail: %s", self.path, problem)
+        # those addresses go location-blind rather than failing their requests. Logged once
+        # per file, without a traceback: the message says all there is.
+        if f.path not in self._damaged:
+            self._damaged.add(f.path)
+            log.error("%s: damaged GeoIP database, some lookups fail: %s", f.path, problem)
         return None
+
+
+_UNKNOWN: Final[tuple[Location | None, int | None]] = (None, None)
+
+
+def _open_file(path: Path, *, asn: bool) -> GeoFile:
+    """Open one file as a city file, or (with `asn`) an ASN file; see `GeoReader.open`."""
+    reader = _open_mmdb(path)
+    try:
+        metadata = reader.metadata()
+        database_type = str(metadata.database_type)
+        kind, has_ipv4 = _detect_kind(reader, path, database_type, asn=asn)
+    except BaseException:
+        reader.close()
+        raise
+    ip_version = int(metadata.ip_version)
+    # A v6 file holds IPv4 only when it has networks under ::/96, which come first in file
+    # order: ip-location-db's IPv6 halves have none, GeoLite2's single file has them.
+    families = frozenset({4}) if ip_version == 4 else frozenset({6, 4} if has_ipv4 else {6})
+    lookup: _Lookup | _AsnLookup
+    close: Callable[[], None]
+    if kind == MAXMIND_CITY:
+        reader.close()
+        city_reader = _open_geoip2(path)
+        lookup = _maxmind_lookup(city_reader)
+        close = city_reader.close
+    elif kind == ASN:
+        lookup = _asn_lookup(reader)
+        close = reader.close
+    else:
+        lookup = _flat_lookup(reader)
+        close = reader.close
+    return GeoFile(path, kind, database_type, int(metadata.build_epoch), families, lookup, close)
 
 
 def find_database(candidates: Iterable[Path] = DEFAULT_PATHS) -> Path | None:
@@ -295,12 +387,20 @@ def _open_geoip2(path: Path) -> geoip2.database.Reader:
         raise GeoError(f"{path}: not a MaxMind DB (.mmdb) file") from None
 
 
-def _detect_kind(reader: maxminddb.Reader, path: Path, database_type: str) -> str:
-    """Which schema the records use; see `GeoReader.open` for the rule."""
+def _detect_kind(
+    reader: maxminddb.Reader, path: Path, database_type: str, *, asn: bool
+) -> tuple[str, bool]:
+    """Which schema the records use (see `GeoReader.open` for the rule), and whether the
+    first network is an IPv4 one."""
     seen = 0
+    first_ipv4 = False
     try:
-        for _network, record in reader:
+        for network, record in reader:
+            if seen == 0:
+                first_ipv4 = network.version == 4
             if isinstance(record, Mapping):
+                if asn and isinstance(record.get("autonomous_system_number"), int):
+                    return ASN, first_ipv4
                 if isinstance(record.get("location"), Mapping) or isinstance(
                     record.get("country"), Mapping
                 ):
@@ -309,9 +409,9 @@ def _detect_kind(reader: maxminddb.Reader, path: Path, database_type: str) -> st
                             f"{path}: database type {database_type!r} is not a City database;"
                             " it has no coordinates"
                         )
-                    return MAXMIND_CITY
+                    return MAXMIND_CITY, first_ipv4
                 if "latitude" in record and "longitude" in record:
-                    return FLAT_CITY
+                    return FLAT_CITY, first_ipv4
             seen += 1
             if seen >= _PROBE_RECORDS:
                 break
@@ -342,6 +442,19 @@ def _maxmind_lookup(reader: geoip2.database.Reader) -> _Lookup:
             latitude=latitude,
             longitude=longitude,
         )
+
+    return lookup
+
+
+def _asn_lookup(reader: maxminddb.Reader) -> _AsnLookup:
+    def lookup(address: _Address) -> int | None:
+        record = reader.get(address)
+        if not isinstance(record, Mapping):
+            return None
+        number = record.get("autonomous_system_number")
+        if isinstance(number, bool) or not isinstance(number, int) or number <= 0:
+            return None
+        return number
 
     return lookup
 
@@ -393,40 +506,38 @@ def _code(value: object) -> str | None:
     return None
 
 
-def _continent_of(country: str | None) -> str | None:
-    return None if country is None else _CONTINENT_OF.get(country)
+def geo_paths(settings: Settings) -> tuple[Path, ...]:
+    """The GeoIP files the settings ask for: geoip_databases, else geoip_db, else the first
+    city file found in the usual places (none when searching is off)."""
+    if settings.geoip_databases:
+        return settings.geoip_databases
+    if settings.geoip_db is not None:
+        return (settings.geoip_db,)
+    if settings.geoip_search:
+        found = find_database()
+        return () if found is None else (found,)
+    return ()
 
 
-# ISO 3166-1 alpha-2 (plus XK, Kosovo) to continent, as GeoNames assigns them; MaxMind's
-# continent codes come from GeoNames too, so both schemas answer alike.
-_CONTINENT_OF: Final[Mapping[str, str]] = {
-    country: continent
-    for continent, countries in {
-        "AF": "AO BF BI BJ BW CD CF CG CI CM CV DJ DZ EG EH ER ET GA GH GM GN GQ GW KE KM LR LS"
-        " LY MA MG ML MR MU MW MZ NA NE NG RE RW SC SD SH SL SN SO SS ST SZ TD TG TN TZ UG YT"
-        " ZA ZM ZW",
-        "AN": "AQ BV GS HM TF",
-        "AS": "AE AF AM AZ BD BH BN BT CC CN CX GE HK ID IL IN IO IQ IR JO JP KG KH KP KR KW KZ"
-        " LA LB LK MM MN MO MV MY NP OM PH PK PS QA SA SG SY TH TJ TM TR TW UZ VN YE",
-        "EU": "AD AL AT AX BA BE BG BY CH CY CZ DE DK EE ES FI FO FR GB GG GI GR HR HU IE IM IS"
-        " IT JE LI LT LU LV MC MD ME MK MT NL NO PL PT RO RS RU SE SI SJ SK SM UA VA XK",
-        "NA": "AG AI AW BB BL BM BQ BS BZ CA CR CU CW DM DO GD GL GP GT HN HT JM KN KY LC MF MQ"
-        " MS MX NI PA PM PR SV SX TC TT US VC VG VI",
-        "OC": "AS AU CK FJ FM GU KI MH MP NC NF NR NU NZ PF PG PN PW SB TK TL TO TV UM VU WF WS",
-        "SA": "AR BO BR CL CO EC FK GF GY PE PY SR UY VE",
-    }.items()
-    for country in countries.split()
-}
+def open_paths(settings: Settings, paths: Sequence[Path]) -> GeoReader:
+    """Open `paths` (from `geo_paths`): several files as a set, a single geoip_db as a city file."""
+    if settings.geoip_databases:
+        return GeoReader.open_all(paths)
+    return GeoReader.open(paths[0])
 
 
 def open_geo(settings: Settings) -> tuple[GeoReader | None, str | None]:
-    """The GeoIP reader the settings ask for, or None with the warning to show for it."""
-    path = settings.geoip_db
-    if path is None and settings.geoip_search:
-        path = find_database()
-    if path is None:
+    """The GeoIP reader the settings ask for, or None with the warning to show for it.
+
+    With a reader the warning, if any, names what it lacks (a family without a city file) or
+    a file that is old.
+    """
+    paths = geo_paths(settings)
+    if not paths:
         return None, "no GeoIP database found: location-blind, mirrors spread by weight only"
     try:
-        return GeoReader.open(path), None
+        reader = open_paths(settings, paths)
     except GeoError as e:
         return None, f"GeoIP database unusable, location-blind: {e}"
+    said = reader.warnings(time.time(), settings.geoip_max_age)
+    return reader, "; ".join(said) if said else None

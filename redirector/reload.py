@@ -28,7 +28,7 @@ from pathlib import Path
 
 from redirector.config.live import LiveSettings
 from redirector.config.settings import TOP_KEYS, ConfigError, Settings, load_settings
-from redirector.geo import GeoError, GeoReader, find_database
+from redirector.geo import GeoError, GeoReader, geo_paths, open_paths
 from redirector.supervise import Tasks
 
 log = logging.getLogger(__name__)
@@ -166,10 +166,10 @@ class Reloader:
             with contextlib.suppress(ConfigError):
                 self._file = load_settings(source)
         # A database that could not be opened at startup is tried again only once it changes.
-        self._geo_path = geo.path if geo is not None else None
+        self._geo_paths: tuple[Path, ...] = geo.paths if geo is not None else ()
         if geo is None and swap_geo is not None:
-            self._geo_path = self._geo_target()
-        self._geo_sig = file_signature(self._geo_path) if self._geo_path is not None else None
+            self._geo_paths = geo_paths(startup)
+        self._geo_sigs = tuple(file_signature(p) for p in self._geo_paths)
 
     @property
     def watches_config(self) -> bool:
@@ -265,42 +265,38 @@ class Reloader:
 
     # -- the GeoIP database
 
-    def _geo_target(self) -> Path | None:
-        s = self.settings
-        if s.geoip_db is not None:
-            return s.geoip_db
-        if s.geoip_search:
-            return find_database()
-        return None
-
     def check_geo(self) -> bool:
-        """Open the GeoIP database again if its file was replaced; True when a reader was swapped.
+        """Open the GeoIP files again if one was replaced; True when a reader was swapped.
 
-        An unusable new file is logged once and the running reader kept; a missing file keeps
-        the running reader too (it stays mapped), until a usable file appears.
+        Several files (geoip_databases) are opened and swapped together: a set where one file
+        is unusable is logged once and the running reader kept; a missing file keeps the
+        running reader too (it stays mapped), until every file is there and usable.
         """
         if self._swap_geo is None:
             return False
-        path = self._geo_target()
-        if path is None:
+        paths = geo_paths(self.settings)
+        if not paths:
             if self.geo is None:
                 return False
             self._say(logging.WARNING, "GeoIP turned off by the config: location-blind from now on")
             self._swap(None)
-            self._geo_path = self._geo_sig = None
+            self._geo_paths, self._geo_sigs = (), ()
             return True
-        sig = file_signature(path)
-        if path == self._geo_path and sig == self._geo_sig:
+        sigs = tuple(file_signature(p) for p in paths)
+        if paths == self._geo_paths and sigs == self._geo_sigs:
             return False
-        self._geo_path, self._geo_sig = path, sig
-        if sig is None:
+        self._geo_paths, self._geo_sigs = paths, sigs
+        gone = [p for p, sig in zip(paths, sigs, strict=True) if sig is None]
+        if gone:
             if self.geo is not None:
                 self._say(
-                    logging.WARNING, "GeoIP database %s is gone; keeping the one already open", path
+                    logging.WARNING,
+                    "GeoIP database %s is gone; keeping the one already open",
+                    ", ".join(map(str, gone)),
                 )
             return False
         try:
-            new = GeoReader.open(path)
+            new = open_paths(self.settings, paths)
         except GeoError as e:
             kept = self.geo.describe() if self.geo is not None else "location-blind"
             self._say(
@@ -309,6 +305,8 @@ class Reloader:
             return False
         self._swap(new)
         self._say(logging.INFO, "GeoIP database reloaded: %s", new.describe())
+        for said in new.warnings(time.time(), self.settings.geoip_max_age):
+            self._say(logging.WARNING, "%s", said)
         return True
 
     def _swap(self, new: GeoReader | None) -> None:

@@ -10,7 +10,9 @@ that depends on far less than the whole request, so each layer is computed once 
 1. *Who* (per header tuple: peer, X-Forwarded-For, X-Forwarded-Proto, scheme): the resolved
    client, its GeoIP location and its rendezvous seed. Pure functions of those strings, the
    trusted proxies and the GeoIP reader; dropped when either changes.
-2. *Eligibility* (per path class, scheme, IPv6): which mirrors pass `selection.check` and the
+2. *Eligibility* (per path class, scheme, IPv6 and the client as the mirrors' own rules see it:
+   which of their netblocks and AS numbers hold it, and its country or continent only when
+   some mirror is country- or continent-only): which mirrors pass `selection.check` and the
    rejections of the others. A request path matters to `check` only through which configured or
    observed subtree prefixes it starts with (exclude, lacks, repodata directories), so paths
    with the same matches share one entry. An entry holds for one snapshot (a swap starts
@@ -18,9 +20,10 @@ that depends on far less than the whole request, so each layer is computed once 
    mirror's lag or last check crosses `max_lag`. Rejections hold times and facts, never words
    or seconds (the views word them), so inside the window `check` gives the same answers by
    construction and the cached decision equals `select`'s exactly.
-3. *Cell* (per eligibility entry and location): the nearest tier and the distances. It depends
-   on the eligible mirrors and the coordinates only, so it survives a new snapshot or window
-   whose eligible mirrors are the same ones.
+3. *Cell* (per eligibility entry and location): `selection.layout`'s groups (the client's
+   networks, the nearest tier with its same-country weight bonus) and the distances. It
+   depends on the eligible mirrors, the networks and the location (coordinates, country)
+   only, so it survives a new snapshot or window whose eligible mirrors are the same ones.
 4. Per request what is left is the weighted rendezvous among the tier (usually a handful of
    mirrors, often one) and the Location string.
 
@@ -32,7 +35,6 @@ bookkeeping is paid per hit.
 
 from __future__ import annotations
 
-import heapq
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -43,18 +45,21 @@ from redirector.core.clientip import Client, ProxyTrust, network_key
 from redirector.core.models import Location, Mirror, MirrorState
 from redirector.core.paths import tree_path, tree_prefix
 from redirector.core.selection import (
+    RULES,
     Candidate,
     Decision,
     Policy,
     Ranked,
     Reason,
     Rejection,
+    Whom,
     base_for,
     check,
     client_seed,
-    distance_km,
-    name_seed,
-    rendezvous_score,
+    layout,
+    spread,
+    too_few_https,
+    whom_of,
 )
 from redirector.core.topology import fallback_target
 from redirector.geo import GeoReader
@@ -95,6 +100,7 @@ class Routed:
     _cell: _Cell | None = field(default=None, repr=False, compare=False)
     _order: tuple[Ranked, ...] = field(default=(), repr=False, compare=False)  # the tier
     _rejected: tuple[Rejection, ...] = field(default=(), repr=False, compare=False)
+    asn: int | None = None  # the client's autonomous system, when an ASN database knows it
 
     @property
     def decision(self) -> Decision:
@@ -118,21 +124,20 @@ class _Who:
 
     client: Client
     location: Location | None
-    cell: tuple[float, float] | None  # the cell key: the location's exact coordinates
+    cell: tuple[float, float, str | None] | None  # the cell key: coordinates and country
     seed: int  # rendezvous seed of the client's network
     ipv6: bool
+    asn: int | None  # from the ASN database, for the mirrors' AS rules
 
 
 class _Cell:
     """The ranking of one eligibility entry at one location, minus the per-client spread.
 
-    `tier` holds the nearest mirrors in candidate order with their seeds and weights (the
-    order `select` sorts from, so ties break alike); `head` the first of the rest by distance.
+    `groups` are `selection.layout`'s (the client's networks, then the nearest tier, each in
+    candidate order with seeds and weights); `head` the first of the rest by distance.
     """
 
-    __slots__ = (
-        "_eligible", "_location", "_scheme", "head", "orders", "rest_count", "single", "tier",
-    )  # fmt: skip
+    __slots__ = ("_rest", "_scheme", "groups", "head", "orders", "rest_count", "single")
 
     def __init__(
         self,
@@ -141,49 +146,36 @@ class _Cell:
         scheme: str,
         policy: Policy,
         seeds: dict[str, int],
+        whom: Whom,
     ) -> None:
-        self._eligible = eligible
-        self._location = location
+        lay = layout(eligible, scheme, location, whom, policy, seeds)
         self._scheme = scheme
-        tier: list[tuple[Ranked, int, float]] = []
-        if location is None:
-            for m in eligible:
-                tier.append((Ranked(m, base_for(m, scheme), None, True), _seed(seeds, m), m.weight))
-            self.head: tuple[Ranked, ...] = ()
-            self.rest_count = 0
-        else:
-            dist = _distances(eligible, location)
-            nearest = min(dist) if dist else 0.0
-            limit = nearest + max(policy.closeness_km, policy.closeness_ratio * nearest)
-            rest: list[tuple[Mirror, float]] = []
-            for m, d in zip(eligible, dist, strict=True):
-                if d <= limit:
-                    tier.append(
-                        (Ranked(m, base_for(m, scheme), d, True), _seed(seeds, m), m.weight)
-                    )
-                else:
-                    rest.append((m, d))
-            # nsmallest is documented equal to sorted(...)[:n]: stable, like select's sort.
-            self.head = tuple(
-                Ranked(m, base_for(m, scheme), d, False)
-                for m, d in heapq.nsmallest(HEAD, rest, key=_by_distance)
-            )
-            self.rest_count = len(rest)
-        self.tier = tuple(tier)
-        self.single = tuple(r for r, _, _ in tier) if len(tier) <= 1 else ()
-        # The tier's order per client seed: the rendezvous hashes are the costly part of a
+        self._rest = lay.rest
+        self.groups = lay.groups
+        # Only as many Ranked values as Link headers ask for are made up front.
+        self.head: tuple[Ranked, ...] = tuple(
+            Ranked(m, base_for(m, scheme), d, False) for m, d in lay.rest[:HEAD]
+        )
+        self.rest_count = len(lay.rest)
+        members = [r for group in lay.groups for r, _, _ in group]
+        self.single: tuple[Ranked, ...] = tuple(members) if len(members) <= 1 else ()
+        # The groups' order per client seed: the rendezvous hashes are the costly part of a
         # decision, and clients come back. Bounded by the router (ORDER_CACHE).
         self.orders: dict[int, tuple[Ranked, ...]] = {}
 
+    @property
+    def spread_size(self) -> int:
+        """How many mirrors the per-client spread orders (the groups' members)."""
+        return sum(len(g) for g in self.groups)
+
     def order(self, seed: int) -> tuple[Ranked, ...]:
-        """The tier as ranked for a client with rendezvous seed `seed`: highest score first,
-        ties in candidate order (select's sort is stable too)."""
-        tier = self.tier
-        if len(tier) <= 1:
-            return self.single
-        scored = [(rendezvous_score(seed, mseed, weight), r) for r, mseed, weight in tier]
-        scored.sort(key=_by_score, reverse=True)
-        return tuple([r for _, r in scored])
+        """The groups as ranked for a client with rendezvous seed `seed` (`selection.spread`)."""
+        if len(self.groups) == 1:
+            return tuple(spread(self.groups[0], seed))
+        out: list[Ranked] = []
+        for group in self.groups:
+            out.extend(spread(group, seed))
+        return tuple(out)
 
     def top(self, order: tuple[Ranked, ...], n: int) -> tuple[Ranked, ...]:
         """`ranked(order)[:n]`, from the kept head of the rest when it reaches that far."""
@@ -192,46 +184,47 @@ class _Cell:
         return self.ranked(order)[:n]
 
     def ranked(self, order: tuple[Ranked, ...]) -> tuple[Ranked, ...]:
-        """Everything `select` ranks: the tier in this client's `order`, the rest by distance."""
+        """Everything `select` ranks: the groups in this client's `order`, the rest by distance."""
         if self.rest_count <= len(self.head):
             return order + self.head
-        location = self._location
-        assert location is not None
-        in_tier = {r.mirror.name for r in order}
-        rest = [
-            (m, d)
-            for m, d in zip(self._eligible, _distances(self._eligible, location), strict=True)
-            if m.name not in in_tier
-        ]
-        rest.sort(key=_by_distance)
         scheme = self._scheme
-        return order + tuple(Ranked(m, base_for(m, scheme), d, False) for m, d in rest)
+        more = tuple(Ranked(m, base_for(m, scheme), d, False) for m, d in self._rest[HEAD:])
+        return order + self.head + more
 
 
-def _by_distance(item: tuple[Mirror, float]) -> float:
-    return item[1]
+@dataclass(frozen=True, slots=True)
+class _Rules:
+    """What of the mirrors' own rules a client's answer depends on (see `Router._whom`)."""
+
+    networked: tuple[Mirror, ...]  # mirrors with netblocks or AS numbers
+    country: bool  # some mirror is country-only
+    continent: bool  # some mirror is continent-only
+
+    @classmethod
+    def of(cls, candidates: Sequence[Candidate]) -> _Rules:
+        mirrors = [c.mirror for c in candidates]
+        return cls(
+            tuple(m for m in mirrors if m.netblocks or m.asns),
+            any(m.country_only for m in mirrors),
+            any(m.continent_only for m in mirrors),
+        )
+
+    @property
+    def none(self) -> bool:
+        return not (self.networked or self.country or self.continent)
 
 
-def _by_score(item: tuple[float, Ranked]) -> float:
-    return item[0]
+_NOBODY = Whom()
+WHOM_CACHE = 32768  # clients' network matches, per (address, AS)
 
 
-def _seed(seeds: dict[str, int], m: Mirror) -> int:
-    # As selection.rank: the snapshot's precomputed seed, else the same hash computed here.
-    seed = seeds.get(m.name)
-    return name_seed(m.name) if seed is None else seed
-
-
-def _distances(mirrors: Sequence[Mirror], loc: Location) -> list[float]:
-    lat, lon = loc.latitude, loc.longitude
-    return [distance_km(lat, lon, m.latitude, m.longitude) for m in mirrors]
-
-
-_EntryKey = tuple[tuple[str, ...], str, bool]  # (path class, scheme, IPv6)
+# (path class, scheme, IPv6, the client as the mirrors' rules see it: None when none have any)
+_EntryKey = tuple[tuple[str, ...], str, bool, Whom | None]
 
 
 class _Eligibility:
-    """Which mirrors may serve one (path class, scheme, IPv6) during [valid_from, valid_until)."""
+    """Which mirrors may serve one (path class, scheme, IPv6, client as the mirrors' rules see
+    it) during [valid_from, valid_until)."""
 
     __slots__ = ("cells", "eligible", "rejected", "valid_from", "valid_until")
 
@@ -246,7 +239,13 @@ class _Eligibility:
         self.rejected = rejected
         self.valid_from = valid_from
         self.valid_until = valid_until
-        self.cells: dict[tuple[float, float] | None, _Cell] = {}
+        self.cells: dict[tuple[float, float, str | None] | None, _Cell] = {}
+
+
+def policy_of(settings: Settings) -> Policy:
+    """Selection's knobs from the settings."""
+    https_min = settings.https_min_mirrors if settings.https_policy == "master" else 0
+    return Policy(settings.max_lag, settings.closeness_km, settings.closeness_ratio, https_min)
 
 
 def valid_until(c: Candidate, why: Rejection | None, now: float, max_lag: float) -> float:
@@ -261,7 +260,9 @@ def valid_until(c: Candidate, why: Rejection | None, now: float, max_lag: float)
     s: MirrorState | None = c.state
     if s is None:
         return math.inf
-    if why is None:
+    # A mirror refused by its own rules passed every other test: it goes stale like one that
+    # serves, and then says so instead.
+    if why is None or why.reason in RULES:
         until = s.checked_at + max_lag
         if s.behind_since is not None:
             until = min(until, s.behind_since + max_lag)
@@ -341,7 +342,7 @@ class Router:
         """Use new settings (a reloaded config) from the next request on; caches start afresh."""
         self.settings = settings
         self.trust = ProxyTrust(settings.trusted_proxies)
-        self.policy = Policy(settings.max_lag, settings.closeness_km, settings.closeness_ratio)
+        self.policy = policy_of(settings)
         # A fallback's target: the master's public URL, or the local tree's nginx location.
         self._master = fallback_target(settings.fallback, settings.master, "")
         # ftp-only mirrors are a browser's last resort (web/redirect.py): asked only if any.
@@ -354,6 +355,9 @@ class Router:
         self._entries: dict[_EntryKey, _Eligibility] = {}
         self._stale: dict[_EntryKey, _Eligibility] = {}
         self._orders = 0  # tier orders kept in the cells, for the ORDER_CACHE bound
+        self._rules = _Rules((), False, False)
+        self._no_rules = True  # no mirror has rules about clients: every client is _NOBODY
+        self._nets: dict[tuple[object, int | None], tuple[tuple[str, str], ...]] = {}
 
     def swap_geo(self, geo: GeoReader | None) -> None:
         """Use another GeoIP reader (None: location-blind) from the next request on."""
@@ -367,6 +371,11 @@ class Router:
         if tests != self._tests:
             self._tests = tests
             self._classes = {}
+        rules = _Rules.of(snap.candidates)
+        if rules != self._rules:
+            self._rules = rules
+            self._no_rules = rules.none
+            self._nets = {}
         # The previous snapshot's entries, kept only so that their cells can be carried over.
         self._stale = self._entries
         self._entries = {}
@@ -436,16 +445,46 @@ class Router:
                 self._who[key] = who
         return who
 
+    def asn(self, client: Client) -> int | None:
+        """The client's autonomous system, when an ASN database knows it."""
+        if self.geo is None or client.ip is None:
+            return None
+        return self.geo.asn(client.ip)
+
     def _make_who(self, client: Client) -> _Who:
         loc = self.locate(client)
         ip = client.ip
         return _Who(
             client=client,
             location=loc,
-            cell=None if loc is None else (loc.latitude, loc.longitude),
+            cell=None if loc is None else (loc.latitude, loc.longitude, loc.country),
             seed=client_seed(network_key(ip)),
             ipv6=ip is not None and ip.version == 6,
+            asn=self.asn(client),
         )
+
+    def _whom(self, who: _Who) -> Whom:
+        """The client as the mirrors' rules see it, reduced to what they look at.
+
+        Country and continent count only when some mirror is country- or continent-only, so
+        that without such rules every client shares its eligibility entries; the networks
+        that hold the client are looked up once per (address, AS).
+        """
+        rules = self._rules
+        nets: tuple[tuple[str, str], ...] = ()
+        if rules.networked:
+            key = (who.client.ip, who.asn)
+            found = self._nets.get(key)
+            if found is None:
+                found = whom_of(rules.networked, None, who.client.ip, who.asn).nets
+                if len(self._nets) >= WHOM_CACHE:
+                    self._nets = {}
+                self._nets[key] = found
+            nets = found
+        loc = who.location
+        country = loc.country if rules.country and loc is not None else None
+        continent = loc.continent if rules.continent and loc is not None else None
+        return Whom(country, continent, nets)
 
     def _route(self, who: _Who, path: str, now: float) -> Routed:
         snap = self.holder.current
@@ -459,7 +498,10 @@ class Router:
                     self._classes = {}
                 self._classes[path] = cls
         scheme = who.client.scheme
-        key = (cls, scheme, who.ipv6)
+        # None, not _NOBODY, when no mirror has rules about clients: a dataclass hashes in
+        # Python, and this key is hashed on every request.
+        whom = None if self._no_rules else self._whom(who)
+        key = (cls, scheme, who.ipv6, whom)
         entry = self._entries.get(key)
         if entry is None or not entry.valid_from <= now < entry.valid_until:
             entry = self._fill(snap, key, path, scheme, who.ipv6, now, entry)
@@ -467,9 +509,11 @@ class Router:
         if cell is None:
             if len(entry.cells) >= CELL_CACHE:
                 entry.cells = {}
-            cell = _Cell(entry.eligible, who.location, scheme, self.policy, snap.seeds)
+            cell = _Cell(
+                entry.eligible, who.location, scheme, self.policy, snap.seeds, whom or _NOBODY
+            )
             entry.cells[who.cell] = cell
-        if len(cell.tier) <= 1:
+        if cell.single or not cell.groups:
             order = cell.single
         else:
             memo = cell.orders.get(who.seed)
@@ -483,12 +527,12 @@ class Router:
         if not order:
             return Routed(
                 who.client, who.location, path, self._master + path, True, None, cell, order,
-                entry.rejected,
+                entry.rejected, who.asn,
             )  # fmt: skip
         chosen = order[0]
         return Routed(
             who.client, who.location, path, chosen.base + path, False, chosen, cell, order,
-            entry.rejected,
+            entry.rejected, who.asn,
         )  # fmt: skip
 
     def _forget_orders(self) -> None:
@@ -513,13 +557,17 @@ class Router:
         eligible: list[Mirror] = []
         rejected: list[Rejection] = []
         until = math.inf
+        whom = key[3] or _NOBODY
         for c in snap.candidates:
-            why = check(c, path, scheme, ipv6, now, max_lag)
+            why = check(c, path, scheme, ipv6, now, max_lag, whom)
             if why is None:
                 eligible.append(c.mirror)
             else:
                 rejected.append(why)
             until = min(until, valid_until(c, why, now, max_lag))
+        if scheme == "https" and 0 < len(eligible) < self.policy.https_min:
+            rejected.extend(too_few_https(eligible, self.policy.https_min))
+            eligible = []
         entry = _Eligibility(tuple(eligible), tuple(rejected), now, until - _EARLY)
         # Cells depend on the eligible mirrors alone: keep them when those did not change.
         previous = expired if expired is not None else self._stale.get(key)

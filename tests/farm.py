@@ -75,17 +75,18 @@ class Farm:
             return web.Response(status=404, text="not found")
         return web.Response(body=body, content_type="text/plain")
 
-    async def start(self) -> str:
+    async def start(self, host: str = "127.0.0.1") -> str:
+        """Listen on `host` ("::1" for a mirror only reachable over IPv6); returns the base URL."""
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, host, 0)
         await site.start()
         server = site._server  # aiohttp exposes the bound port only through the server
         assert isinstance(server, asyncio.Server)
         port = server.sockets[0].getsockname()[1]
-        self.base = f"http://127.0.0.1:{port}/"
+        self.base = f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
         return self.base
 
     async def stop(self) -> None:

@@ -25,6 +25,7 @@ from netaddr import IPSet
 __all__ = [
     "CityRecord",
     "sample_networks",
+    "write_asn_mmdb",
     "write_city_mmdb",
     "write_flat_mmdb",
     "write_mmdb",
@@ -138,6 +139,28 @@ def write_flat_mmdb(
         database_type=database_type or f"city ipv{ip_version}",
         ip_version=ip_version,
         build_epoch=build_epoch,
+    )
+
+
+def write_asn_mmdb(
+    path: Path,
+    networks: Mapping[str, int],
+    *,
+    database_type: str = "GeoLite2-ASN",
+    ip_version: int = 6,
+    build_epoch: int | None = None,
+) -> Path:
+    """An ASN file: GeoLite2-ASN's records, which ip-location-db's asn files share (typed
+    "asn ipv4" / "asn ipv6" there). `networks` maps CIDR -> AS number."""
+    records = {
+        cidr: {
+            "autonomous_system_number": asn,
+            "autonomous_system_organization": f"AS{asn} test network",
+        }
+        for cidr, asn in networks.items()
+    }
+    return write_mmdb(
+        path, records, database_type=database_type, ip_version=ip_version, build_epoch=build_epoch
     )
 
 

@@ -5,23 +5,29 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
 import pytest
 
+from redirector.config.settings import Settings
+from redirector.core.humanize import day
 from redirector.core.models import Location
 from redirector.geo import (
+    ASN,
     DEFAULT_PATHS,
     FLAT_CITY,
     MAXMIND_CITY,
     GeoError,
     GeoReader,
     find_database,
+    open_geo,
 )
 from tests.mmdb_build import (
     CityRecord,
     sample_networks,
+    write_asn_mmdb,
     write_city_mmdb,
     write_flat_mmdb,
     write_mmdb,
@@ -513,3 +519,102 @@ def test_builder_scales(
     for cidr, record in list(networks.items())[::97]:
         inside = ipaddress.ip_network(cidr)[1]
         assert reader.locate(str(inside)) == at(record), cidr
+
+
+# --- several files: IPv4 and IPv6 halves, city and ASN, both schemas -------------------------
+
+V4 = {cidr: record for cidr, record in NETWORKS.items() if ":" not in cidr}
+V6 = {cidr: record for cidr, record in NETWORKS.items() if ":" in cidr}
+AS_V4 = {"81.2.69.0/24": 20712, "89.160.0.0/16": 29518}
+AS_V6 = {"2a01:4f8::/32": 24940, "2001:4860::/32": 15169}
+
+HALVES: list[tuple[str, Callable[..., Path], str]] = [
+    (MAXMIND_CITY, write_city_mmdb, "GeoLite2-City"),  # geolite2-city-ipv4 / -ipv6 halves
+    (FLAT_CITY, write_flat_mmdb, "city"),  # dbip-city-ipv4 / -ipv6, flat records
+]
+
+
+@pytest.mark.parametrize(("kind", "write", "name"), HALVES, ids=["maxmind", "dbip-flat"])
+def test_ipv4_and_ipv6_halves_with_asn_files_locate_every_client(
+    tmp_path: Path, kind: str, write: Callable[..., Path], name: str
+) -> None:
+    def half(v: int) -> str:
+        return name if name != "city" else f"city ipv{v}"
+
+    files = [
+        write(tmp_path / "city-ipv4.mmdb", V4, database_type=half(4), ip_version=4),
+        write(tmp_path / "city-ipv6.mmdb", V6, database_type=half(6), ip_version=6),
+        write_asn_mmdb(tmp_path / "asn-ipv4.mmdb", AS_V4, database_type="asn ipv4", ip_version=4),
+        write_asn_mmdb(tmp_path / "asn-ipv6.mmdb", AS_V6, database_type="asn ipv6", ip_version=6),
+    ]
+    reader = GeoReader.open_all(files)
+    try:
+        assert [f.kind for f in reader.files] == [kind, kind, ASN, ASN]
+        assert [sorted(f.families) for f in reader.files] == [[4], [6], [4], [6]]
+        assert reader.locate("81.2.69.142") == at(LONDON)
+        assert reader.locate("::ffff:89.160.20.115") == at(LINKOPING)
+        assert reader.locate("2a01:4f8:c17:b8f::2") == at(FALKENSTEIN)
+        assert reader.asn("81.2.69.142") == 20712
+        assert reader.asn("2001:4860:4860::8888") == 15169
+        assert reader.asn("8.8.8.8") is None
+        assert reader.locate("10.1.2.3") is None
+        assert reader.warnings(BUILT + 86400, 30 * 86400) == []
+    finally:
+        reader.close()
+
+
+def test_one_ipv4_file_warns_that_ipv6_clients_go_unlocated(tmp_path: Path) -> None:
+    path = write_flat_mmdb(tmp_path / "dbip-city-ipv4.mmdb", V4, ip_version=4)
+    settings = replace(Settings(mirrors=(), master="http://m.test/"), geoip_db=path)
+    reader, warning = open_geo(settings)
+    assert reader is not None
+    try:
+        assert reader.locate("81.2.69.142") == at(LONDON)
+        assert warning is not None
+        assert "IPv4 networks only: IPv6 clients get no location" in warning
+    finally:
+        reader.close()
+
+
+def test_a_v6_file_without_ipv4_networks_covers_ipv6_only(tmp_path: Path) -> None:
+    path = write_flat_mmdb(tmp_path / "city-ipv6.mmdb", V6, ip_version=6)
+    reader = GeoReader.open_all([path])
+    try:
+        assert reader.warnings(BUILT, 86400) == [
+            "no GeoIP city database for IPv4: those clients go unlocated"
+        ]
+        assert ", city ipv6, IPv6 only, built " in reader.describe()
+    finally:
+        reader.close()
+
+
+def test_an_old_file_is_warned_of(tmp_path: Path) -> None:
+    path = write_city_mmdb(tmp_path / "GeoLite2-City.mmdb", NETWORKS, build_epoch=BUILT)
+    reader = GeoReader.open(path)
+    try:
+        assert reader.warnings(BUILT + 59 * 86400, 60 * 86400) == []
+        assert reader.warnings(BUILT + 90 * 86400, 60 * 86400) == [
+            f"the GeoIP database {path} was built {day(BUILT)}, 90 days ago (more than 60):"
+            " update it, locations go wrong as networks move"
+        ]
+    finally:
+        reader.close()
+
+
+def test_open_all_refuses_the_whole_set_for_one_bad_file(tmp_path: Path) -> None:
+    good = write_city_mmdb(tmp_path / "city.mmdb", NETWORKS)
+    bad = write_country(tmp_path / "country.mmdb")
+    with pytest.raises(GeoError, match="not a City database"):
+        GeoReader.open_all([good, bad])
+    with pytest.raises(GeoError, match="no GeoIP database files"):
+        GeoReader.open_all([])
+
+
+def test_asn_only_set_locates_nobody_and_says_so(tmp_path: Path) -> None:
+    reader = GeoReader.open_all([write_asn_mmdb(tmp_path / "asn.mmdb", AS_V4 | AS_V6)])
+    try:
+        assert reader.locate("81.2.69.142") is None
+        assert reader.asn("81.2.69.142") == 20712
+        assert len(reader.warnings(BUILT, 10**10)) == 2
+    finally:
+        reader.close()

@@ -29,7 +29,16 @@ from tests.farm import Farm
 from tests.mmdb_build import CityRecord
 from tests.support.clock import Clock
 from tests.support.hammer import Hammer
-from tests.support.world import FRONT, NL_CLIENT, city_db, fresh_store, mirror_url, replace_file
+from tests.support.world import (
+    FRONT,
+    NL_CLIENT,
+    asn_db,
+    city_db,
+    flat_db,
+    fresh_store,
+    mirror_url,
+    replace_file,
+)
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 
@@ -117,6 +126,44 @@ def test_replaced_geo_reader_is_closed_after_the_grace_period(tmp_path: Path) ->
     r.settings = parse_settings(FRONT.config_text(["nl"], extra='geoip_db = ""'))
     assert r.check_geo()
     assert swapped[-1] is None
+    r.close()
+    first.close()
+
+
+def test_several_geoip_files_are_swapped_together(tmp_path: Path) -> None:
+    v4, v6, asn = tmp_path / "city-ipv4.mmdb", tmp_path / "city-ipv6.mmdb", tmp_path / "asn.mmdb"
+    nl = CityRecord("NL", "EU", 52.37, 4.90)
+    flat_db(v4, {"145.100.0.0/16": nl}, ip_version=4)
+    flat_db(v6, {"2001:610::/32": nl}, ip_version=6)
+    asn_db(asn, {"145.100.0.0/16": 1103})
+    files = f'geoip_databases = ["{v4}", "{v6}", "{asn}"]'
+    settings = parse_settings(FRONT.config_text(["nl"], extra=files))
+    swapped: list[GeoReader | None] = []
+    first = GeoReader.open_all(settings.geoip_databases)
+    r = Reloader(
+        settings, lambda s: None, geo=first, swap_geo=swapped.append, grace=0, clock=Clock()
+    )
+    assert first.asn(NL_CLIENT) == 1103
+    assert first.locate("2001:610:1::5") is not None
+    assert not r.check_geo()
+
+    # The IPv6 half is replaced: the whole set is opened again and swapped in.
+    flat_db(tmp_path / "new.mmdb", {"2001:610::/32": CityRecord("US", "NA", 35.9, -79.0)},
+                    ip_version=6)  # fmt: skip
+    os.replace(tmp_path / "new.mmdb", v6)
+    assert r.check_geo()
+    second = swapped[-1]
+    assert second is not None
+    assert second is not first
+    loc = second.locate("2001:610:1::5")
+    assert loc is not None
+    assert loc.country == "US"
+    assert second.asn(NL_CLIENT) == 1103
+
+    # One file of the set gone: the running set stays.
+    asn.unlink()
+    assert not r.check_geo()
+    assert r.geo is second
     r.close()
     first.close()
 

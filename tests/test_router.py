@@ -20,7 +20,7 @@ from redirector.router import Router, valid_until
 from redirector.snapshot import Snapshot, SnapshotHolder
 from redirector.views.condition import reason_text
 from tests.mmdb_build import CityRecord
-from tests.support.world import city_db
+from tests.support.world import asn_db, city_db
 
 NOW = 1_764_000_000.0  # a fixed "now" near 2025-11-24
 HOUR = 3600.0
@@ -55,16 +55,27 @@ PLACES = [
     ("2a02::/16", CityRecord("ZA", "AF", -26.20, 28.05)),
 ]
 CLIENTS = [
-    "81.0.1.2", "81.0.1.3", "81.0.200.9", "82.0.3.4", "83.0.7.7", "84.0.1.1", "85.0.2.2",
+    "81.0.1.2", "81.0.1.3", "81.0.200.9", "81.0.129.1", "84.0.7.7", "86.1.2.3", "82.0.3.4",
+    "83.0.7.7", "84.0.1.1", "85.0.2.2",
     "86.0.9.9", "87.0.4.4", "2a01:1::5", "2a01:1:2::6", "2a02:5::1", "10.1.2.3", "192.0.2.1",
     "8.8.8.8", "2001:db8::1",
 ]  # fmt: skip
 
 
+# The ASN file's networks: some inside the city networks, one where no city is known.
+AS_NETWORKS = {
+    "81.0.0.0/17": 1136, "81.0.128.0/17": 3320, "84.0.0.0/16": 7018, "2a01::/16": 3320,
+    "8.8.8.0/24": 15169,
+}  # fmt: skip
+# Networks the random mirrors may declare as theirs.
+NETBLOCKS = ("81.0.1.0/24", "81.0.0.0/16", "86.0.0.0/8", "2a01:1::/32", "2a02::/16", "8.8.8.0/24")
+
+
 @pytest.fixture(scope="module")
 def geo(tmp_path_factory: pytest.TempPathFactory) -> GeoReader:
-    path = tmp_path_factory.mktemp("geo") / "city.mmdb"
-    return GeoReader.open(city_db(path, dict(PLACES)))
+    folder = tmp_path_factory.mktemp("geo")
+    city = city_db(folder / "city.mmdb", dict(PLACES))
+    return GeoReader.open_all([city, asn_db(folder / "asn.mmdb", AS_NETWORKS)])
 
 
 def settings_for(mirrors: tuple[Mirror, ...], **kw: object) -> Settings:
@@ -78,17 +89,26 @@ def random_mirror(rng: random.Random, i: int) -> Mirror:
         lat = place.latitude + rng.uniform(-3, 3)
         lon = place.longitude + rng.uniform(-3, 3)
     has_http = rng.random() < 0.85
+    netblocks = tuple(
+        ipaddress.ip_network(n) for n in rng.sample(NETBLOCKS, rng.choice((0, 0, 0, 0, 1, 2)))
+    )
+    asns = tuple(rng.sample(sorted(set(AS_NETWORKS.values())), rng.choice((0, 0, 0, 0, 1))))
     return Mirror(
         name=f"m{i}",
         http=f"http://m{i}.test/sme/" if has_http else None,
         https=f"https://m{i}.test/sme/" if not has_http or rng.random() < 0.5 else None,
-        country="XX",
+        country=rng.choice(("XX", "XX", *(place.country for _, place in PLACES))),
         latitude=max(-90.0, min(90.0, lat)),
         longitude=max(-180.0, min(180.0, lon)),
         weight=rng.choice((0, 1, 50, 100, 100, 100, 200)),
         exclude=tuple(rng.sample(SUBTREES, rng.choice((0, 0, 0, 1, 2)))),
-        ipv6=rng.random() < 0.5,
+        ipv6=rng.choice((None, None, True, False)),
         enabled=rng.random() < 0.9,
+        netblocks=netblocks,
+        asns=asns,
+        private=bool(netblocks or asns) and rng.random() < 0.3,
+        country_only=rng.random() < 0.1,
+        continent_only=rng.random() < 0.1,
     )
 
 
@@ -109,6 +129,7 @@ def random_state(rng: random.Random, m: Mirror) -> MirrorState | None:
         behind_since=behind,
         error="boom" if status in (Status.DOWN, Status.BROKEN) else None,
         lacks=tuple(rng.sample(SUBTREES, rng.choice((0, 0, 0, 1)))),
+        ipv6=rng.choice((None, True, False)),
     )
 
 
@@ -148,11 +169,25 @@ def critical_times(snap: Snapshot) -> list[float]:
     return times
 
 
-def expected(snap: Snapshot, geo: GeoReader | None, ip: str, scheme: str, path: str, now: float):  # type: ignore[no-untyped-def]
+POLICY = Policy(MAX_LAG)
+
+
+def expected(  # type: ignore[no-untyped-def]
+    snap: Snapshot,
+    geo: GeoReader | None,
+    ip: str,
+    scheme: str,
+    path: str,
+    now: float,
+    policy: Policy = POLICY,
+):
     addr = parse_ip(ip)
     loc = geo.locate(addr) if geo is not None and addr is not None else None
-    req = Request(path, scheme, addr is not None and addr.version == 6, loc, network_key(addr))
-    return select(snap.candidates, req, now, Policy(MAX_LAG), snap.seeds)
+    asn = geo.asn(addr) if geo is not None and addr is not None else None
+    req = Request(
+        path, scheme, addr is not None and addr.version == 6, loc, network_key(addr), asn, addr
+    )
+    return select(snap.candidates, req, now, policy, snap.seeds)
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -164,7 +199,12 @@ def test_route_equals_select_across_states_paths_and_time(
     snap = random_snapshot(rng, rng.choice((3, 12, 40)))
     holder = SnapshotHolder(tuple(c.mirror for c in snap.candidates))
     holder.current = snap
+    # Every third seed with https_policy "master": too few https mirrors send https there.
+    https_min = (0, 0, 3)[seed % 3]
+    policy = Policy(MAX_LAG, https_min=https_min)
     settings = settings_for(holder.mirrors)
+    if https_min:
+        settings = replace(settings, https_policy="master", https_min_mirrors=https_min)
     reader = geo if located else None
     router = Router(settings, holder, reader)
     times = critical_times(snap)
@@ -175,7 +215,7 @@ def test_route_equals_select_across_states_paths_and_time(
     for now in times:
         for _ in range(4):
             ip, scheme, path = rng.choice(CLIENTS), rng.choice(("http", "https")), rng.choice(PATHS)
-            want = expected(snap, reader, ip, scheme, path, now)
+            want = expected(snap, reader, ip, scheme, path, now, policy)
             got = router.resolve("127.0.0.1", ip, scheme, "http", path, now)
             assert got.decision == want, (now, ip, scheme, path)
             chosen = want.chosen

@@ -13,6 +13,7 @@ from redirector.config.settings import ConfigError, Settings, load_settings
 from redirector.core.humanize import table
 
 if TYPE_CHECKING:
+    from redirector.core.models import Mirror
     from redirector.snapshot import Snapshot
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -39,7 +40,7 @@ def mirror_table(settings: Settings) -> str:
                 f"{m.longitude:.2f}",
                 str(m.weight),
                 "yes" if m.enabled else "no",
-                "yes" if m.ipv6 else "no",
+                "auto" if m.ipv6 is None else "yes" if m.ipv6 else "no",
                 ",".join(m.exclude) or "-",
                 " ".join(u for u in (m.http, m.https, m.ftp) if u),
             )
@@ -90,7 +91,7 @@ def cmd_locate(args: argparse.Namespace) -> int:
     if args.db:
         from dataclasses import replace
 
-        settings = replace(settings, geoip_db=Path(args.db))
+        settings = replace(settings, geoip_db=Path(args.db), geoip_databases=())
     ip = parse_ip(args.ip)
     if ip is None:
         print(f"not an IP address: {args.ip!r}", file=sys.stderr)
@@ -102,6 +103,11 @@ def cmd_locate(args: argparse.Namespace) -> int:
     try:
         loc = reader.locate(ip)
         print(f"database: {reader.describe()}")
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
+        asn = reader.asn(ip)
+        if asn is not None:
+            print(f"{ip}: AS {asn}")
         if loc is None:
             print(f"{ip}: no location (private, reserved or not in the database)")
             return EXIT_FAIL
@@ -165,6 +171,20 @@ def cmd_mirrors(args: argparse.Namespace) -> int:
     return EXIT_OK if fresh else EXIT_FAIL
 
 
+def _serves(m: Mirror) -> str | None:
+    """Whom a mirror's own rules let it serve, None when everybody."""
+    only = [
+        word
+        for word, on in (
+            ("its networks", m.private),
+            (f"its country ({m.country})", m.country_only),
+            ("its continent", m.continent_only),
+        )
+        if on
+    ]
+    return "only " + " and ".join(only) if only else None
+
+
 def mirror_details(settings: Settings) -> str:
     """Every field of every mirror, one `key: value` line each, for `check-config --long`."""
     from redirector.config.settings import format_bandwidth, weight_from_bandwidth
@@ -180,13 +200,17 @@ def mirror_details(settings: Settings) -> str:
             ("http", m.http), ("https", m.https), ("country", m.country),
             ("location", f"{m.latitude:.2f}, {m.longitude:.2f}"),
             ("weight", f"{m.weight}{derived}"), ("enabled", "yes" if m.enabled else "no"),
-            ("ipv6", "yes" if m.ipv6 else "no"), ("exclude", ", ".join(m.exclude) or None),
+            ("ipv6", "found by the poller" if m.ipv6 is None else "yes" if m.ipv6 else "no"),
+            ("exclude", ", ".join(m.exclude) or None),
             ("trace_name", m.trace_name), ("contact_name", m.contact_name),
             ("contact_email", m.contact_email),
             ("bandwidth", format_bandwidth(m.bandwidth) if m.bandwidth else None),
             ("sync", m.sync), ("upstream", m.upstream),
             ("ssh", f"{m.ssh_user + '@' if m.ssh_user else ''}{m.ssh_host}:{m.ssh_port}"
              if m.ssh_host else None),
+            ("netblocks", ", ".join(map(str, m.netblocks)) or None),
+            ("asns", ", ".join(f"AS{a}" for a in m.asns) or None),
+            ("serves", _serves(m)),
         ]  # fmt: skip
         out.append(f"[{m.name}]")
         out.extend(f"  {k:<14} {v}" for k, v in fields if v is not None)

@@ -405,6 +405,54 @@ def _optional_listen(v: object) -> tuple[str, int] | None:
     return parse_listen(text) if text else None
 
 
+def _netblocks(v: object) -> tuple[IPNetwork, ...]:
+    nets = _networks(v)
+    for net in nets:
+        if net.prefixlen == 0:
+            raise ValueError(f"{net} holds every address: that is no network of its own")
+    return nets
+
+
+def _asns(v: object) -> tuple[int, ...]:
+    if not isinstance(v, list):
+        raise TypeError(f"expected a list of AS numbers like [3320], got {v!r}")
+    out: list[int] = []
+    for item in v:
+        text = item.upper().removeprefix("AS") if isinstance(item, str) else item
+        if isinstance(text, str) and text.isdigit():
+            text = int(text)
+        if isinstance(text, bool) or not isinstance(text, int) or not 0 < text < 2**32:
+            raise ValueError(f"{item!r} is not an AS number (1..4294967295, e.g. 3320 or 'AS3320')")
+        if text in out:
+            raise ValueError(f"{item!r} is listed twice")
+        out.append(text)
+    return tuple(out)
+
+
+def _paths(v: object) -> tuple[Path, ...]:
+    if not isinstance(v, list):
+        raise TypeError(f'expected a list of file paths like ["/var/lib/GeoIP/a.mmdb"], got {v!r}')
+    out: list[Path] = []
+    for item in v:
+        s = _str(item).strip()
+        if not s:
+            raise ValueError("an empty path is no file")
+        if Path(s) in out:
+            raise ValueError(f"{s!r} is listed twice")
+        out.append(Path(s))
+    return tuple(out)
+
+
+HTTPS_POLICIES = ("mirrors", "master")
+
+
+def _https_policy(v: object) -> str:
+    s = _str(v)
+    if s not in HTTPS_POLICIES:
+        raise ValueError(f'{s!r}: use "mirrors" or "master"')
+    return s
+
+
 def _networks_default() -> tuple[IPNetwork, ...]:
     return tuple(ipaddress.ip_network(n) for n in DEFAULT_TRUSTED)
 
@@ -529,6 +577,23 @@ class Settings:
         " location-blind on purpose.",
     )
     geoip_search: bool = True  # look in the usual places when geoip_db is not set
+    geoip_databases: tuple[Path, ...] = setting(
+        (),
+        _paths,
+        "list of file paths",
+        "geoip",
+        "Several databases in place of geoip_db: city files (MaxMind or DB-IP schema) and ASN"
+        " files (GeoLite2-ASN or ip-location-db's), IPv4 and IPv6 halves apart or together;"
+        " for each address the first file that knows it answers. A family with no city file,"
+        " or a file older than geoip_max_age, is warned of.",
+    )
+    geoip_max_age: float = setting(
+        60 * 86400.0,
+        _positive_duration,
+        _DURATION_KIND,
+        "geoip",
+        "A GeoIP file built longer ago than this is warned of at startup and on reload.",
+    )
     redis_url: str | None = setting(
         None,
         _redis_url,
@@ -541,9 +606,10 @@ class Settings:
         "redirector:", _str, "string", "store", "Put before every Redis key.", reloadable=False
     )
     # Mirrors within max(closeness_km, closeness_ratio * nearest) of the nearest count as
-    # equally close, so load is spread among them by weight instead of all going to one.
+    # equally close, so load is spread among them by weight instead of all going to one. The
+    # defaults give max(1.5 x nearest, nearest + 300 km): see core/selection.py for why.
     closeness_km: float = setting(
-        500.0,
+        300.0,
         lambda v: _float(v, 0.0, 20040.0),
         "number 0..20040",
         "selection",
@@ -551,11 +617,29 @@ class Settings:
         " among them by weight.",
     )
     closeness_ratio: float = setting(
-        0.25,
+        0.5,
         lambda v: _float(v, 0.0, 10.0),
         "number 0..10",
         "selection",
         "Or within this share of the nearest one's distance, when that is more.",
+    )
+    https_policy: str = setting(
+        "mirrors",
+        _https_policy,
+        '"mirrors" or "master"',
+        "selection",
+        "Where an https download goes when fewer than https_min_mirrors https mirrors may serve"
+        ' it: "mirrors" still to those (however far), "master" to the master over https. Mirror'
+        " lists and metalinks asked for over https name http mirrors either way: a metalink's"
+        " hashes, fetched over https, and the packages' GPG signatures check what they serve.",
+    )
+    https_min_mirrors: int = setting(
+        2,
+        lambda v: _int(v, 1, 100),
+        "whole number 1..100",
+        "selection",
+        'The https mirrors an https download needs before https_policy "master" sends it to'
+        " the master instead.",
     )
     snapshot_interval: float = 0.5
     # What the poller probes to learn which subtrees a mirror carries: subtree -> a path below
@@ -867,7 +951,9 @@ MIRROR_KEYS: tuple[Key, ...] = (
           "Relative capacity. Unset: bandwidth / 10 Mbit/s when bandwidth is given."),
     _mkey("exclude", _subtrees, "list of subtrees",
           'Subtrees it does not carry, e.g. ["obsolete/"].'),
-    _mkey("ipv6", _bool, "true or false", "Whether it answers over IPv6."),
+    _mkey("ipv6", _bool, "true or false",
+          "Whether it answers over IPv6. Unset: the poller finds out (an AAAA record, then the"
+          " tree fetched over IPv6); true or false overrides that."),
     _mkey("enabled", _bool, "true or false", "false keeps it configured but sends nobody there."),
     _mkey("trace_name", _trace_name, "file name",
           "Its own ftpsync trace under project/trace/. Unset: its host name."),
@@ -885,6 +971,15 @@ MIRROR_KEYS: tuple[Key, ...] = (
     _mkey("ssh_user", _ssh_user, "user name", "The ssh user ftpsync runs as."),
     _mkey("upstream", _name, '"master" or a mirror name',
           'What it syncs from: "master" or the name of a configured mirror.'),
+    _mkey("netblocks", _netblocks, "list of IP networks",
+          "Its networks: clients inside them go to it first, however far another mirror is."),
+    _mkey("asns", _asns, "list of AS numbers",
+          "Its autonomous systems: clients in them (per the ASN database) go to it first."),
+    _mkey("private", _bool, "true or false",
+          "Serve only clients inside its netblocks or AS numbers; needs one of them."),
+    _mkey("country_only", _bool, "true or false", "Serve only clients in its country."),
+    _mkey("continent_only", _bool, "true or false",
+          "Serve only clients on its country's continent."),
 )  # fmt: skip
 MIRROR_ALLOWED = frozenset(k.name for k in MIRROR_KEYS)
 
@@ -1044,6 +1139,12 @@ def _mirror(entry: Mapping[str, Any], i: int, label: str, lines: _Lines, fail: F
             lines.mirror(i, "sync"),
             f"{label} field 'ssh_host'",
             "a push mirror needs ssh_host (where the upstream triggers ftpsync over ssh)",
+        )
+    if values.get("private") and not (values.get("netblocks") or values.get("asns")):
+        raise fail(
+            lines.mirror(i, "private"),
+            f"{label} field 'private'",
+            "a private mirror needs netblocks or asns: it serves only clients inside them",
         )
     bandwidth = values.get("bandwidth")
     if "weight" not in values and bandwidth is not None:

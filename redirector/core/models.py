@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -29,7 +30,9 @@ class Mirror:
     longitude: float
     weight: int = 100
     exclude: tuple[str, ...] = ()  # subtree prefixes relative to the tree root, each ends with "/"
-    ipv6: bool = False
+    # Whether it answers over IPv6: None (unset) leaves it to the poller, which resolves the
+    # host's AAAA and checks the tree over IPv6; true or false overrides what it finds.
+    ipv6: bool | None = None
     enabled: bool = True
     # Its ftpsync MIRRORNAME (own trace project/trace/<name>, lock); None: the poller finds it
     # in the mirror's _hierarchy or _traces, else takes its URL's host.
@@ -46,6 +49,13 @@ class Mirror:
     # Base URL over ftp: listed in mirror lists and metalinks (yum and librepo take ftp://);
     # a browser is sent there only when no http mirror can serve it.
     ftp: str | None = None
+    # Its networks: clients inside them go to it first. `private` serves no one else;
+    # `country_only` and `continent_only` no one outside its country or continent.
+    netblocks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    asns: tuple[int, ...] = ()
+    private: bool = False
+    country_only: bool = False
+    continent_only: bool = False
 
     @property
     def base(self) -> str:
@@ -91,6 +101,10 @@ class MirrorState:
     # round asks for it directly; None: not looked up yet.
     trace_name: str | None = None
     note: str | None = None  # a check skipped, or an unusual state explained, for the views
+    # Over IPv6, as the poller found: True (its AAAA answers with the master trace), False (no
+    # AAAA, or it does not answer there), None (not checked); the note says what was seen.
+    ipv6: bool | None = None
+    ipv6_note: str | None = None
 
     def lag(self, now: float) -> float | None:
         """Seconds the mirror is behind the master at `now`: 0 when current, None when unknown."""

@@ -17,8 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import ipaddress
 import logging
 import posixpath
+import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,7 +48,14 @@ from redirector.core.judge import (
     rejudge,
     transition,
 )
-from redirector.core.models import MasterState, MasterVersion, Mirror, MirrorState, Status
+from redirector.core.models import (
+    SERVABLE,
+    MasterState,
+    MasterVersion,
+    Mirror,
+    MirrorState,
+    Status,
+)
 from redirector.core.selection import Candidate
 from redirector.core.trace import (
     Trace,
@@ -73,13 +82,15 @@ async def fetch_trace(
     *,
     missing_ok: bool = False,
     tally: Tally | None = None,
+    address: str | None = None,
 ) -> Trace | None:
     """The trace at `url`; ProbeError when it cannot be had or is not a trace.
 
     5xx is DOWN; any other status but 200 is BROKEN (it answers, without a trace), except that
-    with `missing_ok` a 404 or 410 returns None.
+    with `missing_ok` a 404 or 410 returns None. `address`: ask that IP address (see
+    `probe.fetch`).
     """
-    got = await fetch(session, url, timeout=timeout, tally=tally)
+    got = await fetch(session, url, timeout=timeout, tally=tally, address=address)
     if got.status >= 500:
         raise ProbeError(f"HTTP {got.status} for {url}")
     if missing_ok and got.status in (404, 410):
@@ -289,7 +300,72 @@ async def probe_mirror(
     `master_seen`: when the master last answered (see `verdict.ahead_of_master`).
     """
     obs = await observe(session, mirror, settings, prev, now, tally)
-    return judge(mirror.name, obs, prev, history, now, rules_of(settings), master_seen)
+    state = judge(mirror.name, obs, prev, history, now, rules_of(settings), master_seen)
+    if mirror.ipv6 is not None:
+        return state  # the config says; nothing to find out
+    if state.status in SERVABLE and (obs.coverage is not None or prev is None or prev.ipv6 is None):
+        # Checked with coverage (about once an hour) and until known: AAAA records and
+        # IPv6 routes change about as rarely as the subtrees a mirror carries.
+        found, note = await probe_ipv6(session, mirror, settings, tally)
+        return dataclasses.replace(state, ipv6=found, ipv6_note=note)
+    if prev is not None:
+        return dataclasses.replace(state, ipv6=prev.ipv6, ipv6_note=prev.ipv6_note)
+    return state
+
+
+async def resolve_ipv6(host: str, port: int) -> list[str]:
+    """The IPv6 addresses of `host` (its AAAA records, as the system resolver gives them).
+
+    A literal IPv6 address is its own; a literal IPv4 address has none. Empty when the name
+    has no AAAA record or cannot be resolved.
+    """
+    try:
+        literal = ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return [str(literal)] if literal.version == 6 else []
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, family=socket.AF_INET6, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError, OSError):
+        return []
+    seen: list[str] = []
+    for *_, sockaddr in infos:
+        address = str(sockaddr[0]).split("%", 1)[0]
+        # A resolver may map an A record into ::ffff:0:0/96 when asked for IPv6 (AI_V4MAPPED):
+        # that is IPv4, not an AAAA.
+        if address not in seen and ipaddress.IPv6Address(address).ipv4_mapped is None:
+            seen.append(address)
+    return seen
+
+
+async def probe_ipv6(
+    session: aiohttp.ClientSession,
+    mirror: Mirror,
+    settings: Settings,
+    tally: Tally | None = None,
+) -> tuple[bool, str]:
+    """Whether the mirror serves its tree over IPv6: an AAAA record, and its copy of the
+    master trace fetched from that address. (answer, what was seen, for the views)."""
+    parts = urlsplit(mirror.base)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    addresses = await resolve_ipv6(host, port)
+    if not addresses:
+        return False, f"no AAAA record for {host}"
+    address = addresses[0]
+    try:
+        await fetch_trace(
+            session,
+            mirror.base + settings.master_trace,
+            settings.probe_timeout,
+            tally=tally,
+            address=address,
+        )
+    except ProbeError as e:
+        return False, f"AAAA {address}, but over IPv6: {e}"
+    return True, f"answers over IPv6 at {address}"
 
 
 def provisional_history(

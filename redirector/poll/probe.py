@@ -101,6 +101,14 @@ def open_session(
     )
 
 
+def _host_header(url: URL) -> str:
+    """The Host header a request to `url` sends: the host, and the port unless the default."""
+    host = url.raw_host or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return host if url.is_default_port() else f"{host}:{url.port}"
+
+
 def _origin(url: str) -> tuple[str, str | None, int | None]:
     parts = urlsplit(url)
     port = parts.port or {"http": 80, "https": 443, "ftp": 21}.get(parts.scheme)
@@ -329,7 +337,7 @@ async def _ftp_fetch(url: str, max_bytes: int, head: bool) -> Fetched:
         writer.close()
 
 
-async def fetch(
+async def fetch(  # noqa: PLR0915 (one request, its redirects and every failure, in order)
     session: aiohttp.ClientSession,
     url: str,
     *,
@@ -339,6 +347,7 @@ async def fetch(
     headers: Mapping[str, str] | None = None,
     tally: Tally | None = None,
     encoded: bool = False,
+    address: str | None = None,
 ) -> Fetched:
     """`method` `url` with a total timeout and a body cap; redirects only within the origin.
 
@@ -347,6 +356,8 @@ async def fetch(
     (BROKEN). A HEAD reads no body. `encoded`: `url` is sent exactly as written (a client's
     path, percent-escapes and all), not re-quoted. A ``file:`` URL (the master's tree on
     disk, never a mirror: settings allow http and https only there) is read from disk.
+    `address`: connect to this IP address instead of resolving the URL's host (to check one
+    address family); the Host header and the name TLS checks stay the URL's.
     """
     if url.startswith("ftp:"):
         try:
@@ -377,8 +388,19 @@ async def fetch(
             for _ in range(MAX_REDIRECTS + 1):
                 if tally is not None:
                     tally.requests += 1
+                target = URL(url, encoded=encoded)
+                sent = headers
+                tls_name: str | None = None
+                if address is not None:
+                    sent = {**(headers or {}), "Host": _host_header(target)}
+                    tls_name = target.host if target.scheme == "https" else None
+                    target = target.with_host(address)
                 async with session.request(
-                    method, URL(url, encoded=encoded), allow_redirects=False, headers=headers
+                    method,
+                    target,
+                    allow_redirects=False,
+                    headers=sent,
+                    server_hostname=tls_name,
                 ) as resp:
                     if resp.status in REDIRECTS:
                         url = redirect_target(url, resp.headers.get("Location", ""))

@@ -138,6 +138,13 @@ def _string_tuple(obj: Mapping[str, Any], key: str, what: str) -> tuple[str, ...
     return tuple(value)
 
 
+def _optional_bool(obj: Mapping[str, Any], key: str, what: str) -> bool | None:
+    value = obj.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise StoreError(f"bad {what}: {key} must be true, false or null")
+    return value
+
+
 def encode_state(s: MirrorState) -> str:
     """`s` as a JSON object with ``"v": 1``; `decode_state` reverses it exactly."""
     return _dumps(
@@ -158,6 +165,8 @@ def encode_state(s: MirrorState) -> str:
             "retry_at": s.retry_at,
             "trace_name": s.trace_name,
             "note": s.note,
+            "ipv6": s.ipv6,
+            "ipv6_note": s.ipv6_note,
         }
     )
 
@@ -196,6 +205,8 @@ def decode_state(raw: str | bytes, *, now: float | None = None) -> MirrorState:
         retry_at=_optional_date(obj, "retry_at", what, now, RETRY_HORIZON),
         trace_name=_optional_string(obj, "trace_name", what),
         note=_optional_string(obj, "note", what),
+        ipv6=_optional_bool(obj, "ipv6", what),
+        ipv6_note=_optional_string(obj, "ipv6_note", what),
     )
 
 

@@ -30,9 +30,25 @@ def reason_text(rej: Rejection, now: float) -> str:
     if r is Reason.FTP_ONLY:
         return "ftp only: in mirror lists, not for this request"
     if r is Reason.NO_HTTPS:
+        if subject:  # the https policy: "<eligible>/<needed>"
+            n, _, needed = subject.partition("/")
+            return (
+                f"https_policy master: only {n} https mirror{'s' if n != '1' else ''} may serve"
+                f" this, fewer than https_min_mirrors = {needed}"
+            )
         return "has no https URL"
     if r is Reason.NO_IPV6:
-        return "not reachable over IPv6"
+        if subject == "config":
+            return "not reachable over IPv6 (ipv6 = false in the config)"
+        if subject is None:
+            return "not reachable over IPv6 as far as known: not checked over IPv6 yet"
+        return f"not reachable over IPv6: {subject or 'no answer over IPv6'}"
+    if r is Reason.PRIVATE:
+        return "private: not your network"
+    if r is Reason.COUNTRY_ONLY:
+        return f"country-only: not your country ({subject or 'unknown'})"
+    if r is Reason.CONTINENT_ONLY:
+        return f"continent-only: not your continent ({subject or 'unknown'})"
     if r is Reason.UNCHECKED:
         return "not checked yet"
     if r in (Reason.DOWN, Reason.BROKEN):

@@ -21,7 +21,7 @@ from typing import Any
 
 from redirector.core.condition import assess
 from redirector.core.humanize import table
-from redirector.core.selection import Candidate, Policy, distance_km
+from redirector.core.selection import Candidate, Policy, distance_km, tier_limit
 from redirector.router import Routed
 from redirector.views.condition import reason_text
 
@@ -62,6 +62,7 @@ class Entry:
     reason: str | None  # the selection.Reason's value, for rejected mirrors
     why: str  # the whole story in words
     condition: str | None = None  # the mirror's `core.condition.Condition` value
+    rule: str | None = None  # the rule that put it ahead: "netblock ...", "same AS ...", ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +72,7 @@ class Explanation:
     scheme: str
     ipv6: bool
     network: str | None  # the /24 or /48 whose hash spreads this client
+    asn: int | None  # its autonomous system, from the ASN database
     country: str | None
     continent: str | None
     latitude: float | None
@@ -92,6 +94,11 @@ def _network(routed: Routed) -> str | None:
     return str(ipaddress.ip_network(f"{ip}/{bits}", strict=False))
 
 
+def _networked(rule: str | None) -> bool:
+    """A rank given by a network rule (selection.network_rule's words), not by distance."""
+    return rule is not None and rule.startswith(("netblock ", "same AS "))
+
+
 def explain(
     routed: Routed,
     candidates: Sequence[Candidate],
@@ -107,15 +114,21 @@ def explain(
     loc = routed.location
     decision = routed.decision
     ranked = decision.ranked
-    nearest = min((r.distance_km for r in ranked if r.distance_km is not None), default=None)
-    limit = None
-    if nearest is not None:
-        limit = nearest + max(policy.closeness_km, policy.closeness_ratio * nearest)
-    tier_size = sum(1 for r in ranked if r.tier)
+    # The tier is measured from the nearest mirror outside the client's networks.
+    by_distance = [r for r in ranked if r.distance_km is not None and not _networked(r.rule)]
+    nearest = min((r.distance_km for r in by_distance if r.distance_km is not None), default=None)
+    limit = None if nearest is None else tier_limit(nearest, policy)
+    networked = sum(1 for r in ranked if _networked(r.rule))
+    tier_size = sum(1 for r in ranked if r.tier) - networked
 
     entries: list[Entry] = []
     for i, r in enumerate(ranked, start=1):
-        if r.tier and loc is None:
+        if _networked(r.rule):
+            why = (
+                f"{r.rule}: your network is its own, so it goes first; spread by weight among "
+                f"{networked} such mirror{'s' if networked != 1 else ''}"
+            )
+        elif r.tier and loc is None:
             why = f"no client location: spread by weight among all {tier_size} eligible mirrors"
         elif r.tier:
             why = (
@@ -124,10 +137,12 @@ def explain(
             )
         else:
             why = f"outside the nearest tier (beyond {limit:,.0f} km): ordered by distance"
+        if r.rule is not None and not _networked(r.rule):
+            why += f"; {r.rule}: ahead of the others in the tier"
         why = ("chosen: " if i == 1 else f"alternative #{i - 1}: ") + why
         entries.append(
             Entry(r.mirror.name, r.mirror.country, r.mirror.weight, i, r.distance_km, r.tier,
-                  r.base + routed.path, None, why)
+                  r.base + routed.path, None, why, rule=r.rule)
         )  # fmt: skip
 
     def dist(lat: float, lon: float) -> float | None:
@@ -176,6 +191,7 @@ def explain(
         scheme=routed.client.scheme,
         ipv6=ip is not None and ip.version == 6,
         network=_network(routed),
+        asn=routed.asn,
         country=loc.country if loc else None,
         continent=loc.continent if loc else None,
         latitude=loc.latitude if loc else None,
@@ -198,7 +214,7 @@ def _km(d: float | None) -> float | None:
 
 
 def to_json(e: Explanation) -> dict[str, Any]:
-    return {
+    doc: dict[str, Any] = {
         "version": 1,
         "path": e.path,
         "client": {
@@ -230,6 +246,7 @@ def to_json(e: Explanation) -> dict[str, Any]:
                 "eligible": x.rank is not None,
                 "distance_km": _km(x.distance_km),
                 "tier": x.tier,
+                "rule": x.rule,
                 "url": x.url,
                 "reason": x.reason,
                 "condition": x.condition,
@@ -238,6 +255,9 @@ def to_json(e: Explanation) -> dict[str, Any]:
             for x in e.entries
         ],
     }
+    if e.asn is not None:  # only when an ASN database knows it: the shape stays otherwise
+        doc["client"]["asn"] = e.asn
+    return doc
 
 
 def dumps(e: Explanation) -> str:
@@ -258,7 +278,8 @@ def render_text(e: Explanation) -> str:
     v = "IPv6" if e.ipv6 else "IPv4"
     lines = [
         f"path:     {e.path or '(tree root)'}",
-        f"client:   {e.client_ip or '(none)'} over {e.scheme}, {v}, network {e.network or '-'}",
+        f"client:   {e.client_ip or '(none)'} over {e.scheme}, {v}, network {e.network or '-'}"
+        + (f", AS {e.asn}" if e.asn is not None else ""),
         f"location: {_where(e)}",
         f"target:   {e.target}" + ("  (the master: no mirror is eligible)" if e.fallback else ""),
     ]
@@ -332,7 +353,8 @@ def render_html(e: Explanation) -> str:
         f"<title>Mirror list for {escape(e.path)}</title><style>{_CSS}</style></head><body>"
         f"<header><h1>Where /{escape(e.path)} goes</h1></header><main><dl>"
         f"<dt>Client</dt><dd>{escape(e.client_ip or '(none)')} over {escape(e.scheme)}, {v}, "
-        f"network {escape(e.network) if e.network else '&ndash;'}</dd>"
+        f"network {escape(e.network) if e.network else '&ndash;'}"
+        f"{f', AS {e.asn}' if e.asn is not None else ''}</dd>"
         f"<dt>Location</dt><dd>{escape(_where(e))}</dd>"
         f'<dt>Target</dt><dd><a id="target" href="{escape(e.target)}">{escape(e.target)}</a>'
         f"{fallback}</dd>{tier}</dl>"

@@ -25,6 +25,7 @@ from redirector.core.condition import Condition, assess
 from redirector.core.history import Day, Event, EventKind, HistoryData, LagSample, MirrorHistory
 from redirector.core.humanize import ago, day, duration, rfc3339, when
 from redirector.core.models import MasterState, Status
+from redirector.core.selection import serves_ipv6
 from redirector.snapshot import Snapshot
 from redirector.stats import DownloadStats
 from redirector.views.condition import classify, failure_note, lag_text
@@ -186,7 +187,7 @@ def build(
                 longitude=m.longitude,
                 http=m.http,
                 https=m.https,
-                ipv6=m.ipv6,
+                ipv6=serves_ipv6(m, s),
                 weight=m.weight,
                 enabled=m.enabled,
                 state=state,

@@ -283,13 +283,15 @@ def create_app(  # noqa: PLR0915 (the wiring reads top to bottom, one context a 
         )
         if reader is None and warning is None:
             warning = "no GeoIP database: location-blind"
+        if reader is not None:
+            log.info("GeoIP: %s", reader.describe())
         if warning:
             log.log(logging.WARNING if speaks else logging.DEBUG, "%s", warning)
             app[keys.GEO_WARNING] = warning
         else:
             assert reader is not None
             log.log(logging.INFO if speaks else logging.DEBUG, "GeoIP: %s", reader.describe())
-            for note in reader.warnings(time.time()):
+            for note in reader.warnings(time.time(), settings.geoip_max_age):
                 log.log(logging.WARNING if speaks else logging.DEBUG, "%s", note)
         app[keys.GEO] = reader
         yield

@@ -186,6 +186,12 @@ class Metrics:
             ["kind", "client"],
             registry=reg,
         )
+        self.https_redirects = Counter(
+            "redirector_https_redirects",
+            "Redirects of https requests by where they went: a mirror, or the master ('').",
+            ["mirror"],
+            registry=reg,
+        )
         self.decision_seconds = Histogram(
             "redirector_decision_seconds",
             "Time to choose a mirror for one request (location, selection).",
@@ -263,14 +269,17 @@ class Metrics:
 
     # --- recording (hot path: no allocation beyond prometheus-client's own) ---
 
-    def redirected(self, mirror: str | None, seconds: float) -> None:
-        """One 302: to `mirror`, or to the master when None; `seconds` the decision took."""
+    def redirected(self, mirror: str | None, seconds: float, *, https: bool = False) -> None:
+        """One 302: to `mirror`, or to the master when None; `seconds` the decision took.
+        `https`: the request came over https, counted apart too, to show where those go."""
         self.changes += 1
         self.decision_seconds.observe(seconds)
         if mirror is None:
             self._master.inc()
         else:
             self._mirror_counter(mirror).inc()
+        if https:
+            self.https_redirects.labels(mirror or "").inc()
 
     def list_answered(
         self, kind: str, repo: str, version: str, mirrors: Sequence[str], status: int

@@ -36,6 +36,7 @@ from redirector.stats import DownloadStats, StatsReader, Tally, flush, flush_for
 from redirector.store.base import FactStore, StoreError, SyncStore
 from redirector.store.history import HistoryReader
 from redirector.views import explain, filefacts, status
+from redirector.views import https as https_view
 from redirector.views.status import Section
 from redirector.views.synctree import render_html
 from redirector.web import keys
@@ -71,7 +72,12 @@ def setup(app: web.Application, settings: Settings, *, poll: bool = True) -> Non
     """
     app[keys.METRICS] = Metrics((m.name for m in settings.mirrors), multiprocess_dir(), poller=poll)
     app[keys.TALLY] = Tally()
-    app[keys.STATUS_SECTIONS] = []
+
+    async def https() -> Section:
+        return https_section(app)
+
+    providers: list[status.SectionProvider] = [https]
+    app[keys.STATUS_SECTIONS] = providers
     app[keys.VIEWS] = Views()
     app.on_cleanup.append(_close_views)
     app.cleanup_ctx.append(stats_ctx)
@@ -193,7 +199,7 @@ def record(
     else:
         name = routed.top(rank + 1)[rank].mirror.name
     app = request.app
-    app[keys.METRICS].redirected(name, seconds)
+    app[keys.METRICS].redirected(name, seconds, https=routed.client.scheme == "https")
     outcome = check_outcome(routed, rank, checked, heads)
     if outcome is not None:
         app[keys.METRICS].checked(outcome)
@@ -288,7 +294,7 @@ def geo_notes(app: web.Application, now: float) -> tuple[tuple[str, ...], str | 
     if reader is None:
         warning = app.get(keys.GEO_WARNING)
         return ((warning,) if warning else ()), None
-    return reader.warnings(now), reader.attribution
+    return tuple(reader.warnings(now, app[keys.LIVE].current.geoip_max_age)), reader.attribution
 
 
 @dataclass(frozen=True, slots=True)
@@ -561,6 +567,18 @@ async def bad_copies_section(app: web.Application) -> Section | None:
     since = time.time() - BAD_COPY_DAYS * 86400
     shown = [b for b in copies if b.mirror in names and b.seen_at >= since]
     return Section("bad-copies", "Wrong copies", filefacts.bad_copies_html(shown))
+
+
+def https_section(app: web.Application) -> Section:
+    """The status page's https balance, from the current snapshot and selection policy."""
+    router = app[keys.ROUTER]
+    balance = https_view.balance(
+        app[keys.HOLDER].current.candidates,
+        time.time(),
+        router.policy,
+        app[keys.LIVE].current.https_policy,
+    )
+    return Section("https", "Where https clients go", https_view.render_html(balance))
 
 
 async def tree_section(app: web.Application) -> Section:

@@ -211,7 +211,9 @@ async def health(request: web.Request) -> web.Response:
         },
         "geoip": {
             "database": geo.describe() if geo is not None else None,
-            "warning": app.get(keys.GEO_WARNING) if geo is None else None,
+            "warning": app.get(keys.GEO_WARNING)
+            if geo is None
+            else "; ".join(geo.warnings(now, settings.geoip_max_age)) or None,
         },
         "config": _config_health(reloader),
     }

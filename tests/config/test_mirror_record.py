@@ -168,3 +168,24 @@ def test_example_template_parses_when_uncommented() -> None:
     assert (m.name, m.sync, m.ssh_host, m.upstream, m.weight) == (
         "example", "push", "sync.example.org", "master", 100,
     )  # fmt: skip
+
+
+def test_check_config_long_shows_the_network_rules(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f = tmp_path / "m.toml"
+    f.write_text(
+        HEAD
+        + mirror(
+            "campus",
+            'netblocks = ["145.100.0.0/16"]\nasns = [1103]\nprivate = true\ncountry_only = true\n',
+        )
+        + mirror("plain")
+    )
+    assert main(["check-config", "--long", str(f)]) == 0
+    out = capsys.readouterr().out
+    assert "  netblocks      145.100.0.0/16\n" in out
+    assert "  asns           AS1103\n" in out
+    assert "  serves         only its networks and its country (NL)\n" in out
+    assert "  ipv6           found by the poller\n" in out
+    assert out.count("  serves ") == 1

@@ -144,3 +144,69 @@ def test_bad_durations(text: object) -> None:
 )  # fmt: skip
 def test_listen(text: str, expected: tuple[str, int]) -> None:
     assert parse_listen(text) == expected
+
+
+def test_network_rules_and_https_policy_are_read() -> None:
+    text = _break(
+        "ipv6 = true",
+        'netblocks = ["145.100.0.0/16", "2001:610::/32"]\nasns = [1103, "AS1125"]\n'
+        "private = true\ncountry_only = true\ncontinent_only = true",
+    )
+    top = (
+        '[redirector]\nhttps_policy = "master"\nhttps_min_mirrors = 3\n'
+        'geoip_databases = ["/g/city-ipv4.mmdb", "/g/city-ipv6.mmdb", "/g/asn.mmdb"]\n'
+    )
+    text = text.replace("[redirector]\n", top)
+    s = parse_settings(text, "x.toml")
+    m = s.mirrors[0]
+    assert m.netblocks == (
+        ipaddress.ip_network("145.100.0.0/16"),
+        ipaddress.ip_network("2001:610::/32"),
+    )
+    assert m.asns == (1103, 1125)
+    assert (m.private, m.country_only, m.continent_only) == (True, True, True)
+    assert m.ipv6 is None  # unset: the poller finds out
+    assert (s.https_policy, s.https_min_mirrors) == ("master", 3)
+    assert [p.name for p in s.geoip_databases] == ["city-ipv4.mmdb", "city-ipv6.mmdb", "asn.mmdb"]
+    assert (s.closeness_km, s.closeness_ratio) == (300.0, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("new", "field", "words"),
+    [
+        ('netblocks = ["145.100.0.0/33"]', "field 'netblocks'", "not an IP network"),
+        ('netblocks = ["0.0.0.0/0"]', "field 'netblocks'", "holds every address"),
+        ("asns = [0]", "field 'asns'", "not an AS number"),
+        ('asns = ["ASx"]', "field 'asns'", "not an AS number"),
+        ("asns = [3320, 3320]", "field 'asns'", "listed twice"),
+        ("asns = 3320", "field 'asns'", "list of AS numbers"),
+        ("private = true", "field 'private'", "needs netblocks or asns"),
+        ('country_only = "yes"', "field 'country_only'", "true or false"),
+    ],
+)
+def test_bad_network_rules_name_line_and_field(new: str, field: str, words: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_settings(_break("ipv6 = true", new), "x.toml")
+    msg = str(info.value)
+    assert msg.startswith("x.toml:17: "), msg
+    assert field in msg
+    assert words in msg
+
+
+@pytest.mark.parametrize(
+    ("new", "field", "words"),
+    [
+        ('https_policy = "http"', "field 'https_policy'", '"mirrors" or "master"'),
+        ("https_min_mirrors = 0", "field 'https_min_mirrors'", "out of range"),
+        ('geoip_databases = ["a.mmdb", "a.mmdb"]', "field 'geoip_databases'", "listed twice"),
+        ('geoip_databases = "a.mmdb"', "field 'geoip_databases'", "list of file paths"),
+        ('geoip_max_age = "0s"', "field 'geoip_max_age'", "longer than zero"),
+    ],
+)
+def test_bad_top_level_keys_of_network_routing(new: str, field: str, words: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_settings(GOOD.replace("[redirector]\n", f"[redirector]\n{new}\n"), "x.toml")
+    msg = str(info.value)
+    assert msg.startswith("x.toml:2: "), msg
+    assert field in msg
+    assert words in msg

@@ -25,6 +25,7 @@ from redirector.core.models import MasterState, MasterVersion, MirrorState, Stat
 from redirector.core.selection import Candidate, Reason, check
 from redirector.core.trace import behind_since
 from redirector.poll.poller import PassResult, history_from_states, poll_once, run_poller
+from redirector.poll.probe import fetch
 from redirector.store.memory import MemoryStore
 from redirector.store.redis import RedisStore
 from redirector.views.condition import state_table
@@ -590,3 +591,70 @@ async def test_each_pass_records_history_and_events(
         (EventKind.MIRROR_UP, "m"),
     ]
     assert past.events[-1].duration == 900
+
+
+# --- IPv6: found by the poller, not configured -------------------------------------------------
+
+
+@pytest.fixture
+async def farm6() -> AsyncIterator[Farm]:
+    """A second farm, listening on ::1 only: mirrors reachable over IPv6 alone."""
+    f = Farm()
+    await f.start("::1")
+    yield f
+    await f.stop()
+
+
+async def test_the_poller_finds_which_mirrors_answer_over_ipv6(
+    farm: Farm, farm6: Farm, session: aiohttp.ClientSession
+) -> None:
+    clock = Clock(T0)
+    farm.set_trace("master", T0 - DAY)
+    farm.set_trace("four", T0 - DAY)
+    farm6.set_trace("six", T0 - DAY)
+    s = settings_for(
+        farm,
+        ["four", "six", "pinned"],
+        mirror={
+            "six": f'http = "{farm6.url("six")}"',
+            "pinned": f'http = "{farm.url("four")}"\nipv6 = true',
+        },
+    )
+    assert all(m.ipv6 is None for m in s.mirrors[:2])  # nobody marked them
+    store = MemoryStore()
+    await poll_once(session, s, store, clock)
+    by = (await store.load()).states
+    assert (by["six"].ipv6, by["six"].ipv6_note) == (True, "answers over IPv6 at ::1")
+    assert (by["four"].ipv6, by["four"].ipv6_note) == (False, "no AAAA record for 127.0.0.1")
+    assert by["pinned"].ipv6 is None  # the config says: nothing to find out
+    six, four, pinned = s.mirrors
+    path = "releases/10/smeos/x86_64/repodata/repomd.xml"
+    # An IPv6 client reaches the mirror nobody marked, and the configured one.
+    assert check(Candidate(six, by["six"]), path, "http", True, clock(), s.max_lag) is None
+    assert check(Candidate(pinned, by["pinned"]), path, "http", True, clock(), s.max_lag) is None
+    why = check(Candidate(four, by["four"]), path, "http", True, clock(), s.max_lag)
+    assert why is not None
+    assert why.reason is Reason.NO_IPV6
+    assert "no AAAA record for 127.0.0.1" in (why.subject or "")
+
+    # The answer is kept between checks, which come with the coverage probes.
+    clock.t += 300
+    await poll_once(session, s, store, clock)
+    assert (await store.load()).states["six"].ipv6 is True
+    assert sum(1 for _, tail in farm6.requests if tail == f"six/{MASTER_TRACE}") == 3
+
+
+async def test_fetch_can_ask_one_address_keeping_the_host(
+    farm6: Farm, session: aiohttp.ClientSession
+) -> None:
+    seen: list[str | None] = []
+
+    async def echo_host(request: web.Request, rest: str) -> web.StreamResponse:
+        seen.append(request.headers.get("Host"))
+        return web.Response(text="ok")
+
+    farm6.behaviours["named"] = echo_host
+    port = farm6.base.rsplit(":", 1)[1].rstrip("/")
+    got = await fetch(session, f"http://mirror.test:{port}/named/x", timeout=2, address="::1")
+    assert (got.status, got.body) == (200, b"ok")
+    assert seen == [f"mirror.test:{port}"]

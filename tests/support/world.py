@@ -26,7 +26,7 @@ from redirector.core.models import MasterState, MasterVersion, MirrorState, Stat
 from redirector.geo import GeoReader
 from redirector.store.base import Store
 from redirector.store.memory import MemoryStore
-from tests.mmdb_build import CityRecord, write_city_mmdb
+from tests.mmdb_build import CityRecord, write_asn_mmdb, write_city_mmdb, write_flat_mmdb
 
 NL_CLIENT = "145.100.1.7"
 US_CLIENT = "152.2.10.20"
@@ -266,3 +266,9 @@ async def fill(store: Store, now: float | None = None) -> float:
     )
     await store.put_states(states(now))
     return now
+
+
+# The other two builders, through here like city_db: ip-location-db's flat city schema, and
+# ASN files (either schema's `autonomous_system_number`).
+flat_db = write_flat_mmdb
+asn_db = write_asn_mmdb

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -21,23 +22,33 @@ from redirector.config.settings import Settings, parse_settings
 from redirector.core.models import (
     MasterState,
     MasterVersion,
+    Mirror,
     MirrorState,
     RepoCheck,
     RepodataState,
     Status,
 )
 from redirector.core.paths import BadPath
-from redirector.core.selection import Reason
+from redirector.core.selection import Candidate, Policy, Reason, name_seed
 from redirector.geo import GeoReader
+from redirector.router import Router
+from redirector.snapshot import Snapshot, SnapshotHolder
 from redirector.store.base import Store
 from redirector.store.memory import MemoryStore
 from redirector.store.redis import RedisStore
-from redirector.views.explain import prefers_json, wants_json, wants_mirrorlist
+from redirector.views.explain import (
+    explain,
+    prefers_json,
+    render_text,
+    to_json,
+    wants_json,
+    wants_mirrorlist,
+)
 from redirector.web.app import create_app
 from redirector.web.link import LINK_MAX_BYTES
 from tests.farm import Farm, raw_get, status_of
 from tests.mmdb_build import CityRecord
-from tests.support.world import NL6_CLIENT, NL_CLIENT, REPOMD, STATUS, city_db, fill, geo
+from tests.support.world import NL6_CLIENT, NL_CLIENT, REPOMD, STATUS, asn_db, city_db, fill, geo
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 Client = TestClient[web.Request, web.Application]
@@ -72,6 +83,9 @@ SPECIAL = {
     Reason.FTP_ONLY: {"http": "", "https": "", "ftp": '"ftp://127.0.0.1:9/ftp-only/"'},
     Reason.NO_HTTPS: {"https": ""},
     Reason.NO_IPV6: {"ipv6": "false"},
+    Reason.PRIVATE: {"private": "true", "netblocks": '["192.0.2.0/24"]'},
+    Reason.COUNTRY_ONLY: {"country_only": "true"},
+    Reason.CONTINENT_ONLY: {"continent_only": "true", "country": '"US"'},
 }
 
 
@@ -131,7 +145,13 @@ async def every_reason(aiohttp_client: ClientFactory, tmp_path: Path) -> Client:
     store = MemoryStore()
     await fill_every_reason(store, time.time())
     return await aiohttp_client(
-        create_app(every_reason_config(), poll=False, store=store, geo=geo(tmp_path))
+        # The tier of the earlier defaults, which the limit below is stated in.
+        create_app(
+            every_reason_config("closeness_km = 500\ncloseness_ratio = 0.25"),
+            poll=False,
+            store=store,
+            geo=geo(tmp_path),
+        )
     )
 
 
@@ -586,3 +606,58 @@ async def test_explain_cards_are_labelled_and_urls_wrap(
         assert f'<td data-label="{label}"' in row
     assert "td::before{content:attr(data-label)" in page
     assert "overflow-wrap:anywhere" in page
+
+
+# --- the mirrors' own rules, in words ---------------------------------------------------------
+
+
+def test_every_rule_shows_in_explain(tmp_path: Path) -> None:
+    now = time.time()
+    city = city_db(
+        tmp_path / "city.mmdb",
+        {"145.100.1.0/24": CityRecord("NL", "EU", 52.37, 4.90),
+         "81.2.69.0/24": CityRecord("NL", "EU", 52.37, 4.90)},
+    )  # fmt: skip
+    asn = asn_db(tmp_path / "asn.mmdb", {"81.2.69.0/24": 3320})
+    reader = GeoReader.open_all([city, asn])
+    mirrors = (
+        Mirror("near", "http://near.test/", None, "NL", 52.37, 4.90),
+        Mirror("campus", "http://campus.test/", None, "ZA", -33.9, 18.4,
+               netblocks=(ipaddress.ip_network("145.100.1.0/24"),)),
+        Mirror("isp", "http://isp.test/", None, "DE", 50.1, 8.7, asns=(3320,)),
+        Mirror("kiwi", "http://kiwi.test/", None, "NZ", -41.3, 174.8, country_only=True),
+        Mirror("lan", "http://lan.test/", None, "NL", 52.0, 5.0, private=True,
+               netblocks=(ipaddress.ip_network("10.0.0.0/8"),)),
+    )  # fmt: skip
+    holder = SnapshotHolder(mirrors)
+    fresh = [MirrorState(m.name, Status.UP, now - 60, master_date=now - 3600) for m in mirrors]
+    holder.current = Snapshot(
+        candidates=tuple(Candidate(m, s) for m, s in zip(mirrors, fresh, strict=True)),
+        master=None,
+        generation=1,
+        loaded_at=now,
+        seeds={m.name: name_seed(m.name) for m in mirrors},
+    )
+    settings = replace(Settings(mirrors=mirrors, master="http://master.test/"))
+    router = Router(settings, holder, reader)
+
+    def why(ip: str) -> dict[str, str]:
+        routed = router.resolve(ip, None, None, "http", REPOMD, now)
+        e = explain(routed, holder.current.candidates, Policy(), now=now)
+        text = render_text(e)
+        assert all(x.why in text for x in e.entries)
+        return {x.name: x.why for x in e.entries}
+
+    on_campus = why("145.100.1.9")
+    assert on_campus["campus"].startswith("chosen: netblock 145.100.1.0/24")
+    assert "same country NL" in on_campus["near"]
+    assert on_campus["kiwi"] == "rejected: country-only: not your country (NL)"
+    assert on_campus["lan"] == "rejected: private: not your network"
+    in_isp = why("81.2.69.7")
+    assert in_isp["isp"].startswith("chosen: same AS 3320")
+    routed = router.resolve("81.2.69.7", None, None, "http", REPOMD, now)
+    doc = to_json(explain(routed, holder.current.candidates, Policy(), now=now))
+    assert doc["client"]["asn"] == 3320
+    assert doc["mirrors"][0]["rule"] == "same AS 3320"
+    assert "AS 3320" in render_text(explain(routed, holder.current.candidates, Policy(), now=now))
+    reader.close()
