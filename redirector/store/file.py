@@ -548,21 +548,7 @@ class FileStore:
         with self._locked():
             generation, doc = self._read_facts()
             bump = change(doc)
-            head = json.dumps({"v": SCHEMA_VERSION, "generation": generation + bump})
-            data = (head + "\n" + json.dumps(doc, separators=(",", ":"))).encode()
-            path = self.directory / FACTS_FILE
-            try:
-                fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".facts-", suffix=".tmp")
-                try:
-                    with os.fdopen(fd, "wb") as f:
-                        f.write(data)
-                    os.replace(tmp, path)
-                except BaseException:
-                    with contextlib.suppress(OSError):
-                        os.unlink(tmp)
-                    raise
-            except OSError as e:
-                raise StoreError(f"file store {path}: {e.strerror or e}") from e
+            self._write(self.directory / FACTS_FILE, self._encode(generation + bump, doc))
 
     async def put_facts(self, facts: Iterable[FileFacts]) -> None:
         new = {f.path: encode_facts(f) for f in facts}
