@@ -29,7 +29,7 @@ from redirector.web import keys
 from redirector.web.app import create_app
 from tests.farm import Farm
 from tests.mmdb_build import CityRecord
-from tests.support.world import city_db
+from tests.support.world import city_db, near_far
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 Client = TestClient[web.Request, web.Application]
@@ -62,32 +62,8 @@ def tree(tmp_path: Path) -> Path:
 
 def config(farm: Farm, extra: str) -> Settings:
     # For a client in Amsterdam: "near" first, then "far"; both fresh.
-    return parse_settings(
-        f"""
-[redirector]
-master = "{farm.url("master")}"
-poll_interval = "1s"
-probe_timeout = "1s"
-verify_timeout = "500ms"
-hash_interval = "1h"
-{extra}
-
-[[mirror]]
-name = "near"
-http = "{farm.url("near")}"
-country = "NL"
-latitude = 52.37
-longitude = 4.90
-
-[[mirror]]
-name = "far"
-http = "{farm.url("far")}"
-country = "US"
-latitude = 35.91
-longitude = -79.05
-""",
-        "hashes.toml",
-    )
+    text = near_far(farm, 'hash_interval = "1h"\n' + extra, verify_timeout="500ms")
+    return parse_settings(text, "hashes.toml")
 
 
 async def started(

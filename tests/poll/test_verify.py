@@ -23,7 +23,7 @@ from redirector.web import keys
 from redirector.web.app import create_app
 from tests.farm import Farm, hang
 from tests.support.clock import Clock
-from tests.support.world import NL_CLIENT, REPOMD
+from tests.support.world import NL_CLIENT, REPOMD, near_far
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 
@@ -39,31 +39,7 @@ def heads(farm: Farm, path: str | None = None) -> list[str]:
 
 def app_config(farm: Farm, extra: str = "") -> Settings:
     # For a client in Amsterdam: "near" first, then "far"; both fresh.
-    return parse_settings(
-        f"""
-[redirector]
-master = "{farm.url("master")}"
-poll_interval = "1s"
-probe_timeout = "1s"
-verify_timeout = "300ms"
-{extra}
-
-[[mirror]]
-name = "near"
-http = "{farm.url("near")}"
-country = "NL"
-latitude = 52.37
-longitude = 4.90
-
-[[mirror]]
-name = "far"
-http = "{farm.url("far")}"
-country = "US"
-latitude = 35.91
-longitude = -79.05
-""",
-        "verify.toml",
-    )
+    return parse_settings(near_far(farm, extra), "verify.toml")
 
 
 async def started(

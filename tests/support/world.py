@@ -26,6 +26,7 @@ from redirector.core.models import MasterState, MasterVersion, MirrorState, Stat
 from redirector.geo import GeoReader
 from redirector.store.base import Store
 from redirector.store.memory import MemoryStore
+from tests.farm import Farm
 from tests.mmdb_build import CityRecord, write_asn_mmdb, write_city_mmdb, write_flat_mmdb
 
 NL_CLIENT = "145.100.1.7"
@@ -272,3 +273,30 @@ async def fill(store: Store, now: float | None = None) -> float:
 # ASN files (either schema's `autonomous_system_number`).
 flat_db = write_flat_mmdb
 asn_db = write_asn_mmdb
+
+
+def near_far(farm: Farm, extra: str = "", *, verify_timeout: str = "300ms") -> str:
+    """Config text for two mirrors of `farm`: for a client in Amsterdam "near" (NL) comes first,
+    then "far" (US); the master is the farm's too. `extra` goes into [redirector]."""
+    return f"""
+[redirector]
+master = "{farm.url("master")}"
+poll_interval = "1s"
+probe_timeout = "1s"
+verify_timeout = "{verify_timeout}"
+{extra}
+
+[[mirror]]
+name = "near"
+http = "{farm.url("near")}"
+country = "NL"
+latitude = 52.37
+longitude = 4.90
+
+[[mirror]]
+name = "far"
+http = "{farm.url("far")}"
+country = "US"
+latitude = 35.91
+longitude = -79.05
+"""

@@ -27,7 +27,7 @@ from redirector.web.app import create_app
 from redirector.web.metrics import VERSION, client_of, handler_of
 from tests.conftest import free_port
 from tests.farm import Farm, error_500
-from tests.support.world import NL_CLIENT, STATUS, fill
+from tests.support.world import NL_CLIENT, STATUS, fill, near_far
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 Client = TestClient[web.Request, web.Application]
@@ -53,38 +53,13 @@ def get(samples: Samples, name: str, **labels: str) -> float | None:
     return samples.get((name, frozenset(labels.items())))
 
 
-def two_mirrors(farm: Farm, extra: str = "") -> str:
-    return f"""
-[redirector]
-master = "{farm.url("master")}"
-poll_interval = "1s"
-probe_timeout = "1s"
-verify_timeout = "300ms"
-{extra}
-
-[[mirror]]
-name = "near"
-http = "{farm.url("near")}"
-country = "NL"
-latitude = 52.37
-longitude = 4.90
-
-[[mirror]]
-name = "far"
-http = "{farm.url("far")}"
-country = "US"
-latitude = 35.91
-longitude = -79.05
-"""
-
-
 async def test_whole_requests_file_checks_build_and_geoip(
     aiohttp_client: ClientFactory, farm: Farm, geo: GeoReader
 ) -> None:
     now = time.time()
     for name in ("master", "near", "far"):
         farm.set_trace(name, now - 3600)
-    settings = parse_settings(two_mirrors(farm), "series.toml")
+    settings = parse_settings(near_far(farm), "series.toml")
     client = await aiohttp_client(create_app(settings, geo=geo))
     deadline = time.monotonic() + 10
     while json.loads(await (await client.get("/health")).text())["mirrors"]["fresh"] != 2:
@@ -186,7 +161,7 @@ async def test_the_poll_process_serves_its_own_metrics(farm: Farm, tmp_path: Pat
     farm.behaviours["far"] = error_500
     port = free_port()
     settings = parse_settings(
-        two_mirrors(farm, f'poller_metrics_listen = "127.0.0.1:{port}"\ngeoip_db = ""'),
+        near_far(farm, f'poller_metrics_listen = "127.0.0.1:{port}"\ngeoip_db = ""'),
         "poll.toml",
     )
     err = (tmp_path / "err.txt").open("w")
@@ -223,7 +198,7 @@ async def test_a_taken_metrics_port_is_a_clear_error(farm: Farm, tmp_path: Path)
         taken.listen()
         port = taken.getsockname()[1]
         settings = parse_settings(
-            two_mirrors(farm, f'poller_metrics_listen = "127.0.0.1:{port}"\ngeoip_db = ""'),
+            near_far(farm, f'poller_metrics_listen = "127.0.0.1:{port}"\ngeoip_db = ""'),
             "poll.toml",
         )
         err = io.StringIO()
