@@ -10,14 +10,17 @@ the machine does): the difference between two variants is what the part costs in
 server, caches cold from everything around it, which is several times what a tight loop over
 the same function shows. Variants (the `--variants` names):
 
-  full        the redirector as shipped
-  no-link     without the RFC 6249 Link header (web.link.link_header)
-  no-record   without the per-redirect metrics and download statistics (pages.record)
-  core        without both: path checks, decision, per-file check, 302
-  route-only  the handler reduced to the path checks, the decision and the 302
-  path-only   the handler reduced to the path checks and a fixed 302
-  trivial     the handler replaced by `return web.Response(302)`: the app around it
-  bare-raise  the handler replaced by the bare aiohttp handler's `raise HTTPFound`
+  full        the redirector as shipped (the fast path of web/front.py)
+  no-link     without the RFC 6249 Link header (web.redirect.link_header)
+  no-record   without the per-redirect metrics and download statistics (Redirects.record,
+              Metrics.answered)
+  no-log      without the access log line (access_log = "off")
+  no-check    without the per-file check (verify_files = false)
+  core        without all four: path checks, decision, 302
+  route-only  the fast path reduced to the path checks, the decision and a bare 302
+  trivial     the fast path answering a fixed 302: the transport alone
+  aiohttp     every request handed to aiohttp's handler (the path before the fast path)
+  bare-raise  handed to aiohttp, whose handler is the bare aiohttp handler's `raise HTTPFound`
 
 Parts are replaced by patching module attributes before the app is built; a variant whose
 attribute no longer exists is reported as such, not measured.
@@ -27,12 +30,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import shutil
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import common
 import run
@@ -45,10 +50,12 @@ VARIANTS = (
     "full",
     "no-link",
     "no-record",
+    "no-log",
+    "no-check",
     "core",
     "route-only",
-    "path-only",
     "trivial",
+    "aiohttp",
     "bare-raise",
 )
 
@@ -57,56 +64,54 @@ def worker(config: str, state: str, variant: str) -> None:
     """The body of the variant's process: patch, then serve like one redirector worker."""
     from aiohttp import web
 
-    from redirector.core.paths import split_target
     from redirector.web import app as app_module
-    from redirector.web import keys, pages
+    from redirector.web import front, metrics
     from redirector.web import redirect as handlers
 
-    def patch(module: object, name: str, value: object) -> None:
-        if not hasattr(module, name):
-            sys.exit(f"variant {variant}: {module!r} has no {name} any more")
-        setattr(module, name, value)
+    def patch(owner: object, name: str, value: object) -> None:
+        if not hasattr(owner, name):
+            sys.exit(f"variant {variant}: {owner!r} has no {name} any more")
+        setattr(owner, name, value)
 
     if variant in ("no-link", "core"):
         patch(handlers, "link_header", lambda *a, **k: None)
     if variant in ("no-record", "core"):
-        patch(pages, "record", lambda *a, **k: None)
-    if variant in ("route-only", "path-only"):
-        only_path = variant == "path-only"
+        patch(handlers.Redirects, "record", lambda *a, **k: None)
+        patch(metrics.Metrics, "answered", lambda *a, **k: None)
+    if variant in ("route-only", "trivial"):
+        date = front._Clock()
 
-        async def reduced(request: web.Request) -> web.StreamResponse:
-            raw_path, _ = split_target(request.raw_path)
-            path = request.app[keys.ROUTER].tree_path(raw_path)  # as the handler checks it
-            assert path is not None
-            if only_path:
-                target = "http://mirror.test/smeserver/" + path
-            else:
-                h = request.headers
-                routed = request.app[keys.ROUTER].resolve(
-                    request.remote,
-                    h.get("X-Forwarded-For"),
-                    h.get("X-Forwarded-Proto"),
-                    request.scheme,
-                    path,
-                )
-                target = routed.target
-            return web.Response(
-                status=302, headers={"Location": target, "Cache-Control": "private, no-store"}
+        def bare(target: str, version: bytes) -> bytes:
+            return front.serialize(
+                handlers.Answer(302, {"Location": target}),
+                version,
+                date.date_line(time.time()),
+                False,
+                False,
             )
 
-        patch(handlers, "redirect", reduced)
-    if variant == "trivial":
+        if variant == "route-only":
 
-        async def trivial(request: web.Request) -> web.StreamResponse:
-            return web.Response(
-                status=302,
-                headers={
-                    "Location": "http://mirror.test/smeserver" + request.raw_path,
-                    "Cache-Control": "private, no-store",
-                },
-            )
+            def finish(self: front.Front, req: Any, routed: Any, *_: object) -> bytes:
+                return bare(routed.target, req.version)
 
-        patch(handlers, "redirect", trivial)
+            patch(front.Front, "finish", finish)
+        else:
+
+            def plan(self: front.Front, req: Any, peer: str | None) -> Any:
+                return req, 0.0
+
+            def settled(self: handlers.Redirects, routed: Any) -> Any:
+                return routed, ""
+
+            def finish_fixed(self: front.Front, req: Any, *_: object) -> bytes:
+                return bare("http://mirror.test/smeserver" + req.target, req.version)
+
+            patch(front.Front, "plan", plan)
+            patch(handlers.Redirects, "settled", settled)
+            patch(front.Front, "finish", finish_fixed)
+    if variant in ("aiohttp", "bare-raise"):
+        patch(front, "parse", lambda *a, **k: None)
     if variant == "bare-raise":
 
         async def raising(request: web.Request) -> web.StreamResponse:
@@ -114,6 +119,10 @@ def worker(config: str, state: str, variant: str) -> None:
 
         patch(handlers, "redirect", raising)
     settings = load_settings(config)
+    if variant in ("no-log", "core"):
+        settings = dataclasses.replace(settings, access_log="off")
+    if variant in ("no-check", "core"):
+        settings = dataclasses.replace(settings, verify_files=False)
     app_module.run(settings, poll=False, store=FileStore(Path(state)), print_fn=lambda _: None)
 
 
@@ -126,9 +135,10 @@ class Variant(run.Redirector):
         self.name = f"variant-{variant}"
 
     def start(self) -> None:
+        assert self.stub is not None
+        self.stub.start()
         config = self.workdir / "redirector.toml"
-        text = common.config_text(f"127.0.0.1:{self.port}", self.db, common.synthetic_mirrors())
-        config.write_text(text.replace("[redirector]\n", "[redirector]\nverify_files = false\n", 1))
+        config.write_text(self.config())
         settings = load_settings(config)
         state = self.workdir / "state"
         shutil.rmtree(state, ignore_errors=True)

@@ -10,13 +10,15 @@ database): `pip install -e '.[test,speed]'`.
 
 Each round starts, in turn: (a) nginx answering every request with a 302 (the ceiling for a
 302 on this machine), (b) an aiohttp handler that only raises a 302, one process per worker
-with SO_REUSEPORT (the framework's ceiling), (c) `redirector serve --workers N` with the
-example mirrors plus 200 synthetic ones, all marked fresh in its file store, a GeoIP database
-of 10,000 networks built here, loopback trusted as a proxy, the access log and the per-file
-HEAD check off (they would write lines and contact hosts). Each is warmed up for a second,
-then loaded by wrk (one thread, 64 connections by default) with a Lua script that sends each
-request with the next of 10,000 public client addresses in X-Forwarded-For. Printed: req/s,
-p50 and p99 latency, RSS and PSS per worker, and the ratios redirector/bare aiohttp and
+with SO_REUSEPORT (the framework's ceiling), (c) `redirector serve --workers N` with 200
+synthetic mirrors (`--mirrors`), all marked fresh in its file store, a GeoIP database of 10,000
+networks built here, loopback trusted as a proxy, and every feature on as shipped: metrics,
+download statistics, the Link header, the per-file check (its HEADs go to a loopback nginx
+standing in for every mirror) and the text access log (to the bench's log file). Each is warmed
+up for a second, then loaded by wrk (one thread, 64 connections by default) with a Lua script
+that sends each request with the next of 10,000 public client addresses in X-Forwarded-For
+and the next of 2,000 paths. Printed: req/s, p50 and p99 latency, server CPU per request, RSS,
+PSS and private memory per worker, and the ratios redirector/bare aiohttp and
 redirector/nginx; medians over the rounds. Results also go to bench/out/results-*.json.
 
 Everything listens on 127.0.0.1 only; nothing leaves the machine.
@@ -44,7 +46,7 @@ from typing import BinaryIO
 import common
 from common import OUT, ROOT
 
-from redirector.config.settings import load_settings
+from redirector.config.settings import Settings, load_settings
 from redirector.store.file import FileStore
 
 PY = sys.executable
@@ -260,21 +262,46 @@ class BareAiohttp(Server):
         return [p.pid for p in self.procs]
 
 
+class MirrorStub(Nginx):
+    """Every mirror at once, on loopback, for the per-file check's HEADs (200 for any file)."""
+
+    name = "mirror-stub"
+
+    def start(self) -> None:
+        conf = self.workdir / "mirror-stub.conf"
+        conf.write_text(common.mirror_stub_conf(self.workdir / "stub", self.port))
+        (self.workdir / "stub").mkdir(exist_ok=True)
+        proc = subprocess.Popen(
+            [tool("nginx"), "-c", str(conf), "-p", str(self.workdir / "stub")],
+            stdout=self._log("out"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        self.procs = [proc]
+        wait_answering(self.port, "/", proc)
+
+
 class Redirector(Server):
     name = "redirector"
 
-    def __init__(self, workdir: Path, workers: int, db: Path, synthetic: int = 200) -> None:
+    def __init__(
+        self, workdir: Path, workers: int, db: Path, synthetic: int = 200, *, features: bool = True
+    ) -> None:
         super().__init__(workdir, workers)
         self.db = db
         self.synthetic = synthetic
+        # Every feature on, as shipped (common.config_text): the per-file check against the
+        # mirror stub, the text access log. Off: the example mirrors, no check, no log.
+        self.stub = MirrorStub(workdir, 1) if features else None
+
+    def config(self) -> str:
+        mirrors = common.synthetic_mirrors(self.synthetic)
+        stub = None if self.stub is None else self.stub.port
+        return common.config_text(f"127.0.0.1:{self.port}", self.db, mirrors, stub=stub)
 
     def start(self) -> None:
+        if self.stub is not None:
+            self.stub.start()
         config = self.workdir / "redirector.toml"
-        mirrors = common.synthetic_mirrors(self.synthetic)
-        text = common.config_text(f"127.0.0.1:{self.port}", self.db, mirrors)
-        # No per-file HEAD checks: they would contact the (real or .test) mirror hosts.
-        text = text.replace("[redirector]\n", "[redirector]\nverify_files = false\n", 1)
-        config.write_text(text)
+        config.write_text(self.config())
         settings = load_settings(config)
         state = self.workdir / "state"
         shutil.rmtree(state, ignore_errors=True)
@@ -290,7 +317,15 @@ class Redirector(Server):
         )  # fmt: skip
         self.procs = [proc]
         wait_answering(self.port, "/health", proc)
-        # Every worker up: connections land on workers by hash, so ask until all have answered.
+        self.wait_workers(settings)
+
+    def stop(self) -> None:
+        super().stop()
+        if self.stub is not None:
+            self.stub.stop()
+
+    def wait_workers(self, settings: Settings) -> None:
+        """Every worker up: connections land on workers by hash, so ask until all answered."""
         seen: set[int] = set()
         expected = sum(1 for m in settings.mirrors if m.enabled and m.http)  # fresh for http
         deadline = time.monotonic() + 60

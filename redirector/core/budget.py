@@ -95,6 +95,25 @@ class Budget:
         self.inflight += 1
         return None
 
+    def peek(self, network: bytes, mirror: str, now: float) -> Refusal | None:
+        """What `admit` would answer now, taking nothing from any budget."""
+        lim = self.limits
+        if self._by_mirror.get(mirror, 0) >= lim.mirror_inflight:
+            return Refusal.MIRROR
+        if self.inflight >= lim.total_inflight:
+            return Refusal.TOTAL
+        if (
+            self._network(network, now).refill(
+                now, lim.network_per_minute / 60.0, lim.network_burst
+            )
+            < 1.0
+        ):
+            return Refusal.NETWORK
+        total = self._total
+        if total is not None and total.refill(now, lim.total_per_second, lim.total_burst) < 1.0:
+            return Refusal.TOTAL
+        return None
+
     def release(self, mirror: str) -> None:
         """A HEAD admitted for `mirror` has ended (answered, failed or cancelled)."""
         left = self._by_mirror.get(mirror, 0) - 1

@@ -148,6 +148,41 @@ class Verifier:
         self.budget = Budget(limits)
         self.refused: Counter[Refusal] = Counter()  # HEADs not made, by the budget they missed
 
+    def known(self, routed: Routed) -> str | None:
+        """`target`'s answer when it needs no HEAD, from the caches alone; None when a HEAD
+        might be needed (then await `target`). The usual case, a file already known on the
+        chosen mirror, costs a cache lookup and no task."""
+        settings = self.current() if self.current is not None else self.settings
+        enabled = settings.verify_files and self.session is not None
+        if not enabled or routed.fallback or not needs_check(routed.path):
+            return routed.target
+        path = routed.path
+        snapshot = self.holder.current
+        size = self._size(path)
+        affordable = True
+        vetoed, now = self.vetoed, self.wall()
+        for ranked in routed.top(DEPTH):
+            name = ranked.mirror.name
+            if vetoed is not None and vetoed(name, path, now):
+                continue  # caught with a wrong copy (`_unvetoed`), looked at one by one here
+            key = (name, path)
+            if self.has.get(key) == size or self._vouched(snapshot, ranked.mirror, path, size):
+                return ranked.base + path
+            if key in self.lacks:
+                continue
+            if affordable:
+                if key in self._inflight:
+                    return None  # a HEAD under way: `target` waits for it
+                refusal = self.budget.peek(network_key(routed.client.ip), name, self.clock())
+                if refusal is None:
+                    return None  # a HEAD is affordable: `target` makes it
+                self.refused[refusal] += 1
+                affordable = False
+            # Past a budget, as in `target`: the ranked order, minus what is known.
+            if (name, directory(path)) not in self.lacks_dir:
+                return ranked.base + path
+        return fallback_target(settings.fallback, settings.master, path)
+
     async def target(self, routed: Routed) -> str:
         """Where to send the client: `routed.target` when the file is there or needs no check,
         else the next ranked mirror that has it, else the master. Never raises."""
@@ -161,8 +196,11 @@ class Verifier:
         size = self._size(path)
         lookups = 0
         affordable = True
-        for ranked in self._unvetoed(routed.top(DEPTH), path):
+        vetoed, now = self.vetoed, self.wall()
+        for ranked in routed.top(DEPTH):
             name = ranked.mirror.name
+            if vetoed is not None and vetoed(name, path, now):
+                continue  # caught with a wrong copy (`_unvetoed`), looked at one by one here
             key = (name, path)
             url = ranked.base + path
             if self.has.get(key) == size or self._vouched(snapshot, ranked.mirror, path, size):

@@ -38,6 +38,8 @@ class FactsHolder:
 
     def vetoed(self, mirror: str, path: str, now: float) -> bool:
         """Whether `mirror` was caught with a wrong copy of `path` in the last BAD_COPY_HOLD."""
+        if not self.bad:
+            return False
         bad = self.bad.get((mirror, path))
         return bad is not None and now - bad.seen_at < BAD_COPY_HOLD
 

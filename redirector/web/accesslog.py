@@ -7,17 +7,21 @@ per line) or "off", and is read per request, so a reload switches it. Lines go t
 journal, under systemd) or, with `access_log_path`, to a file that logrotate may move away
 (it is reopened when it has been moved).
 
-`AccessEntry`, `format_text` and `format_json` are pure; `AccessLogger` adapts aiohttp to them.
+`AccessEntry`, `format_text` and `format_json` are pure; `AccessLogger` adapts aiohttp to them,
+and front.py's fast path builds its entries the same way. Lines are written by `Sink`: every
+line of one event-loop turn in one write (a redirect must not cost a system call of its own),
+to stderr or to the file, which is reopened when logrotate has moved it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import logging.handlers
-import sys
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -28,6 +32,8 @@ from redirector.core.clientip import joined
 from redirector.core.humanize import rfc3339
 from redirector.router import Routed, Router
 from redirector.web import keys
+
+log = logging.getLogger(__name__)
 
 LOGGER_NAME = "redirector.access"
 FORMATS = ("text", "json", "off")
@@ -73,8 +79,42 @@ def _clean(value: str) -> str:
     return "".join(out)
 
 
+_IP_TEXTS: dict[object, str] = {}  # str() of an address is slow and clients come back
+
+
+def ip_text(ip: object | None) -> str | None:
+    """An address as text, remembered for the clients seen last."""
+    if ip is None:
+        return None
+    text = _IP_TEXTS.get(ip)
+    if text is None:
+        if len(_IP_TEXTS) >= 65536:
+            _IP_TEXTS.clear()
+        text = _IP_TEXTS[ip] = str(ip)
+    return text
+
+
 def _us(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1e6:.0f}us"
+
+
+class _Stamps:
+    """`rfc3339(t, ms=True)`, with the part before the milliseconds made once a second."""
+
+    __slots__ = ("_second", "_text")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._text = ""
+
+    def __call__(self, ts: float) -> str:
+        whole = int(ts // 1)
+        if whole != self._second:
+            self._second, self._text = whole, rfc3339(float(whole), ms=True)[:-5]
+        return f"{self._text}.{int((ts - whole) * 1000):03d}Z"
+
+
+_stamp = _Stamps()
 
 
 def format_text(e: AccessEntry) -> str:
@@ -84,7 +124,7 @@ def format_text(e: AccessEntry) -> str:
     with `-` for what is unknown.
     """
     return (
-        f"{rfc3339(e.time, ms=True)} {e.client or '-'} {e.country or '-'} {e.scheme} "
+        f"{_stamp(e.time)} {e.client or '-'} {e.country or '-'} {e.scheme} "
         f"{_clean(e.host) or '-'}"
         f' "{_clean(e.method)} {_clean(e.path)}" {e.status} {e.mirror or "-"}'
         f' {_us(e.decision_seconds)} {e.seconds * 1000:.2f}ms "{_clean(e.user_agent)}"'
@@ -94,7 +134,7 @@ def format_text(e: AccessEntry) -> str:
 def format_json(e: AccessEntry) -> str:
     """One JSON object on one line; keys as in AccessEntry, times in ISO 8601 and microseconds."""
     doc: dict[str, Any] = {
-        "time": rfc3339(e.time, ms=True),
+        "time": _stamp(e.time),
         "client": e.client,
         "country": e.country,
         "scheme": e.scheme,
@@ -128,7 +168,7 @@ def entry_for(
     country: str | None = None
     mirror: str | None = None
     if routed is not None:
-        client_ip = None if routed.client.ip is None else str(routed.client.ip)
+        client_ip = ip_text(routed.client.ip)
         scheme = routed.client.scheme
         country = routed.location.country if routed.location is not None else None
         mirror = mirror_of(routed, target)
@@ -210,34 +250,100 @@ class AccessLogger(AbstractAccessLogger):
             return
         try:
             entry = entry_for(request, response, time)
-            self.logger.info(format_json(entry) if fmt == "json" else format_text(entry))
+            SINK.write(format_json(entry) if fmt == "json" else format_text(entry))
         except Exception:  # a log line must never turn into a failed request
-            self.logger.exception("cannot write the access log line")
+            log.exception("cannot write the access log line")
+
+
+class Sink:
+    """Where the lines go: stderr, or a file reopened once it has been moved (logrotate).
+
+    `write` queues a line; the queue is written in one go when the event loop next gets to
+    it (or at once outside a loop, and at `close`). A write that fails is logged once per
+    minute, and the lines are dropped: a full disk must not stop the redirects."""
+
+    def __init__(self) -> None:
+        self.path: Path | None = None
+        self._fd: int | None = None
+        self._lines: list[str] = []
+        self._scheduled = False
+        self._complained = 0.0
+
+    def open(self, path: Path | None) -> None:
+        self.close()
+        self.path = path
+
+    def write(self, line: str) -> None:
+        self._lines.append(line)
+        if self._scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._scheduled = True
+        loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        lines, self._lines = self._lines, []
+        if not lines:
+            return
+        data = ("\n".join(lines) + "\n").encode("utf-8", "backslashreplace")
+        try:
+            fd = self._target()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError as e:
+            now = time.monotonic()
+            if now - self._complained > 60:
+                self._complained = now
+                log.warning("access log lines lost: %s", e)
+            self._drop()
+
+    def _target(self) -> int:
+        if self.path is None:
+            return 2  # stderr: the journal under systemd
+        fd = self._fd
+        if fd is not None:
+            try:
+                st, now = os.fstat(fd), os.stat(self.path)
+                if (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino):
+                    return fd
+            except FileNotFoundError:
+                pass
+            self._drop()
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        return self._fd
+
+    def _drop(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def close(self) -> None:
+        self.flush()
+        self._drop()
+
+
+SINK = Sink()  # one per process: every transport and every connection writes here
 
 
 def close() -> None:
-    """Detach and close the access log's handler (its file, if any)."""
-    logger = logging.getLogger(LOGGER_NAME)
-    for h in list(logger.handlers):
-        logger.removeHandler(h)
-        h.close()
+    """Write what is queued and close the access log's file, if any."""
+    SINK.close()
 
 
 def setup(settings: Settings) -> logging.Logger:
-    """The access logger, writing bare lines to stderr or to `access_log_path`; idempotent."""
+    """The access log as configured (`Sink`); idempotent. The logger returned is what
+    aiohttp needs to call `AccessLogger` at all: the lines go to `SINK`, not through it."""
     AccessLogger.seen_format = settings.access_log
-    close()
+    SINK.open(settings.access_log_path)
     logger = logging.getLogger(LOGGER_NAME)
-    handler: logging.Handler
-    if settings.access_log_path is not None:
-        # WatchedFileHandler reopens the file once logrotate has moved it away.
-        handler = logging.handlers.WatchedFileHandler(settings.access_log_path, encoding="utf-8")
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logger.addHandler(handler)
     logger.setLevel(logging.INFO)
-    logger.propagate = False  # the line is complete as it is; no second copy with a prefix
+    logger.propagate = False
     return logger
 
 

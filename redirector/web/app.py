@@ -30,7 +30,7 @@ from redirector.store.history import record_reload
 from redirector.store.lease import Lease
 from redirector.supervise import Tasks
 from redirector.views.status import Section
-from redirector.web import accesslog, keys, pages
+from redirector.web import accesslog, front, keys, pages
 from redirector.web import redirect as handlers
 from redirector.web import yum as lists
 from redirector.web.limits import HTTP_LIMITS, quiet_bad_requests
@@ -335,6 +335,7 @@ def create_app(  # noqa: PLR0915 (the wiring reads top to bottom, one context a 
     lists.add_routes(app)
     # Metrics, download stats (flushed by a context after the others) and the status views.
     pages.setup(app, settings, poll=poll)
+    app.cleanup_ctx.append(handlers.redirects_ctx)
     _add_pass_hooks(app)
     return app
 
@@ -363,12 +364,12 @@ def run(
     hold_sighup()  # a reload before the app listens for it must not end the process
     quiet_bad_requests()  # a malformed request logs one line, not a traceback
     app = create_app(settings, poll=poll, store=store, speaks=speaks)
-    web.run_app(
+    front.serve(
         app,
         host=settings.listen_host,
         port=settings.listen_port,
-        print=lambda msg: print_fn(msg) if msg else None,
-        reuse_port=reuse_port or None,
-        loop=new_event_loop(),
-        **accesslog.runner_kwargs(settings),
+        reuse_port=reuse_port,
+        loop_factory=new_event_loop,
+        print_fn=lambda msg: print_fn(msg) if msg else None,
+        runner_kwargs=accesslog.runner_kwargs(settings),
     )

@@ -33,6 +33,7 @@ import inspect
 import os
 import platform
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from importlib import metadata
 from typing import Any, cast
@@ -129,6 +130,36 @@ def multiprocess_dir() -> str | None:
     metric values live in files, from the same variable.
     """
     return os.environ.get(MULTIPROC_ENV) or None
+
+
+class _Observed:
+    """A histogram's observations since the last `fold`: counts per bucket and their sum."""
+
+    __slots__ = ("_bounds", "_child", "_counts", "_sum")
+
+    def __init__(self, child: Histogram) -> None:
+        self._child = child
+        self._bounds: tuple[float, ...] = tuple(child._upper_bounds)  # +Inf last, as observed
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+
+    def observe(self, value: float) -> None:
+        # The first bucket whose upper bound is >= value, as Histogram.observe picks it.
+        self._counts[bisect_left(self._bounds, value)] += 1
+        self._sum += value
+
+    def fold(self) -> None:
+        counts, self._counts = self._counts, [0] * len(self._bounds)
+        total, self._sum = self._sum, 0.0
+        if not any(counts):
+            return
+        # prometheus-client offers no way to add n observations at once; its buckets and
+        # sum are values with `inc`, in memory or in the multiprocess files alike.
+        buckets = self._child._buckets
+        for i, n in enumerate(counts):
+            if n:
+                buckets[i].inc(n)
+        self._child._sum.inc(total)
 
 
 class Metrics:
@@ -250,9 +281,12 @@ class Metrics:
         self._master = self.redirects.labels(OUTCOME_MASTER, "")
         self._refused = {r: self.refusals.labels(r) for r in (REFUSED_PATH, REFUSED_METHOD)}
         self._checks = {o: self.file_checks.labels(o) for o in CHECK_OUTCOMES}
-        # (handler, status class) -> (histogram child, counter child): labels() costs a lock
-        # and a dict lookup per call; the children are kept once made.
-        self._by_handler: dict[tuple[str, str], tuple[Any, Counter]] = {}
+        # (handler, status class) -> (durations, counter child): labels() costs a lock and a
+        # dict lookup per call; the children are kept once made.
+        self._by_handler: dict[tuple[str, int], tuple[_Observed, Counter]] = {}
+        self._durations: dict[str, _Observed] = {}
+        self._counts: dict[Counter, int] = {}  # counted, not folded yet (see `fold`)
+        self._decision = _Observed(self.decision_seconds)
         self._by_mirror: dict[str, Counter] = {}
         for name in mirrors:
             self._mirror_counter(name)
@@ -267,19 +301,23 @@ class Metrics:
             child = self._by_mirror[name] = self.redirects.labels(OUTCOME_MIRROR, name)
         return child
 
-    # --- recording (hot path: no allocation beyond prometheus-client's own) ---
+    # --- recording ---
+    # The per-request series (redirects, file checks, requests and their durations) are
+    # counted in plain dicts and lists here, and folded into prometheus-client's values by
+    # `fold`: before every scrape, and every second (other workers' scrapes read the files).
+    # A lock and a file write per request and series cost more than the redirect itself.
 
     def redirected(self, mirror: str | None, seconds: float, *, https: bool = False) -> None:
         """One 302: to `mirror`, or to the master when None; `seconds` the decision took.
         `https`: the request came over https, counted apart too, to show where those go."""
         self.changes += 1
-        self.decision_seconds.observe(seconds)
-        if mirror is None:
-            self._master.inc()
-        else:
-            self._mirror_counter(mirror).inc()
+        self._decision.observe(seconds)
+        child = self._master if mirror is None else self._mirror_counter(mirror)
+        counts = self._counts
+        counts[child] = counts.get(child, 0) + 1
         if https:
-            self.https_redirects.labels(mirror or "").inc()
+            child = self.https_redirects.labels(mirror or "")
+            counts[child] = counts.get(child, 0) + 1
 
     def list_answered(
         self, kind: str, repo: str, version: str, mirrors: Sequence[str], status: int
@@ -302,21 +340,39 @@ class Metrics:
     def checked(self, outcome: str) -> None:
         """One redirect that went through the file check; `outcome` one of CHECK_OUTCOMES."""
         self.changes += 1
-        self._checks[outcome].inc()
+        child = self._checks[outcome]
+        counts = self._counts
+        counts[child] = counts.get(child, 0) + 1
 
     def answered(self, path: str, status: int, seconds: float) -> None:
         """One whole request: its path (for the handler label), status and duration."""
         # No `changes` bump: every request lands here, views included, and a scrape may show
         # these a second late rather than re-render the counters for every request.
-        key = (handler_of(path), f"{status // 100}xx")
+        key = (handler_of(path), status // 100)
         children = self._by_handler.get(key)
         if children is None:
+            handler = key[0]
             children = self._by_handler[key] = (
-                self.request_seconds.labels(key[0]),
-                self.requests.labels(*key),
+                self._durations.get(handler)
+                or self._durations.setdefault(
+                    handler, _Observed(self.request_seconds.labels(handler))
+                ),
+                self.requests.labels(handler, f"{status // 100}xx"),
             )
         children[0].observe(seconds)
-        children[1].inc()
+        counts = self._counts
+        child = children[1]
+        counts[child] = counts.get(child, 0) + 1
+
+    def fold(self) -> None:
+        """Add what was counted since the last fold to prometheus-client's values. In the
+        event loop's thread: the counting happens there."""
+        counts, self._counts = self._counts, {}
+        for child, n in counts.items():
+            child.inc(n)
+        self._decision.fold()
+        for observed in self._durations.values():
+            observed.fold()
 
     def list_client(self, kind: str, user_agent: str | None) -> None:
         """One mirror list (`kind` "mirrorlist") or metalink ("metalink") served, by client."""
@@ -382,6 +438,7 @@ class Metrics:
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """The scrape body and its content type (text format, or OpenMetrics when asked)."""
+        self.fold()
         events, content_type = self.render_events(accept)
         return join_scrape(events, self.render_state(content_type), content_type), content_type
 
@@ -396,7 +453,8 @@ class Metrics:
 
     def render_events(self, accept: str | None) -> tuple[bytes, str]:
         """The counters and histograms alone, and the content type `accept` chooses (a
-        content type from `content_type` chooses itself). Safe in another thread."""
+        content type from `content_type` chooses itself). Safe in another thread; what was
+        counted since the last `fold` is not in it."""
         registry = self.registry
         if registry is None:
             registry = CollectorRegistry()

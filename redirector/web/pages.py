@@ -40,7 +40,6 @@ from redirector.views import https as https_view
 from redirector.views.status import Section
 from redirector.views.synctree import render_html
 from redirector.web import keys
-from redirector.web.link import sent_to
 from redirector.web.metrics import (
     REFUSED_PATH,
     SILENT_INTERVALS,
@@ -55,6 +54,7 @@ log = logging.getLogger(__name__)
 
 FLUSHER = "stats flusher"  # the supervised task name, as /health shows it
 POLLER_WATCH = "poller watch"  # logs once when the poller goes quiet
+FOLDER = "metrics fold"  # adds the counts of the hot path to prometheus-client's values
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -107,6 +107,7 @@ async def stats_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     tasks = app[keys.TASKS]
     tasks.start(FLUSHER, lambda: flush_forever(tally, store))
+    tasks.start(FOLDER, lambda: fold_forever(app[keys.METRICS]))
     speaks = app.get(keys.SPEAKS, True)
     if speaks:
         tasks.start(POLLER_WATCH, lambda: watch_poller(app))
@@ -114,6 +115,7 @@ async def stats_ctx(app: web.Application) -> AsyncIterator[None]:
     if speaks:
         await tasks.stop(POLLER_WATCH)
     await tasks.stop(FLUSHER)
+    await tasks.stop(FOLDER)
     try:
         await flush(tally, store, time.time())
     except StoreError as e:
@@ -144,6 +146,14 @@ async def timed(request: web.Request, handler: Handler) -> web.StreamResponse:
                 metrics.list_client(kind, request.headers.get("User-Agent"))
 
 
+async def fold_forever(metrics: Metrics, every: float = 1.0) -> None:
+    """`Metrics.fold` every second: in multiprocess mode a scrape answered by another worker
+    reads this one's counts from its files, so they must not wait for this one's scrape."""
+    while True:
+        await asyncio.sleep(every)
+        metrics.fold()
+
+
 async def watch_poller(app: web.Application, every: float = 1.0) -> None:
     """Log once when no poller pass has come for 3 intervals, and once when passes resume:
     the web side's word in the journal that the poller went quiet (it keeps serving)."""
@@ -164,48 +174,6 @@ async def watch_poller(app: web.Application, every: float = 1.0) -> None:
         elif silent and not now_silent:
             log.info("poller passes again")
         silent = now_silent
-
-
-def check_outcome(routed: Routed, rank: int | None, checked: bool, heads: int) -> str | None:
-    """Where the never-a-404 check sent a client (metrics.CHECK_OUTCOMES), None when the
-    request was not checked. `rank`: the ranked mirror sent to (None: the master); `heads`:
-    HEADs this request waited for."""
-    if not checked:
-        return None
-    if rank is None:
-        return "master"
-    if rank > 0:
-        return "next_mirror"
-    return "head" if heads else "cached"
-
-
-def record(
-    request: web.Request,
-    routed: Routed,
-    seconds: float,
-    target: str,
-    *,
-    checked: bool = False,
-    heads: int = 0,
-) -> None:
-    """Count one redirect to `target` for /metrics and, for a GET, the download statistics.
-
-    `checked`: the file check looked at this request; `heads`: how many HEADs it waited for."""
-    rank = sent_to(routed, target)
-    if rank is None:
-        name = None
-    elif rank == 0 and routed.chosen is not None:
-        name = routed.chosen.mirror.name
-    else:
-        name = routed.top(rank + 1)[rank].mirror.name
-    app = request.app
-    app[keys.METRICS].redirected(name, seconds, https=routed.client.scheme == "https")
-    outcome = check_outcome(routed, rank, checked, heads)
-    if outcome is not None:
-        app[keys.METRICS].checked(outcome)
-    if request.method == "GET":
-        loc = routed.location
-        app[keys.TALLY].count(name, None if loc is None else loc.country, routed.path)
 
 
 def refused(request: web.Request, reason: str = REFUSED_PATH) -> None:
@@ -508,6 +476,7 @@ async def metrics(request: web.Request) -> web.Response:
     state gauges as rendered for the current state; both in the views' thread."""
     app = request.app
     m, holder, views = app[keys.METRICS], app[keys.HOLDER], app[keys.VIEWS]
+    m.fold()  # here, in the loop's thread, where the counting happens
     content_type = m.content_type(request.headers.get("Accept"))
 
     async def make_events() -> bytes:

@@ -20,6 +20,7 @@ from redirector.config.settings import ConfigError, load_settings, parse_setting
 from redirector.web import accesslog, keys
 from redirector.web.accesslog import AccessEntry, format_json, format_text
 from redirector.web.app import create_app
+from redirector.web.front import FrontSite
 from tests.farm import Farm, error_500
 from tests.support.world import FRONT, NL_CLIENT, city_db, fresh_store, mirror_url, replace_file
 
@@ -114,9 +115,12 @@ def access_log_closed() -> Iterator[None]:
     accesslog.close()
 
 
-@pytest.fixture
-async def served(tmp_path: Path, access_log_closed: None) -> AsyncIterator[tuple[str, Path, Path]]:
-    """The app behind a real AppRunner with the access log of `redirector serve`, to a file."""
+@pytest.fixture(params=["front", "aiohttp"])
+async def served(
+    request: pytest.FixtureRequest, tmp_path: Path, access_log_closed: None
+) -> AsyncIterator[tuple[str, Path, Path]]:
+    """The app behind a real AppRunner with the access log of `redirector serve`, to a file;
+    on the fast path's site as `serve` runs it, and on aiohttp's own: the same lines."""
     db = city_db(tmp_path / "city.mmdb")
     cfg = tmp_path / "mirrors.toml"
     log = tmp_path / "access.log"
@@ -127,11 +131,16 @@ async def served(tmp_path: Path, access_log_closed: None) -> AsyncIterator[tuple
     app = create_app(settings, poll=False, store=await fresh_store(["nl", "us"]))
     runner = web.AppRunner(app, **accesslog.runner_kwargs(settings))
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    server = site._server  # aiohttp exposes the bound port only through the server
-    assert isinstance(server, asyncio.Server)
-    port = server.sockets[0].getsockname()[1]
+    if request.param == "front":
+        fast = FrontSite(runner, "127.0.0.1", 0)
+        await fast.start()
+        port = fast.port
+    else:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server  # aiohttp exposes the bound port only through the server
+        assert isinstance(server, asyncio.Server)
+        port = server.sockets[0].getsockname()[1]
     try:
         yield f"http://127.0.0.1:{port}", cfg, log
     finally:
