@@ -58,6 +58,11 @@ def _paths(count: int = 2000, seed: int = SEED) -> tuple[str, ...]:
 PATHS = _paths()
 
 
+def tree_paths(count: int) -> tuple[str, ...]:
+    """`count` paths as `PATHS` are made (the first 2,000 of them are not `PATHS` itself)."""
+    return PATHS if count == len(PATHS) else _paths(count)
+
+
 def places(count: int = 1000, seed: int = SEED) -> list[tuple[float, float]]:
     """Random (latitude, longitude) pairs where people live, roughly: 45 S to 65 N."""
     rng = random.Random(seed)

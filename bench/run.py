@@ -403,7 +403,8 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, {cpu}, load {load[0]:.2f} at start"
 
 
-CONTENDERS = ("nginx", "aiohttp-bare", "redirector")
+CONTENDERS = ("nginx", "aiohttp-bare", "redirector", "redirector-scale")
+SCALE = (1000, 100_000, 10_000)  # redirector-scale: mirrors, client networks, paths
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -419,6 +420,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("-c", "--connections", type=int, default=64)
     p.add_argument("-t", "--threads", type=int, default=1)
     p.add_argument("--only", default=",".join(CONTENDERS), help="comma-separated contenders")
+    p.add_argument("--mirrors", type=int, default=8, help="synthetic mirrors (default 8)")
     p.add_argument("--no-decision", action="store_true", help="skip bench/decision.py")
     p.add_argument(
         "--big-geoip",
@@ -432,12 +434,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def contender(name: str, workdir: Path, workers: int, db: Path) -> Server:
+def contender(name: str, workdir: Path, args: argparse.Namespace, db: Path) -> Server:
     if name == "nginx":
-        return Nginx(workdir, workers)
+        return Nginx(workdir, args.workers)
     if name == "aiohttp-bare":
-        return BareAiohttp(workdir, workers)
-    return Redirector(workdir, workers, db)
+        return BareAiohttp(workdir, args.workers)
+    if name == "redirector-scale":
+        r = Redirector(workdir, args.workers, db, synthetic=SCALE[0])
+        r.name = name
+        return r
+    return Redirector(workdir, args.workers, db, synthetic=args.mirrors)
 
 
 def report(args: argparse.Namespace, results: dict[str, list[Result]], stamp: str) -> None:
@@ -445,10 +451,10 @@ def report(args: argparse.Namespace, results: dict[str, list[Result]], stamp: st
     print()
     print(f"medians of {args.runs} round(s), {args.duration} each, wrk -t{args.threads} "
           f"-c{args.connections}, {args.workers} workers")  # fmt: skip
-    print(f"{'server':14}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'CPU us/req':>12}"
+    print(f"{'server':17}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'CPU us/req':>12}"
           f"{'RSS MB':>9}{'PSS MB':>9}{'errors':>8}")  # fmt: skip
     for name, m in med.items():
-        print(f"{name:14}{m['rps']:10.0f}{m['p50_ms']:9.2f}{m['p99_ms']:9.2f}{m['cpu_us']:12.1f}"
+        print(f"{name:17}{m['rps']:10.0f}{m['p50_ms']:9.2f}{m['p99_ms']:9.2f}{m['cpu_us']:12.1f}"
               f"{m['rss_mb']:9.1f}{m['pss_mb']:9.1f}{m['errors']:8.0f}")  # fmt: skip
     ratios = {}
     if "redirector" in med:
@@ -459,6 +465,14 @@ def report(args: argparse.Namespace, results: dict[str, list[Result]], stamp: st
                 ratios[f"redirector/{base}"] = rps
                 ratios[f"redirector/{base} by CPU per request"] = cpu
                 print(f"redirector/{base}: {rps:.2f} by req/s, {cpu:.2f} by CPU per request")
+    if "redirector" in med and "redirector-scale" in med and med["redirector"]["rps"]:
+        kept = med["redirector-scale"]["rps"] / med["redirector"]["rps"]
+        ratios["redirector-scale/redirector"] = kept
+        m, n, k = SCALE
+        print(
+            f"redirector-scale/redirector: {kept:.2f} by req/s ({m:,} mirrors, {n:,} client "
+            f"networks, {k:,} paths against {args.mirrors} mirrors)"
+        )
     doc = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": machine(),
@@ -486,12 +500,18 @@ def main(argv: list[str] | None = None) -> int:
     lua = workdir / "xff.lua"
     lua.write_text(common.lua_script(world.clients))
     wanted = args.only.split(",")
+    worlds = dict.fromkeys(wanted, (world, lua))
+    if "redirector-scale" in wanted:
+        _, networks, paths = SCALE
+        big = common.build_world(OUT, clients=networks)
+        scale_lua = workdir / "xff-scale.lua"
+        scale_lua.write_text(common.lua_script(big.clients, common.tree_paths(paths)))
+        worlds["redirector-scale"] = (big, scale_lua)
     results: dict[str, list[Result]] = {name: [] for name in wanted}
     for round_ in range(args.runs):
         for name in wanted:
-            r = measure(
-                contender(name, workdir, args.workers, world.db), lua, world.clients[0], args
-            )
+            w, script = worlds[name]
+            r = measure(contender(name, workdir, args, w.db), script, w.clients[0], args)
             results[name].append(r)
             print(
                 f"round {round_ + 1}/{args.runs} {name:13} {r.rps:10.0f} req/s  "

@@ -137,7 +137,7 @@ class _Cell:
     candidate order with seeds and weights); `head` the first of the rest by distance.
     """
 
-    __slots__ = ("_rest", "_scheme", "groups", "head", "orders", "rest_count", "single")
+    __slots__ = ("_from", "_scheme", "groups", "head", "orders", "rest_count", "single")
 
     def __init__(
         self,
@@ -150,7 +150,10 @@ class _Cell:
     ) -> None:
         lay = layout(eligible, scheme, location, whom, policy, seeds)
         self._scheme = scheme
-        self._rest = lay.rest
+        # What the layout was made from, not the rest itself: beyond the head, the rest is
+        # only read by explain views and deep file checks, and held in every cell it was
+        # most of the router's memory (a mirror and a distance per mirror per location).
+        self._from = (eligible, location, whom, policy, seeds)
         self.groups = lay.groups
         # Only as many Ranked values as Link headers ask for are made up front.
         self.head: tuple[Ranked, ...] = tuple(
@@ -188,7 +191,9 @@ class _Cell:
         if self.rest_count <= len(self.head):
             return order + self.head
         scheme = self._scheme
-        more = tuple(Ranked(m, base_for(m, scheme), d, False) for m, d in self._rest[HEAD:])
+        eligible, location, whom, policy, seeds = self._from
+        rest = layout(eligible, scheme, location, whom, policy, seeds).rest
+        more = tuple(Ranked(m, base_for(m, scheme), d, False) for m, d in rest[HEAD:])
         return order + self.head + more
 
 

@@ -41,7 +41,8 @@ MAX_FIELD = 1024  # a path or user agent longer than this is cut: a log line is 
 MAX_RANKED = 16  # how far down the ranking a target moved on by the per-file check is looked for
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, as router.Routed: one is made per request. Treat it as immutable all the same.
+@dataclass(slots=True)
 class AccessEntry:
     """What one request's log line says."""
 

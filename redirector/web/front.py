@@ -39,7 +39,7 @@ from redirector.core.topology import ACCEL_HEADER
 from redirector.poll.filecheck import heads_waited, start_request
 from redirector.router import Routed
 from redirector.web import accesslog, download, keys
-from redirector.web.redirect import Answer, Redirects
+from redirector.web.redirect import REDIRECTS, Answer, Redirects
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ class Front:
     def __init__(self, app: web.Application, server: web.Server) -> None:
         self.app = app
         self.server = server
-        self.redirects: Redirects = app[keys.REDIRECTS]
+        self.redirects: Redirects = app[REDIRECTS]
         self.live = app[keys.LIVE]
         self.metrics = app[keys.METRICS]
         self.connections: set[FrontProtocol] = set()

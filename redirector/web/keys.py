@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -26,9 +25,6 @@ from redirector.supervise import Tasks
 from redirector.views.status import SectionProvider
 from redirector.web.metrics import Metrics
 from redirector.web.viewcache import Views
-
-if TYPE_CHECKING:  # redirect.py imports this module
-    from redirector.web.redirect import Redirects
 
 # The startup settings; the ones in force now, replaced by each reload, are LIVE's `current`.
 SETTINGS = web.AppKey("settings", Settings)
@@ -69,8 +65,8 @@ STATS_READER = web.AppKey("stats_reader", StatsReader)
 HISTORY_READER = web.AppKey("history_reader", HistoryReader)
 STATUS_SECTIONS = web.AppKey[list[SectionProvider]]("status_sections")
 VIEWS = web.AppKey("views", Views)  # the views rendered once per state (viewcache.py)
-# What a redirect consults, looked up once after startup (redirect.Redirects.of).
-REDIRECTS: web.AppKey[Redirects] = web.AppKey("redirects")
+# What a redirect consults, looked up once after startup, is redirect.REDIRECTS: declared
+# beside its class, which imports this module.
 
 # Per request: what the redirect handler decided and how long the decision took, for the
 # access log (accesslog.py).

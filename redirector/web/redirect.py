@@ -156,6 +156,9 @@ class Redirects:
             self.tally.count(name, None if loc is None else loc.country, routed.path)
 
 
+REDIRECTS = web.AppKey("redirects", Redirects)  # set by `redirects_ctx`
+
+
 def check_outcome(routed: Routed, rank: int | None, checked: bool, heads: int) -> str | None:
     """Where the never-a-404 check sent a client (metrics.CHECK_OUTCOMES), None when the
     request was not checked. `rank`: the ranked mirror sent to (None: the master); `heads`:
@@ -177,7 +180,7 @@ async def redirect(request: web.Request) -> web.StreamResponse:
             status=405, text="405 Method Not Allowed\n", headers={"Allow": "GET, HEAD"}
         )
     raw_path, query = split_target(request.raw_path)
-    r = request.app[keys.REDIRECTS]
+    r = request.app[REDIRECTS]
     path = r.router.tree_path(raw_path)  # paths.tree_path, remembered for popular files
     if path is None:
         raise web.HTTPNotFound(text="404 Not Found\n")
@@ -325,7 +328,7 @@ def _config_health(reloader: Reloader | None) -> dict[str, object]:
 async def redirects_ctx(app: web.Application) -> AsyncIterator[None]:
     """keys.REDIRECTS, once the router, facts, checker and metrics exist (a context after
     theirs)."""
-    app[keys.REDIRECTS] = Redirects(app)
+    app[REDIRECTS] = Redirects(app)
     yield
 
 
