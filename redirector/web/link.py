@@ -39,9 +39,10 @@ def link_header(routed: Routed, target: str | None = None) -> str | None:
     ranked = routed.top(start + LINK_LIMIT + 1)  # cheap: not the whole decision
     parts: list[str] = []
     size = len("Link: ")
+    path = routed.path
     for pri, r in enumerate(ranked[start + 1 :], start=1):
-        entry = f"<{r.base}{routed.path}>; rel=duplicate; pri={pri}; geo={r.mirror.country.lower()}"
-        add = len(entry.encode()) + (2 if parts else 0)
+        entry = f"<{r.base}{path}>; rel=duplicate; pri={pri}; geo={r.mirror.country.lower()}"
+        add = (len(entry) if entry.isascii() else len(entry.encode())) + (2 if parts else 0)
         if size + add >= LINK_MAX_BYTES:
             break
         parts.append(entry)
