@@ -115,6 +115,11 @@ class GeoFile:
         return f"{self.path} ({self.kind}, {self.database_type}{only}, built {built} UTC)"
 
 
+# Answers kept per address. The router keeps each client it resolved, location included, so
+# this cache serves the rest (mirror lists, explain pages) and stays small.
+CACHE_SIZE = 1024
+
+
 class GeoReader:
     """The open GeoIP files, memory-mapped, with an LRU cache of answers per address.
 
@@ -143,7 +148,7 @@ class GeoReader:
         )
 
     @classmethod
-    def open(cls, path: str | Path, *, cache_size: int = 65536) -> GeoReader:
+    def open(cls, path: str | Path, *, cache_size: int = CACHE_SIZE) -> GeoReader:
         """Open and memory-map the city database at `path` and recognise its schema.
 
         The schema is decided by the records, not the vendor: open() reads up to the first
@@ -162,7 +167,7 @@ class GeoReader:
         return cls([_open_file(Path(path), asn=False)], cache_size=cache_size)
 
     @classmethod
-    def open_all(cls, paths: Iterable[str | Path], *, cache_size: int = 65536) -> GeoReader:
+    def open_all(cls, paths: Iterable[str | Path], *, cache_size: int = CACHE_SIZE) -> GeoReader:
         """Open every file in `paths`: city files as `open` reads them, and ASN files (a record
         with `autonomous_system_number`: GeoLite2-ASN, ip-location-db's asn files).
 
@@ -425,6 +430,26 @@ def _detect_kind(
     )
 
 
+_PLACES: dict[tuple[str | None, str | None, float, float], Location] = {}
+PLACES = 65536  # distinct locations kept: a GeoLite2-City file has fewer than that in use
+
+
+def place(
+    country: str | None, continent: str | None, latitude: float, longitude: float
+) -> Location:
+    """The one Location for these values: clients far outnumber the places they are at, and
+    every cached client (here and in the router) holds its location."""
+    key = (country, continent, latitude, longitude)
+    found = _PLACES.get(key)
+    if found is None:
+        if len(_PLACES) >= PLACES:
+            _PLACES.clear()
+        found = _PLACES[key] = Location(
+            country=country, continent=continent, latitude=latitude, longitude=longitude
+        )
+    return found
+
+
 def _maxmind_lookup(reader: geoip2.database.Reader) -> _Lookup:
     def lookup(address: _Address) -> Location | None:
         try:
@@ -436,12 +461,7 @@ def _maxmind_lookup(reader: geoip2.database.Reader) -> _Lookup:
         if latitude is None or longitude is None:
             return None
         country = city.country.iso_code
-        return Location(
-            country=country,
-            continent=city.continent.code or _continent_of(country),
-            latitude=latitude,
-            longitude=longitude,
-        )
+        return place(country, city.continent.code or _continent_of(country), latitude, longitude)
 
     return lookup
 
@@ -470,12 +490,7 @@ def _flat_lookup(reader: maxminddb.Reader) -> _Lookup:
             return None
         country = _code(record.get("country_code"))
         continent = _code(record.get("continent_code")) or _code(record.get("continent"))
-        return Location(
-            country=country,
-            continent=continent or _continent_of(country),
-            latitude=latitude,
-            longitude=longitude,
-        )
+        return place(country, continent or _continent_of(country), latitude, longitude)
 
     return lookup
 

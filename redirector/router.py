@@ -363,6 +363,7 @@ class Router:
         self._rules = _Rules((), False, False)
         self._no_rules = True  # no mirror has rules about clients: every client is _NOBODY
         self._nets: dict[tuple[object, int | None], tuple[tuple[str, str], ...]] = {}
+        self._cell_keys: dict[tuple[float, float, str | None], tuple[float, float, str | None]] = {}
 
     def swap_geo(self, geo: GeoReader | None) -> None:
         """Use another GeoIP reader (None: location-blind) from the next request on."""
@@ -462,11 +463,21 @@ class Router:
         return _Who(
             client=client,
             location=loc,
-            cell=None if loc is None else (loc.latitude, loc.longitude, loc.country),
+            cell=None if loc is None else self._cell_key(loc),
             seed=client_seed(network_key(ip)),
             ipv6=ip is not None and ip.version == 6,
             asn=self.asn(client),
         )
+
+    def _cell_key(self, loc: Location) -> tuple[float, float, str | None]:
+        """The cell key of `loc`, one tuple per place however many clients are there."""
+        key = (loc.latitude, loc.longitude, loc.country)
+        found = self._cell_keys.get(key)
+        if found is None:
+            if len(self._cell_keys) >= WHO_CACHE:
+                self._cell_keys = {}
+            found = self._cell_keys[key] = key
+        return found
 
     def _whom(self, who: _Who) -> Whom:
         """The client as the mirrors' rules see it, reduced to what they look at.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -15,6 +15,12 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 class Client:
     ip: IPAddress | None  # None when the peer is not an IP socket (unix socket) or unreadable
     scheme: str  # "http" or "https"
+    # `str(ip)`, made once per client resolved rather than once per log line; "" when unknown.
+    text: str = field(default="", compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.ip is not None and not self.text:
+            object.__setattr__(self, "text", str(self.ip))
 
 
 def parse_ip(text: str) -> IPAddress | None:

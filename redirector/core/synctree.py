@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import posixpath
 import re
-import statistics
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -146,9 +145,9 @@ class SyncTree:
                 TierSummary(
                     t,
                     len(nodes),
-                    statistics.median(lags) if lags else None,
+                    _median(lags) if lags else None,
                     max(lags) if lags else None,
-                    statistics.median(added) if added else None,
+                    _median(added) if added else None,
                 )
             )
         return out
@@ -322,3 +321,11 @@ def build_tree(
         order.append(k)
         stack.extend(reversed(nodes[k].children))
     return SyncTree(nodes, tuple(order))
+
+
+def _median(values: list[float]) -> float:
+    """`statistics.median`, without importing `statistics` (and `decimal`, `fractions`) into
+    every worker for one summary line."""
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2

@@ -80,21 +80,6 @@ def _clean(value: str) -> str:
     return "".join(out)
 
 
-_IP_TEXTS: dict[object, str] = {}  # str() of an address is slow and clients come back
-
-
-def ip_text(ip: object | None) -> str | None:
-    """An address as text, remembered for the clients seen last."""
-    if ip is None:
-        return None
-    text = _IP_TEXTS.get(ip)
-    if text is None:
-        if len(_IP_TEXTS) >= 65536:
-            _IP_TEXTS.clear()
-        text = _IP_TEXTS[ip] = str(ip)
-    return text
-
-
 def _us(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1e6:.0f}us"
 
@@ -169,7 +154,7 @@ def entry_for(
     country: str | None = None
     mirror: str | None = None
     if routed is not None:
-        client_ip = ip_text(routed.client.ip)
+        client_ip = routed.client.text or None
         scheme = routed.client.scheme
         country = routed.location.country if routed.location is not None else None
         mirror = mirror_of(routed, target)

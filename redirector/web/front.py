@@ -274,7 +274,7 @@ class Front:
             sent = target if ACCEL_HEADER not in answer.headers else None
             entry = accesslog.AccessEntry(
                 time=now,
-                client=accesslog.ip_text(routed.client.ip),
+                client=routed.client.text or None,
                 country=None if loc is None else loc.country,
                 scheme=routed.client.scheme,
                 host=req.host,

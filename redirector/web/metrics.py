@@ -35,7 +35,6 @@ import platform
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from importlib import metadata
 from typing import Any, cast
 
 from prometheus_client import (
@@ -55,6 +54,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from redirector import __version__
 from redirector.core.condition import Condition, assess
 from redirector.core.models import RepodataState, Status
 from redirector.geo import GeoReader
@@ -90,10 +90,7 @@ CHECK_OUTCOMES = ("cached", "head", "next_mirror", "master")
 # A poller pass older than this many intervals: the poller went quiet.
 SILENT_INTERVALS = 3
 
-try:
-    VERSION = metadata.version("redirector")
-except metadata.PackageNotFoundError:  # run from a source tree that was never installed
-    VERSION = "unknown"
+VERSION = __version__  # not importlib.metadata: it costs each worker 0.7 MB to import
 
 
 def handler_of(path: str) -> str:
