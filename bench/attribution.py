@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-c", "--connections", type=int, default=64)
     args = p.parse_args(argv)
     args.threads = 1
+    args.warmup = args.scale_warmup = "3s"  # every client network once: caches as in service
     run.ensure_tools()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     workdir = OUT / f"attribution-{stamp}"

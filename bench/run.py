@@ -10,16 +10,18 @@ database): `pip install -e '.[test,speed]'`.
 
 Each round starts, in turn: (a) nginx answering every request with a 302 (the ceiling for a
 302 on this machine), (b) an aiohttp handler that only raises a 302, one process per worker
-with SO_REUSEPORT (the framework's ceiling), (c) `redirector serve --workers N` with 200
+with SO_REUSEPORT (the framework's ceiling), (c) `redirector serve --workers N` with 8
 synthetic mirrors (`--mirrors`), all marked fresh in its file store, a GeoIP database of 10,000
 networks built here, loopback trusted as a proxy, and every feature on as shipped: metrics,
 download statistics, the Link header, the per-file check (its HEADs go to a loopback nginx
-standing in for every mirror) and the text access log (to the bench's log file). Each is warmed
-up for a second, then loaded by wrk (one thread, 64 connections by default) with a Lua script
-that sends each request with the next of 10,000 public client addresses in X-Forwarded-For
-and the next of 2,000 paths. Printed: req/s, p50 and p99 latency, server CPU per request, RSS,
-PSS and private memory per worker, and the ratios redirector/bare aiohttp and
-redirector/nginx; medians over the rounds. Results also go to bench/out/results-*.json.
+standing in for every mirror) and the text access log (to the bench's log file); (d) the same
+at scale (`redirector-scale`): 1,000 mirrors, 100,000 client networks, 10,000 paths. Each is
+warmed up (3 s; 20 s for the scale run's 100,000 clients), then loaded by wrk (one thread, 64
+connections by default) with a Lua script that sends each request with the next of the client
+addresses in X-Forwarded-For and the next of the paths (10,000 and 2,000 but at scale).
+Printed: req/s, p50 and p99 latency, server CPU per request, RSS, PSS and private memory per
+worker, and the ratios redirector/bare aiohttp, redirector/nginx and scale/redirector; medians
+over the rounds. Results also go to bench/out/results-*.json.
 
 Everything listens on 127.0.0.1 only; nothing leaves the machine.
 """
@@ -364,7 +366,10 @@ def run_wrk(
 def measure(server: Server, lua: Path, client: str, args: argparse.Namespace) -> Result:
     with server.running():
         server.check(client)
-        run_wrk(server.port, lua, "1s", args.connections, args.threads)  # warm-up: caches fill
+        # Warm-up: long enough for every client network to come once and fill the caches, as
+        # on a server that has run a while (the bare handler has none to fill).
+        warm = args.scale_warmup if server.name == "redirector-scale" else args.warmup
+        run_wrk(server.port, lua, warm, args.connections, args.threads)
         pids = server.worker_pids()
         cpu = sum(cpu_seconds(pid) for pid in pids)
         requests, seconds, p50, p99, errors = run_wrk(
@@ -421,6 +426,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("-t", "--threads", type=int, default=1)
     p.add_argument("--only", default=",".join(CONTENDERS), help="comma-separated contenders")
     p.add_argument("--mirrors", type=int, default=8, help="synthetic mirrors (default 8)")
+    p.add_argument("--warmup", default="3s", help="wrk warm-up per server (default 3s)")
+    p.add_argument("--scale-warmup", default="20s", help="the same for redirector-scale")
     p.add_argument("--no-decision", action="store_true", help="skip bench/decision.py")
     p.add_argument(
         "--big-geoip",

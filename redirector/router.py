@@ -66,12 +66,12 @@ from redirector.geo import GeoReader
 from redirector.snapshot import Snapshot, SnapshotHolder
 
 # Cache bounds. A full cache is emptied, not trimmed: see the module docstring.
-WHO_CACHE = 32768  # distinct (peer, forwarded headers, scheme) tuples
+WHO_CACHE = 131072  # distinct (peer, forwarded headers, scheme) tuples: about 0.5 kB each
 WHO_KEY_MAX = 160  # longer X-Forwarded-For values (long proxy chains, junk) are not cached
 PATH_CACHE = 16384  # request paths -> path class, and raw paths -> checked tree paths
 PATH_KEY_MAX = 256
 CELL_CACHE = 4096  # locations per eligibility entry
-ORDER_CACHE = 65536  # tier orders kept per client network, over all cells
+ORDER_CACHE = 131072  # tier orders kept per client network, over all cells
 ELIGIBILITY_CACHE = 1024  # (path class, scheme, IPv6) entries
 HEAD = 8  # ranked mirrors after the tier kept per cell, for Link headers; more are rebuilt
 

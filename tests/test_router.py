@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import replace
 
 import pytest
@@ -14,11 +15,21 @@ from redirector.config.settings import Settings
 from redirector.core.clientip import Client, network_key, parse_ip
 from redirector.core.models import Mirror, MirrorState, Status
 from redirector.core.paths import BadPath
-from redirector.core.selection import Candidate, Policy, Reason, Request, check, name_seed, select
+from redirector.core.selection import (
+    Candidate,
+    Policy,
+    Ranked,
+    Reason,
+    Request,
+    check,
+    name_seed,
+    select,
+)
 from redirector.geo import GeoReader
 from redirector.router import Router, valid_until
 from redirector.snapshot import Snapshot, SnapshotHolder
 from redirector.views.condition import reason_text
+from redirector.web.link import LINK_LIMIT, LINK_MAX_BYTES, link_header
 from tests.mmdb_build import CityRecord
 from tests.support.world import asn_db, city_db
 
@@ -224,8 +235,27 @@ def test_route_equals_select_across_states_paths_and_time(
             assert got.target == (chosen.base if chosen else settings.master) + path
             n = rng.choice((1, 2, 3, 6, 12, 50))
             assert got.top(n) == want.ranked[:n]
+            if chosen is not None:  # the Link header, kept per ranking, as built from scratch
+                assert link_header(got, got.target) == reference_link(want.ranked, path, 0)
+                if len(want.ranked) > 1:
+                    second = want.ranked[1].base + path
+                    assert link_header(got, second) == reference_link(want.ranked, path, 1)
             checked += 1
     assert checked == 4 * len(times)
+
+
+def reference_link(ranked: Sequence[Ranked], path: str, start: int) -> str | None:
+    """RFC 6249 entries after rank `start`, at most LINK_LIMIT, within LINK_MAX_BYTES."""
+    parts: list[str] = []
+    size = len("Link: ")
+    for pri, r in enumerate(ranked[start + 1 : start + 1 + LINK_LIMIT], start=1):
+        entry = f"<{r.base}{path}>; rel=duplicate; pri={pri}; geo={r.mirror.country.lower()}"
+        add = len(entry.encode()) + (2 if parts else 0)
+        if size + add >= LINK_MAX_BYTES:
+            break
+        parts.append(entry)
+        size += add
+    return ", ".join(parts) or None
 
 
 def test_route_takes_a_client_as_well(geo: GeoReader) -> None:

@@ -102,16 +102,17 @@ class Budget:
             return Refusal.MIRROR
         if self.inflight >= lim.total_inflight:
             return Refusal.TOTAL
-        if (
-            self._network(network, now).refill(
-                now, lim.network_per_minute / 60.0, lim.network_burst
-            )
-            < 1.0
-        ):
-            return Refusal.NETWORK
         total = self._total
         if total is not None and total.refill(now, lim.total_per_second, lim.total_burst) < 1.0:
             return Refusal.TOTAL
+        # A network not seen yet would start with a full bucket: nothing to make for it here,
+        # and no reordering of the remembered ones for a mere look.
+        bucket = self._networks.get(network)
+        if (
+            bucket is not None
+            and bucket.refill(now, lim.network_per_minute / 60.0, lim.network_burst) < 1.0
+        ):
+            return Refusal.NETWORK
         return None
 
     def release(self, mirror: str) -> None:

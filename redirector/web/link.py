@@ -36,15 +36,34 @@ def link_header(routed: Routed, target: str | None = None) -> str | None:
     start = 0 if target is None else sent_to(routed, target)
     if start is None:
         return None
-    ranked = routed.top(start + LINK_LIMIT + 1)  # cheap: not the whole decision
-    parts: list[str] = []
-    size = len("Link: ")
     path = routed.path
+    size, length = len("Link: "), len(path) if path.isascii() else len(path.encode())
+    parts: list[str] = []
+    ranked = routed.top(start + LINK_LIMIT + 1)  # cheap: not the whole decision
     for pri, r in enumerate(ranked[start + 1 :], start=1):
-        entry = f"<{r.base}{path}>; rel=duplicate; pri={pri}; geo={r.mirror.country.lower()}"
-        add = (len(entry) if entry.isascii() else len(entry.encode())) + (2 if parts else 0)
+        key = (r.base, r.mirror.country, pri)
+        entry = _ENTRIES.get(key)
+        if entry is None:
+            entry = _entry(key)
+        suffix, fixed = entry
+        add = fixed + length + (2 if parts else 0)
         if size + add >= LINK_MAX_BYTES:
             break
-        parts.append(entry)
+        parts.append(f"<{r.base}{path}{suffix}")
         size += add
     return ", ".join(parts) if parts else None
+
+
+# (base, country, pri) -> what surrounds the path in that entry, and its length in bytes:
+# made once per mirror and rank rather than once per redirect.
+_ENTRIES: dict[tuple[str, str, int], tuple[str, int]] = {}
+ENTRIES = 65536
+
+
+def _entry(key: tuple[str, str, int]) -> tuple[str, int]:
+    base, country, pri = key
+    suffix = f">; rel=duplicate; pri={pri}; geo={country.lower()}"
+    if len(_ENTRIES) >= ENTRIES:
+        _ENTRIES.clear()
+    found = _ENTRIES[key] = (suffix, len(f"<{base}{suffix}".encode()))
+    return found
