@@ -71,6 +71,28 @@ def test_nginx_config_is_valid(common: object, tmp_path: Path) -> None:
 
 
 @pytest.mark.system
+def test_every_feature_on_against_the_mirror_stub(common: object, tmp_path: Path) -> None:
+    """The bench's redirector as shipped: the file check and the access log on, and every
+    mirror on the loopback stub (no other host is ever named); the stub's nginx config valid."""
+    world = common.build_world(tmp_path, clients=20)  # type: ignore[attr-defined]
+    synthetic = common.synthetic_mirrors(8)  # type: ignore[attr-defined]
+    text = common.config_text("127.0.0.1:1", world.db, synthetic, stub=18081)  # type: ignore[attr-defined]
+    settings = parse_settings(text, "bench.toml")
+    assert len(settings.mirrors) == 8
+    assert settings.verify_files
+    assert settings.access_log == "text"
+    assert all(m.http.startswith("http://127.0.0.1:18081/") for m in settings.mirrors if m.http)
+    assert all(m.https is None for m in settings.mirrors)
+    conf = tmp_path / "stub.conf"
+    conf.write_text(common.mirror_stub_conf(tmp_path, 18081))  # type: ignore[attr-defined]
+    r = subprocess.run(
+        [tool("nginx"), "-t", "-c", str(conf), "-p", str(tmp_path)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.system
 async def test_lua_script_rotates_forwarded_for(common: object, tmp_path: Path) -> None:
     """One short wrk run (1 s, one connection) against a loopback server that records."""
     clients = ["192.0.2.1", "198.51.100.2", "2001:db8::3"]
