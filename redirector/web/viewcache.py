@@ -31,6 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from redirector.core.budget import Bucket
+
 log = logging.getLogger(__name__)
 
 MAX_AGE = 30.0  # seconds a rendering is served within one state before it is redone
@@ -74,21 +76,17 @@ def _same(a: Sequence[object], b: Sequence[object]) -> bool:
 
 
 class Throttle:
-    """A token bucket: `allow(now)` is True at most `burst` times at once, then `rate` a second."""
+    """A token bucket (`core.budget.Bucket`): `allow(now)` is True at most `burst` times at
+    once, then `rate` a second."""
 
     def __init__(self, burst: float = COUNTER_BURST, rate: float = COUNTER_RATE) -> None:
         self.burst, self.rate = burst, rate
-        self._tokens = burst
-        self._stamp: float | None = None
+        self._bucket: Bucket | None = None
 
     def allow(self, now: float) -> bool:
-        if self._stamp is not None and now > self._stamp:
-            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
-        self._stamp = now if self._stamp is None else max(now, self._stamp)
-        if self._tokens < 1.0:
-            return False
-        self._tokens -= 1.0
-        return True
+        if self._bucket is None:
+            self._bucket = Bucket(self.burst, now)
+        return self._bucket.take(now, self.rate, self.burst)
 
 
 class Views:
