@@ -110,6 +110,8 @@ def thousand() -> Settings:
     blocks = [
         '[redirector]\nmaster = "http://master.example/smeserver/"\n'
         'trusted_proxies = ["127.0.0.1/32"]\nverify_files = false\naccess_log = "off"\n'
+        # These loops measure renderings; the views' budget is test_viewbudget.py's.
+        'views_exempt = ["0.0.0.0/0", "::/0"]\n'
     ]
     for i in range(MIRRORS):
         lat, lon = -40 + (i * 37) % 100, -180 + (i * 53) % 360
