@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import sys
 import time
 from collections.abc import Awaitable, Callable
 
@@ -18,7 +19,7 @@ from redirector.store.memory import MemoryStore
 from redirector.views.status import Section
 from redirector.web import keys
 from redirector.web.app import create_app
-from redirector.web.viewcache import Page, Throttle, Views
+from redirector.web.viewcache import SWITCH_INTERVAL, Page, Throttle, Views
 from tests.support.clock import Clock
 from tests.support.world import fresh_store
 
@@ -94,6 +95,12 @@ def test_throttle_burst_and_rate() -> None:
     assert t.allow(0.5) is False
     assert t.allow(1.0) is True
     assert t.allow(0.2) is False  # a clock going back refills nothing
+
+
+async def test_the_views_thread_hands_the_interpreter_back_within_half_a_millisecond() -> None:
+    views = Views()
+    assert sys.getswitchinterval() <= SWITCH_INTERVAL == 0.0005
+    await views.close()
 
 
 def test_a_page_carries_its_gzip() -> None:
