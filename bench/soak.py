@@ -403,6 +403,10 @@ repos = ["smeos", "smeupdates"]
 repo_versions = ["7", "8", "9", "10", "11"]
 repodata_versions = ["10"]
 access_log = "off"
+# The loops ask for the status views from loopback some 16 times a second, past the views'
+# budget on purpose: loopback stands for the operator's exempt monitoring here. The clients'
+# explanations (from X-Forwarded-For networks) stay within the budget.
+views_exempt = ["127.0.0.0/8", "::1/128"]
 """
     blocks = []
     for name, url in mirrors.items():

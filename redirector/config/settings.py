@@ -730,6 +730,44 @@ class Settings:
         "status",
         "How the status page shows a mirror's contact email.",
     )
+    # --- the operator views' budget (core/viewbudget.py, docs/operators.md) ---
+    views_network_burst: int = setting(
+        20,
+        lambda v: _int(v, 1, 100_000),
+        "whole number 1..100000",
+        "views",
+        "Operator views (/mirrors, /mirrors.json, the schema, /metrics, ?mirrorlist) one client"
+        " network (/24, /48) gets at once; past them, views_network_rate.",
+    )
+    views_network_rate: float = setting(
+        2.0,
+        lambda v: _float(v, 0.01, 100_000.0),
+        "number 0.01..100000 (a second)",
+        "views",
+        "Views a second a network gets past its burst; more are answered 429 with Retry-After.",
+    )
+    views_total_burst: int = setting(
+        60,
+        lambda v: _int(v, 1, 1_000_000),
+        "whole number 1..1000000",
+        "views",
+        "Views one process answers at once, all networks together; past them, views_total_rate.",
+    )
+    views_total_rate: float = setting(
+        10.0,
+        lambda v: _float(v, 0.01, 1_000_000.0),
+        "number 0.01..1000000 (a second)",
+        "views",
+        "Views a second the process answers past its burst; more are answered 503 with"
+        " Retry-After.",
+    )
+    views_exempt: tuple[IPNetwork, ...] = setting(
+        (),
+        _networks,
+        "list of IP networks",
+        "views",
+        "Clients the views' budget never counts nor refuses: an operator's Prometheus, an office.",
+    )
     # --- file facts for downloaders (poll/hasher.py, core/filefacts.py) ---
     hash_tree: Path | None = setting(
         None,

@@ -40,6 +40,7 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("lists", "Mirror lists and metalinks"),
     ("repodata", "The repodata pass"),
     ("status", "The status page"),
+    ("views", "The operator views' budget"),
     ("hashes", "File facts for downloaders: sizes, hashes, Metalink"),
     ("mirror", "[[mirror]] tables"),
 )

@@ -1,5 +1,9 @@
 """File-check budgets: how many HEADs a client network, one mirror and the whole process may cost.
 
+The token bucket (`Bucket`) and the table of client networks' buckets (`NetworkBuckets`) are
+written here once: the operator views' budget (`core.viewbudget`) and the views' counter
+throttle (`web.viewcache.Throttle`) use them too.
+
 Every HEAD the per-file check makes goes out from the redirector's address on a client's
 behalf, so a client asking for random paths could make the redirector flood its best mirrors.
 `Budget` admits a HEAD only when all three budgets allow it:
@@ -19,6 +23,7 @@ not admitted is not queued: the caller answers from what it already knows.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from enum import Enum
@@ -46,8 +51,10 @@ class Refusal(Enum):
     TOTAL = "total"
 
 
-class _Bucket:
-    """A token bucket: `tokens` as of `stamp`."""
+class Bucket:
+    """A token bucket: `tokens` as of `stamp` (the caller's clock, in seconds); the caller
+    passes the rate (tokens a second) and the burst (the most it holds) at each use, so a
+    reload that changes them applies to every bucket at once."""
 
     __slots__ = ("stamp", "tokens")
 
@@ -56,11 +63,52 @@ class _Bucket:
         self.stamp = stamp
 
     def refill(self, now: float, rate: float, burst: float) -> float:
-        """The tokens at `now` (a clock that went back adds nothing)."""
+        """The tokens at `now` (a clock that went back adds nothing; a smaller burst than
+        before caps them at once)."""
         if now > self.stamp:
-            self.tokens = min(burst, self.tokens + (now - self.stamp) * rate)
+            self.tokens += (now - self.stamp) * rate
             self.stamp = now
+        self.tokens = min(burst, self.tokens)
         return self.tokens
+
+    def take(self, now: float, rate: float, burst: float) -> bool:
+        """Take one token at `now`: False, and nothing taken, when there is less than one."""
+        if self.refill(now, rate, burst) < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+    def wait(self, rate: float) -> float:
+        """Seconds from `stamp` until the bucket holds one token again (0: it does now)."""
+        return max(0.0, (1.0 - self.tokens) / rate) if rate > 0 else math.inf
+
+
+class NetworkBuckets:
+    """One bucket per client network (`clientip.network_key`), the `size` networks seen last
+    remembered: the least recently used is forgotten first, and a forgotten network starts
+    again with a full bucket (which a process-wide bucket beside it still bounds)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._buckets: OrderedDict[bytes, Bucket] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def get(self, network: bytes, now: float, burst: float) -> Bucket:
+        """The bucket of `network`, a full one (`burst` tokens at `now`) when it is new."""
+        bucket = self._buckets.get(network)
+        if bucket is None:
+            bucket = self._buckets[network] = Bucket(burst, now)
+            while len(self._buckets) > self.size:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(network)
+        return bucket
+
+    def peek(self, network: bytes) -> Bucket | None:
+        """The bucket of `network` if it has one, made or reordered for nothing: a look."""
+        return self._buckets.get(network)
 
 
 class Budget:
@@ -68,8 +116,8 @@ class Budget:
 
     def __init__(self, limits: Limits | None = None) -> None:
         self.limits = limits or Limits()
-        self._networks: OrderedDict[bytes, _Bucket] = OrderedDict()
-        self._total: _Bucket | None = None
+        self._networks = NetworkBuckets(self.limits.networks)
+        self._total: Bucket | None = None
         self._by_mirror: dict[str, int] = {}
         self.inflight = 0
 
@@ -81,12 +129,12 @@ class Budget:
             return Refusal.MIRROR
         if self.inflight >= lim.total_inflight:
             return Refusal.TOTAL
-        bucket = self._network(network, now)
+        bucket = self._networks.get(network, now, lim.network_burst)
         if bucket.refill(now, lim.network_per_minute / 60.0, lim.network_burst) < 1.0:
             return Refusal.NETWORK
         total = self._total
         if total is None:
-            total = self._total = _Bucket(lim.total_burst, now)
+            total = self._total = Bucket(lim.total_burst, now)
         if total.refill(now, lim.total_per_second, lim.total_burst) < 1.0:
             return Refusal.TOTAL
         bucket.tokens -= 1.0
@@ -107,7 +155,7 @@ class Budget:
             return Refusal.TOTAL
         # A network not seen yet would start with a full bucket: nothing to make for it here,
         # and no reordering of the remembered ones for a mere look.
-        bucket = self._networks.get(network)
+        bucket = self._networks.peek(network)
         if (
             bucket is not None
             and bucket.refill(now, lim.network_per_minute / 60.0, lim.network_burst) < 1.0
@@ -123,16 +171,6 @@ class Budget:
         else:
             self._by_mirror.pop(mirror, None)
         self.inflight = max(0, self.inflight - 1)
-
-    def _network(self, network: bytes, now: float) -> _Bucket:
-        bucket = self._networks.get(network)
-        if bucket is None:
-            bucket = self._networks[network] = _Bucket(self.limits.network_burst, now)
-            if len(self._networks) > self.limits.networks:
-                self._networks.popitem(last=False)
-        else:
-            self._networks.move_to_end(network)
-        return bucket
 
 
 def directory(path: str) -> str:

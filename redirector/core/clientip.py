@@ -45,6 +45,11 @@ def parse_ip(text: str) -> IPAddress | None:
     return ip
 
 
+def within(ip: IPAddress, networks: Sequence[IPNetwork]) -> bool:
+    """Whether `ip` lies in one of `networks` (an address of the other family in none)."""
+    return any(ip.version == n.version and ip in n for n in networks)
+
+
 class ProxyTrust:
     """Decides whether an address is one of the configured trusted proxies."""
 
@@ -54,7 +59,7 @@ class ProxyTrust:
         self.trusted = lru_cache(maxsize=4096)(self._trusted)
 
     def _trusted(self, ip: IPAddress) -> bool:
-        return any(ip.version == n.version and ip in n for n in self._networks)
+        return within(ip, self._networks)
 
     def resolve(
         self,

@@ -24,6 +24,7 @@ from redirector.store.lease import Lease
 from redirector.supervise import Tasks
 from redirector.views.status import SectionProvider
 from redirector.web.metrics import Metrics
+from redirector.web.viewbudget import Guard
 from redirector.web.viewcache import Views
 
 # The startup settings; the ones in force now, replaced by each reload, are LIVE's `current`.
@@ -65,6 +66,7 @@ STATS_READER = web.AppKey("stats_reader", StatsReader)
 HISTORY_READER = web.AppKey("history_reader", HistoryReader)
 STATUS_SECTIONS = web.AppKey[list[SectionProvider]]("status_sections")
 VIEWS = web.AppKey("views", Views)  # the views rendered once per state (viewcache.py)
+VIEW_GUARD = web.AppKey("view_guard", Guard)  # how often a client may fetch them (viewbudget.py)
 # What a redirect consults, looked up once after startup, is redirect.REDIRECTS: declared
 # beside its class, which imports this module.
 

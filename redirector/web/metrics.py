@@ -187,6 +187,13 @@ class Metrics:
             ["reason"],
             registry=reg,
         )
+        self.view_refusals = Counter(
+            "redirector_view_refusals",
+            "Operator views refused past their budget, by view and by the bucket found empty:"
+            " network (429), total (503).",
+            ["view", "reason"],
+            registry=reg,
+        )
         self.request_seconds = Histogram(
             "redirector_request_duration_seconds",
             "Whole requests, from the first middleware to the response, by handler.",
@@ -333,6 +340,11 @@ class Metrics:
         if child is None:
             child = self._refused[reason] = self.refusals.labels(reason)
         child.inc()
+
+    def view_refused(self, view: str, reason: str) -> None:
+        """One operator view refused: `reason` the budget found empty (network, total)."""
+        self.changes += 1
+        self.view_refusals.labels(view, reason).inc()
 
     def checked(self, outcome: str) -> None:
         """One redirect that went through the file check; `outcome` one of CHECK_OUTCOMES."""

@@ -5,11 +5,14 @@ per-request bookkeeping the redirect handler calls (`record`) and the wiring of 
 download statistics and their flusher (`setup`, `stats_ctx`). The status page, its JSON and
 the state part of /metrics come from `viewcache.Views`: rendered once per state (snapshot,
 live settings, store health, download figures) and at most every `viewcache.MAX_AGE` seconds.
+Every view but /health/ready (small, and a load balancer's) is answered only within the
+views' budget (`viewbudget.Guard`): past it, a 429 or 503 with Retry-After instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import html
 import json
 import logging
@@ -23,6 +26,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from redirector.config.settings import Settings
+from redirector.core.clientip import IPAddress, joined
 from redirector.core.history import HistoryData
 from redirector.core.humanize import duration, rfc3339
 from redirector.core.models import SyncInfo
@@ -39,7 +43,7 @@ from redirector.views import explain, filefacts, status
 from redirector.views import https as https_view
 from redirector.views.status import Section
 from redirector.views.synctree import render_html
-from redirector.web import keys
+from redirector.web import keys, viewbudget
 from redirector.web.metrics import (
     REFUSED_PATH,
     SILENT_INTERVALS,
@@ -79,6 +83,7 @@ def setup(app: web.Application, settings: Settings, *, poll: bool = True) -> Non
     providers: list[status.SectionProvider] = [https]
     app[keys.STATUS_SECTIONS] = providers
     app[keys.VIEWS] = Views()
+    app[keys.VIEW_GUARD] = viewbudget.Guard(app[keys.LIVE].get)
     app.on_cleanup.append(_close_views)
     app.cleanup_ctx.append(stats_ctx)
     add_routes(app)
@@ -183,6 +188,46 @@ def refused(request: web.Request, reason: str = REFUSED_PATH) -> None:
         metrics.refused(reason)
 
 
+def client_ip(request: web.Request) -> IPAddress | None:
+    """The client's address as the router makes it out: X-Forwarded-For only from trusted
+    proxies, read right to left (`clientip.ProxyTrust.resolve`)."""
+    headers = request.headers
+    return (
+        request.app[keys.ROUTER]
+        .client(
+            request.remote,
+            joined(headers.getall("X-Forwarded-For", ())),
+            joined(headers.getall("X-Forwarded-Proto", ())),
+            request.scheme,
+        )
+        .ip
+    )
+
+
+def over_budget(request: web.Request, view: str, ip: IPAddress | None) -> web.Response | None:
+    """None when `view` may be answered to the client at `ip`; else the refusal to send
+    instead (`viewbudget.refusal`), counted by view and budget."""
+    app = request.app
+    refused = app[keys.VIEW_GUARD].admit(ip)
+    if refused is None:
+        return None
+    metrics = app.get(keys.METRICS)
+    if metrics is not None:
+        metrics.view_refused(view, refused.budget.value)
+    return viewbudget.refusal(refused)
+
+
+def budgeted(view: str, handler: Handler) -> Handler:
+    """`handler`, answering only within the views' budget (`over_budget`)."""
+
+    @functools.wraps(handler)
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        refused = over_budget(request, view, client_ip(request))
+        return refused if refused is not None else await handler(request)
+
+    return guarded
+
+
 def _json(body: Mapping[str, Any] | str, status_code: int = 200, **headers: str) -> web.Response:
     text = body if isinstance(body, str) else json.dumps(body, indent=2) + "\n"
     return web.Response(
@@ -197,7 +242,10 @@ async def mirrorlist(request: web.Request, routed: Routed) -> web.Response:
     """The `?mirrorlist` view of a decision: HTML, or JSON when asked (see `explain`).
 
     Rendered in the views' thread, and kept per decision and snapshot: a client reloading
-    its explanation costs one rendering."""
+    its explanation costs one rendering. Within the views' budget only, as the other views."""
+    refused = over_budget(request, viewbudget.EXPLAIN, routed.client.ip)
+    if refused is not None:
+        return refused
     app = request.app
     router = app[keys.ROUTER]
     views = app[keys.VIEWS]
@@ -506,12 +554,17 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/mirrors", mirrors, allow_head=True)
-    app.router.add_get("/mirrors/", mirrors, allow_head=True)
-    app.router.add_get("/mirrors.json", mirrors_json, allow_head=True)
-    app.router.add_get(status.SCHEMA_PATH, schema, allow_head=True)
+    """The views' routes; all but /health/ready within the views' budget (`budgeted`)."""
+    page = budgeted(viewbudget.MIRRORS, mirrors)
+    app.router.add_get("/mirrors", page, allow_head=True)
+    app.router.add_get("/mirrors/", page, allow_head=True)
+    app.router.add_get(
+        "/mirrors.json", budgeted(viewbudget.MIRRORS_JSON, mirrors_json), allow_head=True
+    )
+    app.router.add_get(status.SCHEMA_PATH, budgeted(viewbudget.SCHEMA, schema), allow_head=True)
+    # Not budgeted: a small answer, and a 429 would take the node out of a load balancer.
     app.router.add_get("/health/ready", ready, allow_head=True)
-    app.router.add_get("/metrics", metrics, allow_head=True)
+    app.router.add_get("/metrics", budgeted(viewbudget.METRICS, metrics), allow_head=True)
 
 
 def observe_pass(app: web.Application, result: PassResult) -> None:

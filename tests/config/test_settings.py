@@ -210,3 +210,35 @@ def test_bad_top_level_keys_of_network_routing(new: str, field: str, words: str)
     assert msg.startswith("x.toml:2: "), msg
     assert field in msg
     assert words in msg
+
+
+def test_the_views_budget_keys() -> None:
+    s = parse_settings(GOOD, "x.toml")
+    assert (s.views_network_burst, s.views_network_rate) == (20, 2.0)
+    assert (s.views_total_burst, s.views_total_rate, s.views_exempt) == (60, 10.0, ())
+    keys = 'views_network_rate = 0.5\nviews_exempt = ["192.0.2.10", "2001:db8::/32"]'
+    s = parse_settings(GOOD.replace("[redirector]\n", f"[redirector]\n{keys}\n"), "x.toml")
+    assert s.views_network_rate == 0.5
+    assert s.views_exempt == (
+        ipaddress.ip_network("192.0.2.10/32"),
+        ipaddress.ip_network("2001:db8::/32"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("new", "field", "words"),
+    [
+        ("views_network_burst = 0", "field 'views_network_burst'", "out of range"),
+        ("views_network_rate = 0", "field 'views_network_rate'", "out of range"),
+        ('views_total_rate = "fast"', "field 'views_total_rate'", "expected a number"),
+        ("views_total_burst = 1.5", "field 'views_total_burst'", "whole number"),
+        ('views_exempt = ["office"]', "field 'views_exempt'", "not an IP network"),
+    ],
+)
+def test_bad_views_budget_keys_name_line_and_field(new: str, field: str, words: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_settings(GOOD.replace("[redirector]\n", f"[redirector]\n{new}\n"), "x.toml")
+    msg = str(info.value)
+    assert msg.startswith("x.toml:2: "), msg
+    assert field in msg
+    assert words in msg

@@ -219,6 +219,8 @@ probe_timeout = "1s"
 verify_timeout = "300ms"
 repos = ["smeos"]
 repodata_versions = ["10"]
+# The test scrapes /metrics ten times a second until the series show: as exempt monitoring.
+views_exempt = ["127.0.0.1/32"]
 
 [[mirror]]
 name = "near"
