@@ -129,8 +129,8 @@ def worker(config: str, state: str, variant: str) -> None:
 class Variant(run.Redirector):
     """One worker of the redirector, in a variant, on the bench's config and state."""
 
-    def __init__(self, workdir: Path, db: Path, variant: str) -> None:
-        super().__init__(workdir, 1, db)
+    def __init__(self, workdir: Path, db: Path, variant: str, mirrors: int = 8) -> None:
+        super().__init__(workdir, 1, db, synthetic=mirrors)
         self.variant = variant
         self.name = f"variant-{variant}"
 
@@ -171,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("-c", "--connections", type=int, default=64)
+    p.add_argument("--mirrors", type=int, default=8, help="synthetic mirrors (default 8)")
     args = p.parse_args(argv)
     args.threads = 1
     args.warmup = args.scale_warmup = "3s"  # every client network once: caches as in service
@@ -186,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     rps: dict[str, list[float]] = {}
     for _ in range(args.rounds):
         for v in args.variants.split(","):
-            r = run.measure(Variant(workdir, world.db, v), lua, world.clients[0], args)
+            variant = Variant(workdir, world.db, v, args.mirrors)
+            r = run.measure(variant, lua, world.clients[0], args)
             cpu.setdefault(v, []).append(r.cpu_us)
             rps.setdefault(v, []).append(r.rps)
             print(f"{v:12} {r.rps:8.0f} req/s  CPU {r.cpu_us:6.1f} us/req", flush=True)

@@ -4,8 +4,8 @@
     python bench/views_load.py -d 20s --mirrors 2000 --loops 4
     python bench/views_load.py --spread     # each loop from a network of its own
 
-`redirector serve` (one worker, the file store, the per-file check and the access log off)
-with the example mirrors plus `--mirrors` synthetic ones, all fresh. wrk loads redirects
+`redirector serve` (one worker, the file store, every feature on as bench/run.py runs it) with
+`--mirrors` synthetic ones on its loopback mirror stub, all fresh. wrk loads redirects
 (10,000 client addresses in X-Forwarded-For, as bench/run.py) idle, then while `--loops`
 clients fetch /mirrors and `--loops` more fetch /metrics back to back (taking gzip, as
 browsers and Prometheus do; `--plain`: as curl asks, without); `--rounds` such pairs in turn,
