@@ -52,7 +52,7 @@ from redirector.web.metrics import (
     join_scrape,
     multiprocess_dir,
 )
-from redirector.web.viewcache import Page, Views
+from redirector.web.viewcache import MAX_AGE, Page, Views
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,11 @@ async def stats_ctx(app: web.Application) -> AsyncIterator[None]:
     Runs after the store and snapshot contexts (it needs both).
     """
     store, tally = app[keys.STORE], app[keys.TALLY]
-    app[keys.STATS_READER] = StatsReader(store)
+    # The download figures are read (and so the status page redone for them) at most every
+    # MAX_AGE: under traffic they move all the time, and a rendering of a large network is
+    # CPU the redirects share. The page is redone at once for what matters more: a new
+    # snapshot, a reload, the store failing.
+    app[keys.STATS_READER] = StatsReader(store, max_age=MAX_AGE)
     live = app[keys.LIVE]
     app[keys.HISTORY_READER] = HistoryReader(store)
     router = app[keys.ROUTER]

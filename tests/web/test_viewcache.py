@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient
 
 from redirector.config.settings import Settings, parse_settings
 from redirector.core.models import MirrorState, Status
+from redirector.stats import READ_MAX_AGE, flush
 from redirector.store.memory import MemoryStore
 from redirector.views.status import Section
 from redirector.web import keys
@@ -170,6 +171,21 @@ async def test_a_loop_of_status_page_requests_renders_it_once_per_state(big: Cli
     assert b"m0999" in gzip.decompress(await resp.read())
     resp = await big.get("/mirrors", headers={"Accept-Encoding": "gzip;q=0"})
     assert "Content-Encoding" not in resp.headers
+
+
+async def test_downloads_alone_do_not_render_the_status_page_again(big: Client) -> None:
+    """Under traffic the download figures move all the time; rendered for each move, a large
+    network's page took the redirects' CPU every few seconds. They are read at most every
+    MAX_AGE, so the page is rendered once per snapshot within that age."""
+    calls = counting_section(big)
+    assert (await big.get("/mirrors")).status == 200
+    tally, store = big.app[keys.TALLY], big.app[keys.STORE]
+    for i in range(3):
+        tally.count("m0001", "NL", "releases/10/x.iso")
+        await flush(tally, store, time.time())
+        await asyncio.sleep(READ_MAX_AGE / 2 + 0.1 * i)  # past the old 5 s read age, in all
+        assert (await big.get("/mirrors")).status == 200
+    assert calls == [1]
 
 
 async def test_loops_on_every_view_cost_one_rendering_per_state(big: Client) -> None:
