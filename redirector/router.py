@@ -35,6 +35,7 @@ bookkeeping is paid per hit.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -124,7 +125,7 @@ class _Who:
 
     client: Client
     location: Location | None
-    cell: tuple[float, float, str | None] | None  # the cell key: coordinates and country
+    cell: int | None  # the cell key: the id of the coordinates and country
     seed: int  # rendezvous seed of the client's network
     ipv6: bool
     asn: int | None  # from the ASN database, for the mirrors' AS rules
@@ -224,7 +225,7 @@ WHOM_CACHE = 32768  # clients' network matches, per (address, AS)
 
 
 # (path class, scheme, IPv6, the client as the mirrors' rules see it: None when none have any)
-_EntryKey = tuple[tuple[str, ...], str, bool, Whom | None]
+_EntryKey = tuple[int, str, bool, Whom | None]  # (path class id, scheme, IPv6, whom)
 
 
 class _Eligibility:
@@ -244,7 +245,7 @@ class _Eligibility:
         self.rejected = rejected
         self.valid_from = valid_from
         self.valid_until = valid_until
-        self.cells: dict[tuple[float, float, str | None] | None, _Cell] = {}
+        self.cells: dict[int | None, _Cell] = {}
 
 
 def policy_of(settings: Settings) -> Policy:
@@ -356,14 +357,18 @@ class Router:
         self._raw_paths: dict[str, str] = {}
         self._snap: Snapshot | None = None
         self._tests = _PathTests(frozenset(), (), frozenset())
-        self._classes: dict[str, tuple[str, ...]] = {}
+        # Path classes and cells are keyed by small ints: dict keys hashed on every request,
+        # and a tuple's hash is computed anew each time. Ids are never reused.
+        self._classes: dict[str, int] = {}
+        self._class_ids: dict[tuple[str, ...], int] = {}
+        self._ids = itertools.count()
         self._entries: dict[_EntryKey, _Eligibility] = {}
         self._stale: dict[_EntryKey, _Eligibility] = {}
         self._orders = 0  # tier orders kept in the cells, for the ORDER_CACHE bound
         self._rules = _Rules((), False, False)
         self._no_rules = True  # no mirror has rules about clients: every client is _NOBODY
         self._nets: dict[tuple[object, int | None], tuple[tuple[str, str], ...]] = {}
-        self._cell_keys: dict[tuple[float, float, str | None], tuple[float, float, str | None]] = {}
+        self._cell_keys: dict[tuple[float, float, str | None], int] = {}
 
     def swap_geo(self, geo: GeoReader | None) -> None:
         """Use another GeoIP reader (None: location-blind) from the next request on."""
@@ -469,14 +474,23 @@ class Router:
             asn=self.asn(client),
         )
 
-    def _cell_key(self, loc: Location) -> tuple[float, float, str | None]:
-        """The cell key of `loc`, one tuple per place however many clients are there."""
+    def _cell_key(self, loc: Location) -> int:
+        """The cell key of `loc`: one id per place (coordinates and country)."""
         key = (loc.latitude, loc.longitude, loc.country)
         found = self._cell_keys.get(key)
         if found is None:
             if len(self._cell_keys) >= WHO_CACHE:
                 self._cell_keys = {}
-            found = self._cell_keys[key] = key
+            found = self._cell_keys[key] = next(self._ids)
+        return found
+
+    def _class_id(self, cls: tuple[str, ...]) -> int:
+        """The id of a path class (`_PathTests.classify`)."""
+        found = self._class_ids.get(cls)
+        if found is None:
+            if len(self._class_ids) >= PATH_CACHE:
+                self._class_ids = {}
+            found = self._class_ids[cls] = next(self._ids)
         return found
 
     def _whom(self, who: _Who) -> Whom:
@@ -508,7 +522,7 @@ class Router:
             self._swap(snap)
         cls = self._classes.get(path)
         if cls is None:
-            cls = self._tests.classify(path)
+            cls = self._class_id(self._tests.classify(path))
             if len(path) <= PATH_KEY_MAX:
                 if len(self._classes) >= PATH_CACHE:
                     self._classes = {}

@@ -31,7 +31,6 @@ from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 
 import aiohttp
-from cachetools import TTLCache
 
 from redirector.config.settings import Settings
 from redirector.core.budget import Budget, Limits, Refusal, directory
@@ -40,6 +39,7 @@ from redirector.core.filefacts import BadCopy, FileFacts
 from redirector.core.models import Mirror, MirrorState
 from redirector.core.selection import Ranked
 from redirector.core.topology import fallback_target
+from redirector.core.ttlmap import TTLMap
 from redirector.poll.probe import OffHost, ProbeError, Tally, fetch, open_session
 from redirector.router import Routed
 from redirector.snapshot import Snapshot, SnapshotHolder
@@ -74,7 +74,12 @@ def heads_waited(start: int) -> int:
 
 def is_repodata(path: str) -> bool:
     """yum metadata: watched by the poller's passes, never HEAD-checked per request."""
-    return "/repodata/" in "/" + path or path.endswith("/repodata") or path == "repodata"
+    return (
+        "/repodata/" in path
+        or path.startswith("repodata/")
+        or path.endswith("/repodata")
+        or path == "repodata"
+    )
 
 
 def needs_check(path: str) -> bool:
@@ -129,18 +134,16 @@ class Verifier:
         self.vetoed = vetoed
         self.wall = wall
         self.probes = dict(settings.coverage_probes)
-        # mirror name -> state for the snapshot last looked at (snapshots are immutable)
+        # For the snapshot last looked at (snapshots are immutable): mirror name -> state,
+        # and the (mirror, coverage probe path) pairs the poller found present.
         self._states: tuple[Snapshot | None, dict[str, MirrorState]] = (None, {})
+        self._probed: frozenset[tuple[str, str]] = frozenset()
         # -> the master size it was checked against (-1: none known then)
-        self.has: TTLCache[tuple[str, str], int] = TTLCache(
-            CACHE_SIZE, settings.verify_ttl, timer=clock
-        )
-        self.lacks: TTLCache[tuple[str, str], str] = TTLCache(
-            CACHE_SIZE, settings.verify_negative_ttl, timer=clock
-        )
+        self.has: TTLMap[tuple[str, str], int] = TTLMap(CACHE_SIZE, settings.verify_ttl)
+        self.lacks: TTLMap[tuple[str, str], str] = TTLMap(CACHE_SIZE, settings.verify_negative_ttl)
         # (mirror, directory) -> why a file of it was missing: consulted only past the budget
-        self.lacks_dir: TTLCache[tuple[str, str], str] = TTLCache(
-            CACHE_SIZE, settings.verify_negative_ttl, timer=clock
+        self.lacks_dir: TTLMap[tuple[str, str], str] = TTLMap(
+            CACHE_SIZE, settings.verify_negative_ttl
         )
         self._inflight: dict[tuple[str, str], asyncio.Task[str | None]] = {}
         self._requests = Tally()  # HEAD requests made, redirects included
@@ -157,29 +160,40 @@ class Verifier:
         if not enabled or routed.fallback or not needs_check(routed.path):
             return routed.target
         path = routed.path
-        snapshot = self.holder.current
+        now = self.clock()
         size = self._size(path)
+        snapshot = self.holder.current
+        if self._states[0] is not snapshot:
+            self._look_at(snapshot)
+        # What `_vouched` would look at, looked up once: it answers False but for these.
+        vouching = size < 0 and (self._probed or self.vouchers)
+        has, lacks = self.has, self.lacks
         affordable = True
-        vetoed, now = self.vetoed, self.wall()
+        where = ""  # the file's directory, once past a budget
+        vetoed = self.vetoed
+        wall = self.wall() if vetoed is not None else 0.0
         for ranked in routed.top(DEPTH):
             name = ranked.mirror.name
-            if vetoed is not None and vetoed(name, path, now):
+            if vetoed is not None and vetoed(name, path, wall):
                 continue  # caught with a wrong copy (`_unvetoed`), looked at one by one here
             key = (name, path)
-            if self.has.get(key) == size or self._vouched(snapshot, ranked.mirror, path, size):
+            if has.get(key, now) == size or (
+                vouching and self._vouched(snapshot, ranked.mirror, path, size)
+            ):
                 return ranked.base + path
-            if key in self.lacks:
+            if lacks.holds(key, now):
                 continue
             if affordable:
                 if key in self._inflight:
                     return None  # a HEAD under way: `target` waits for it
-                refusal = self.budget.peek(network_key(routed.client.ip), name, self.clock())
+                refusal = self.budget.peek(network_key(routed.client.ip), name, now)
                 if refusal is None:
                     return None  # a HEAD is affordable: `target` makes it
                 self.refused[refusal] += 1
                 affordable = False
+                where = directory(path)
             # Past a budget, as in `target`: the ranked order, minus what is known.
-            if (name, directory(path)) not in self.lacks_dir:
+            if not self.lacks_dir.holds((name, where), now):
                 return ranked.base + path
         return fallback_target(settings.fallback, settings.master, path)
 
@@ -196,29 +210,30 @@ class Verifier:
         size = self._size(path)
         lookups = 0
         affordable = True
-        vetoed, now = self.vetoed, self.wall()
+        vetoed, wall = self.vetoed, self.wall()
         for ranked in routed.top(DEPTH):
             name = ranked.mirror.name
-            if vetoed is not None and vetoed(name, path, now):
+            if vetoed is not None and vetoed(name, path, wall):
                 continue  # caught with a wrong copy (`_unvetoed`), looked at one by one here
             key = (name, path)
             url = ranked.base + path
-            if self.has.get(key) == size or self._vouched(snapshot, ranked.mirror, path, size):
+            now = self.clock()  # read again each time: a HEAD awaited below takes a while
+            if self.has.get(key, now) == size or self._vouched(snapshot, ranked.mirror, path, size):
                 return url
-            if key in self.lacks:
+            if self.lacks.holds(key, now):
                 continue
             if affordable:
                 if lookups >= MAX_LOOKUPS:
                     break
                 if key not in self._inflight:  # a HEAD already under way costs no budget
-                    refusal = self.budget.admit(network, name, self.clock())
+                    refusal = self.budget.admit(network, name, now)
                     if refusal is not None:
                         self.refused[refusal] += 1
                         affordable = False
             if not affordable:
                 # Past a budget: the ranked order, minus what is known. A mirror found lacking
                 # a file of this directory is passed over, as it likely lacks this one too.
-                if (name, directory(path)) in self.lacks_dir:
+                if self.lacks_dir.holds((name, directory(path)), now):
                     continue
                 return url
             lookups += 1
@@ -247,11 +262,12 @@ class Verifier:
         size = self._size(path)
         verdicts: list[bool | asyncio.Task[bool]] = []
         ranked = self._unvetoed(ranked, path)
+        now = self.clock()
         for r in ranked:
             key = (r.mirror.name, path)
-            if self.has.get(key) == size or self._vouched(snapshot, r.mirror, path, size):
+            if self.has.get(key, now) == size or self._vouched(snapshot, r.mirror, path, size):
                 verdicts.append(True)
-            elif key in self.lacks:
+            elif self.lacks.holds(key, now):
                 verdicts.append(False)
             else:
                 verdicts.append(asyncio.ensure_future(self._lookup(key, r.base + path, size)))
@@ -279,18 +295,21 @@ class Verifier:
             return -1
         return -1 if facts is None else facts.size
 
-    def _state(self, snapshot: Snapshot, name: str) -> MirrorState | None:
-        if self._states[0] is not snapshot:
-            states = {c.mirror.name: c.state for c in snapshot.candidates if c.state is not None}
-            self._states = (snapshot, states)
-        return self._states[1].get(name)
+    def _look_at(self, snapshot: Snapshot) -> None:
+        states = {c.mirror.name: c.state for c in snapshot.candidates if c.state is not None}
+        self._states = (snapshot, states)
+        probes = self.probes
+        self._probed = frozenset(
+            (name, probes[sub]) for name, s in states.items() for sub in s.covered if sub in probes
+        )
 
     def _vouched(self, snapshot: Snapshot, mirror: Mirror, path: str, size: int = -1) -> bool:
         if size >= 0:
             return False  # a file whose size we know is only believed after its own HEAD
         # The coverage probe paths the poller found present need no second look.
-        state = self._state(snapshot, mirror.name)
-        if state is not None and any(self.probes.get(sub) == path for sub in state.covered):
+        if self._states[0] is not snapshot:
+            self._look_at(snapshot)
+        if (mirror.name, path) in self._probed:
             return True
         for vouch in self.vouchers:
             try:
@@ -318,11 +337,12 @@ class Verifier:
         if task.cancelled():
             return
         missing = task.result()  # _head never raises
+        now = self.clock()
         if missing is None:
-            self.has[key] = size
+            self.has.set(key, size, now)
         else:
-            self.lacks[key] = missing
-            self.lacks_dir[(key[0], directory(key[1]))] = missing
+            self.lacks.set(key, missing, now)
+            self.lacks_dir.set((key[0], directory(key[1])), missing, now)
             log.debug("%s does not have %s: %s", key[0], key[1], missing)
 
     async def _head(

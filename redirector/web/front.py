@@ -39,6 +39,7 @@ from redirector.core.topology import ACCEL_HEADER
 from redirector.poll.filecheck import heads_waited, start_request
 from redirector.router import Routed
 from redirector.web import accesslog, download, keys
+from redirector.web.metrics import REDIRECT_HANDLER
 from redirector.web.redirect import REDIRECTS, Answer, Redirects
 
 log = logging.getLogger(__name__)
@@ -52,15 +53,21 @@ MAX_BUFFER = 65536  # unanswered bytes held while a request waits, before readin
 
 # The request head the fast path takes: GET or HEAD of a tree path without a query, HTTP/1.x,
 # header lines `token ":" value` with visible ASCII, space, tab or non-ASCII in the value.
+# Possessive repeats: what each repeat stops at is never part of it, so nothing is given back.
 _HEAD = re.compile(
-    rb"(GET|HEAD) (/(?:pub/)?smeserver(?:/[!->@-~]*)?) HTTP/1\.([01])\r\n"
-    rb"((?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t -~\x80-\xff]*\r\n)*)\r\n"
+    rb"(GET|HEAD) (/(?:pub/)?smeserver(?:/[!->@-~]*+)?) HTTP/1\.([01])\r\n"
+    rb"((?:[!#$%&'*+\-.^_`|~0-9A-Za-z]++:[\t -~\x80-\xff]*+\r\n)*+)\r\n"
 )
-# Headers that make a request more than a plain download: aiohttp's to answer.
+# The header lines the fast path reads (each follows the LF of the line before it), found in
+# one scan: the others are only checked by `_HEAD`, never looked at one by one in Python.
+# Content-Length, Transfer-Encoding, Expect and Upgrade make a request more than a plain
+# download: aiohttp's to answer.
+_FIELDS = re.compile(
+    rb"\n(x-forwarded-for|x-forwarded-proto|accept|connection|host|user-agent"
+    rb"|content-length|transfer-encoding|expect|upgrade):([^\r]*)\r",
+    re.IGNORECASE,
+)
 _NOT_PLAIN = frozenset((b"content-length", b"transfer-encoding", b"expect", b"upgrade"))
-_WANTED = frozenset(
-    (b"x-forwarded-for", b"x-forwarded-proto", b"accept", b"connection", b"host", b"user-agent")
-)
 _REASONS = {302: b"Found"}
 
 
@@ -81,7 +88,7 @@ class _Clock:
         return self._line
 
 
-_TAIL = f"Server: {SERVER_SOFTWARE}\r\nX-Content-Type-Options: nosniff\r\n".encode()
+_TAIL = f"Server: {SERVER_SOFTWARE}\r\nX-Content-Type-Options: nosniff\r\n\r\n".encode()
 
 
 def serialize(
@@ -89,22 +96,34 @@ def serialize(
 ) -> bytes:
     """The bytes of an answer without a body, as aiohttp would write them."""
     status = answer.status
-    reason = answer.reason.encode() if answer.reason else _REASONS.get(status, b"")
-    lines = "".join([f"{name}: {value}\r\n" for name, value in answer.headers.items()])
+    reason = answer.reason
+    start = _STARTS.get((version, status)) if reason is None else None
+    if start is None:
+        said = reason.encode() if reason else _REASONS.get(status, b"")
+        start = b"HTTP/1.%s %d %s\r\n" % (version, status, said)
+    headers = answer.headers
     # Header values are URLs and digests the redirector built; a CR or LF in one would split
-    # the answer, so it is refused here whatever its origin (one pair per header is right).
-    if lines.count("\n") != len(answer.headers) or lines.count("\r") != len(answer.headers):
-        raise ValueError("a header carries a line break")
-    parts = [b"HTTP/1.", version, b" %d " % status, reason, b"\r\n", lines.encode("latin-1")]
-    parts.append(b"Content-Length: 0\r\n")
-    if close:
-        parts.append(b"Connection: close\r\n")
-    elif alive10:
-        parts.append(b"Connection: keep-alive\r\n")
-    parts.append(date_line)
-    parts.append(_TAIL)
-    parts.append(b"\r\n")
-    return b"".join(parts)
+    # the answer, so it is refused here whatever its origin (`in` is a memchr: cheap).
+    for name, value in headers.items():
+        if "\n" in value or "\r" in value or "\n" in name or "\r" in name:
+            raise ValueError("a header carries a line break")
+    lines = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+    end = _ENDS[close, alive10 and not close]
+    return b"".join((start, lines.encode("latin-1"), end, date_line, _TAIL))
+
+
+# What follows the answer's own headers: the length, and the connection's fate when it is not
+# the version's default; then the Date line and `_TAIL`.
+_ENDS = {
+    (False, False): b"Content-Length: 0\r\n",
+    (False, True): b"Content-Length: 0\r\nConnection: keep-alive\r\n",
+    (True, False): b"Content-Length: 0\r\nConnection: close\r\n",
+}
+_STARTS = {
+    (version, status): b"HTTP/1.%s %d %s\r\n" % (version, status, reason)
+    for version in (b"0", b"1")
+    for status, reason in _REASONS.items()
+}
 
 
 class _Request:
@@ -148,29 +167,29 @@ def parse(buf: bytes, start: int, end: int, started: float) -> _Request | None:
     req = _Request(method.decode(), target.decode(), version, started)
     if not block:
         return req
-    lines = block.split(b"\r\n")
-    lines.pop()  # after the last CRLF
-    if len(lines) > MAX_HEADERS:
+    if len(block) > 4 * MAX_HEADERS and block.count(b"\n") > MAX_HEADERS:  # 4: "a:\r\n"
+        return None
+    if len(block) > MAX_LINE and max(map(len, block.split(b"\r\n"))) > MAX_LINE:
         return None
     forwarded_for: list[str] = []
     forwarded_proto: list[str] = []
-    for line in lines:
-        if len(line) > MAX_LINE:
-            return None
-        name, _, value = line.partition(b":")
+    # From the request line's LF on: every header line the pattern looks for follows an LF.
+    for name, value in _FIELDS.findall(buf, m.start(4) - 1, end):
         lower = name.lower()
         if lower in _NOT_PLAIN:
             return None
-        if lower not in _WANTED:
-            continue
         text = value.strip(b" \t").decode("utf-8", "surrogateescape")
         if lower == b"x-forwarded-for":
             forwarded_for.append(text)
+        elif lower == b"host":
+            req.host = text
+        elif lower == b"user-agent":
+            req.user_agent = text
         elif lower == b"x-forwarded-proto":
             forwarded_proto.append(text)
         elif lower == b"accept":
             req.accept = text if req.accept is None else f"{req.accept}, {text}"
-        elif lower == b"connection":
+        else:  # connection
             tokens = {t.strip().lower() for t in text.split(",")}
             if "upgrade" in tokens:
                 return None
@@ -178,14 +197,10 @@ def parse(buf: bytes, start: int, end: int, started: float) -> _Request | None:
                 req.close = True
             elif "keep-alive" in tokens and version == b"0":
                 req.close = False
-        elif lower == b"host":
-            req.host = text
-        else:
-            req.user_agent = text
     if forwarded_for:
-        req.forwarded_for = ", ".join(forwarded_for)  # every line, as clientip.joined
+        req.forwarded_for = ", ".join(forwarded_for)
     if forwarded_proto:
-        req.forwarded_proto = ", ".join(forwarded_proto)
+        req.forwarded_proto = ", ".join(forwarded_proto)  # every line, as clientip.joined
     return req
 
 
@@ -251,7 +266,7 @@ class Front:
             req.version == b"0",
         )
         total = time.perf_counter() - req.started
-        self.metrics.answered(req.target, answer.status, total)
+        self.metrics.answered_as(REDIRECT_HANDLER, answer.status, total)  # tree paths only
         fmt = self.live.current.access_log
         if fmt != "off":
             self._log(fmt, req, routed, seconds, answer, target, now, total)
@@ -271,24 +286,31 @@ class Front:
         try:
             accesslog.AccessLogger.seen_format = fmt
             loc = routed.location
-            sent = target if ACCEL_HEADER not in answer.headers else None
+            client = routed.client
+            if fmt != "json":
+                line = accesslog.text_line(
+                    now, client.text or None, None if loc is None else loc.country,
+                    client.scheme, req.host, req.method, req.target, answer.status,
+                    accesslog.mirror_of(routed, target), seconds, total, req.user_agent,
+                )  # fmt: skip
+                accesslog.SINK.write(line)
+                return
             entry = accesslog.AccessEntry(
                 time=now,
-                client=routed.client.text or None,
+                client=client.text or None,
                 country=None if loc is None else loc.country,
-                scheme=routed.client.scheme,
+                scheme=client.scheme,
                 host=req.host,
                 method=req.method,
                 path=req.target,
                 status=answer.status,
                 mirror=accesslog.mirror_of(routed, target),
-                target=sent,
+                target=target if ACCEL_HEADER not in answer.headers else None,
                 decision_seconds=seconds,
                 seconds=total,
                 user_agent=req.user_agent,
             )
-            line = accesslog.format_json(entry) if fmt == "json" else accesslog.format_text(entry)
-            accesslog.SINK.write(line)
+            accesslog.SINK.write(accesslog.format_json(entry))
         except Exception:  # a log line must never turn into a failed request
             log.exception("cannot write the access log line")
 

@@ -40,30 +40,35 @@ def link_header(routed: Routed, target: str | None = None) -> str | None:
     size, length = len("Link: "), len(path) if path.isascii() else len(path.encode())
     parts: list[str] = []
     ranked = routed.top(start + LINK_LIMIT + 1)  # cheap: not the whole decision
-    for pri, r in enumerate(ranked[start + 1 :], start=1):
-        key = (r.base, r.mirror.country, pri)
-        entry = _ENTRIES.get(key)
-        if entry is None:
-            entry = _entry(key)
-        suffix, fixed = entry
+    for i, r in enumerate(ranked[start + 1 :]):  # rank i + 1 after the target's
+        base, country = r.base, r.mirror.country
+        entries = _ENTRIES.get(base)
+        if entries is None or entries[0] != country:
+            entries = _entries(base, country)
+        suffix, fixed = entries[1][i]
         add = fixed + length + (2 if parts else 0)
         if size + add >= LINK_MAX_BYTES:
             break
-        parts.append(f"<{r.base}{path}{suffix}")
+        parts.append(f"<{base}{path}{suffix}")
         size += add
     return ", ".join(parts) if parts else None
 
 
-# (base, country, pri) -> what surrounds the path in that entry, and its length in bytes:
-# made once per mirror and rank rather than once per redirect.
-_ENTRIES: dict[tuple[str, str, int], tuple[str, int]] = {}
-ENTRIES = 65536
+# base URL -> its mirror's country, then for each rank from 1 on what surrounds the path in
+# that entry and its length in bytes: made once per mirror rather than once per redirect,
+# and looked up by a string whose hash Python keeps.
+_Entries = tuple[str, tuple[tuple[str, int], ...]]
+_ENTRIES: dict[str, _Entries] = {}
+ENTRIES = 16384
 
 
-def _entry(key: tuple[str, str, int]) -> tuple[str, int]:
-    base, country, pri = key
-    suffix = f">; rel=duplicate; pri={pri}; geo={country.lower()}"
+def _entries(base: str, country: str) -> _Entries:
+    suffixes = [f">; rel=duplicate; pri={pri}; geo={country.lower()}" for pri in PRIS]
+    found = (country, tuple((s, len(f"<{base}{s}".encode())) for s in suffixes))
     if len(_ENTRIES) >= ENTRIES:
         _ENTRIES.clear()
-    found = _ENTRIES[key] = (suffix, len(f"<{base}{suffix}".encode()))
+    _ENTRIES[base] = found
     return found
+
+
+PRIS = range(1, LINK_LIMIT + 1)  # the ranks an entry can have

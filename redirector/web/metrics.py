@@ -93,10 +93,13 @@ SILENT_INTERVALS = 3
 VERSION = __version__  # not importlib.metadata: it costs each worker 0.7 MB to import
 
 
+REDIRECT_HANDLER = "redirect"  # the handler label of every path under the tree
+
+
 def handler_of(path: str) -> str:
     """The handler label of a request path: few values, whatever the path (no cardinality)."""
     if path.startswith(("/smeserver", "/pub/smeserver")):
-        return "redirect"
+        return REDIRECT_HANDLER
     if path.startswith("/mirrorlist"):  # /mirrorlist, /mirrorlist/<name>, /mirrorlists/<repo>
         return "mirrorlist"
     if path == "/metalink":
@@ -355,9 +358,13 @@ class Metrics:
 
     def answered(self, path: str, status: int, seconds: float) -> None:
         """One whole request: its path (for the handler label), status and duration."""
+        self.answered_as(handler_of(path), status, seconds)
+
+    def answered_as(self, handler: str, status: int, seconds: float) -> None:
+        """`answered`, for a caller that knows the handler label (`handler_of`) already."""
         # No `changes` bump: every request lands here, views included, and a scrape may show
         # these a second late rather than re-render the counters for every request.
-        key = (handler_of(path), status // 100)
+        key = (handler, status // 100)
         children = self._by_handler.get(key)
         if children is None:
             handler = key[0]
