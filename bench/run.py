@@ -16,9 +16,10 @@ networks built here, loopback trusted as a proxy, and every feature on as shippe
 download statistics, the Link header, the per-file check (its HEADs go to a loopback nginx
 standing in for every mirror) and the text access log (to the bench's log file); (d) the same
 at scale (`redirector-scale`): 1,000 mirrors, 100,000 client networks, 10,000 paths. Each is
-warmed up (3 s; 20 s for the scale run's 100,000 clients), then loaded by wrk (one thread, 64
-connections by default) with a Lua script that sends each request with the next of the client
-addresses in X-Forwarded-For and the next of the paths (10,000 and 2,000 but at scale).
+warmed up (3 s; 45 s for the scale run, so that each worker has seen its 100,000 clients more
+than once), then loaded by wrk (one thread, 64 connections by default) with a Lua script that
+sends each request with the next of the client addresses in X-Forwarded-For and the next of
+the paths (10,000 and 2,000 but at scale).
 Printed: req/s, p50 and p99 latency, server CPU per request, RSS, PSS and private memory per
 worker, and the ratios redirector/bare aiohttp, redirector/nginx and scale/redirector; medians
 over the rounds. Results also go to bench/out/results-*.json.
@@ -427,7 +428,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--only", default=",".join(CONTENDERS), help="comma-separated contenders")
     p.add_argument("--mirrors", type=int, default=8, help="synthetic mirrors (default 8)")
     p.add_argument("--warmup", default="3s", help="wrk warm-up per server (default 3s)")
-    p.add_argument("--scale-warmup", default="20s", help="the same for redirector-scale")
+    p.add_argument("--scale-warmup", default="45s", help="the same for redirector-scale")
     p.add_argument("--no-decision", action="store_true", help="skip bench/decision.py")
     p.add_argument(
         "--big-geoip",
