@@ -36,7 +36,7 @@ from redirector.config.settings import Settings
 from redirector.core.budget import Budget, Limits, Refusal, directory
 from redirector.core.clientip import network_key
 from redirector.core.filefacts import BadCopy, FileFacts
-from redirector.core.models import Mirror, MirrorState
+from redirector.core.models import Mirror
 from redirector.core.selection import Ranked
 from redirector.core.topology import fallback_target
 from redirector.core.ttlmap import TTLMap
@@ -134,9 +134,9 @@ class Verifier:
         self.vetoed = vetoed
         self.wall = wall
         self.probes = dict(settings.coverage_probes)
-        # For the snapshot last looked at (snapshots are immutable): mirror name -> state,
-        # and the (mirror, coverage probe path) pairs the poller found present.
-        self._states: tuple[Snapshot | None, dict[str, MirrorState]] = (None, {})
+        # The (mirror, coverage probe path) pairs the poller found present, in the snapshot
+        # last looked at (snapshots are immutable).
+        self._seen: Snapshot | None = None
         self._probed: frozenset[tuple[str, str]] = frozenset()
         # -> the master size it was checked against (-1: none known then)
         self.has: TTLMap[tuple[str, str], int] = TTLMap(CACHE_SIZE, settings.verify_ttl)
@@ -163,7 +163,7 @@ class Verifier:
         now = self.clock()
         size = self._size(path)
         snapshot = self.holder.current
-        if self._states[0] is not snapshot:
+        if self._seen is not snapshot:
             self._look_at(snapshot)
         # What `_vouched` would look at, looked up once: it answers False but for these.
         vouching = size < 0 and (self._probed or self.vouchers)
@@ -296,18 +296,21 @@ class Verifier:
         return -1 if facts is None else facts.size
 
     def _look_at(self, snapshot: Snapshot) -> None:
-        states = {c.mirror.name: c.state for c in snapshot.candidates if c.state is not None}
-        self._states = (snapshot, states)
         probes = self.probes
+        self._seen = snapshot
         self._probed = frozenset(
-            (name, probes[sub]) for name, s in states.items() for sub in s.covered if sub in probes
+            (c.mirror.name, probes[sub])
+            for c in snapshot.candidates
+            if c.state is not None
+            for sub in c.state.covered
+            if sub in probes
         )
 
     def _vouched(self, snapshot: Snapshot, mirror: Mirror, path: str, size: int = -1) -> bool:
         if size >= 0:
             return False  # a file whose size we know is only believed after its own HEAD
         # The coverage probe paths the poller found present need no second look.
-        if self._states[0] is not snapshot:
+        if self._seen is not snapshot:
             self._look_at(snapshot)
         if (mirror.name, path) in self._probed:
             return True

@@ -367,7 +367,6 @@ class Metrics:
         key = (handler, status // 100)
         children = self._by_handler.get(key)
         if children is None:
-            handler = key[0]
             children = self._by_handler[key] = (
                 self._durations.get(handler)
                 or self._durations.setdefault(
